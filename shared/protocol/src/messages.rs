@@ -1,0 +1,311 @@
+//! Every payload on the bus (DESIGN.md section 3). All are MessagePack maps with named fields
+//! and a `schema` version; see the README's "Reward stream" section for the field reference.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DatasetSource, PreprocessParams, SCHEMA_VERSION};
+
+fn schema() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// `segtune.preprocess.requests`: preprocess an MSD folder into the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessRequest {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// Chosen by the requester; echoed in the answer.
+    pub request_id: String,
+    pub source: DatasetSource,
+    #[serde(default)]
+    pub params: PreprocessParams,
+}
+
+/// `segtune.datasets.<dataset>`: the dataset is in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetReady {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub request_id: String,
+    pub dataset_id: String,
+    pub manifest_key: String,
+    pub train_cases: u32,
+    pub validation_cases: u32,
+    /// True when the store already held this dataset and nothing was recomputed.
+    pub reused: bool,
+}
+
+/// One reason a dataset could not be preprocessed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseError {
+    /// Case id, or empty for dataset-level problems (dataset.json).
+    pub case: String,
+    /// The file concerned (relative to the source folder).
+    pub file: String,
+    pub reason: String,
+}
+
+/// `segtune.datasets.<dataset>` (or `segtune.datasets.failed` when no id could be computed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetFailed {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub request_id: String,
+    pub dataset_id: Option<String>,
+    pub source: DatasetSource,
+    pub errors: Vec<CaseError>,
+}
+
+/// What a subscriber to `segtune.datasets.<dataset>` receives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DatasetEvent {
+    Ready(DatasetReady),
+    Failed(DatasetFailed),
+}
+
+/// How a search dimension maps [0, 1] to its real range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scale {
+    #[default]
+    Linear,
+    Log,
+}
+
+/// One searched training knob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dimension {
+    pub name: String,
+    pub min: f64,
+    pub max: f64,
+    #[serde(default)]
+    pub scale: Scale,
+}
+
+/// Where a study's data comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DatasetRef {
+    /// An already preprocessed dataset id.
+    Id { id: String },
+    /// A raw MSD folder to preprocess first.
+    Source {
+        source: DatasetSource,
+        #[serde(default)]
+        params: PreprocessParams,
+    },
+}
+
+/// Training settings shared by every job of a study (not searched unless also in the space).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingConfig {
+    /// U-Net channels per level, e.g. `[8, 16, 32]`.
+    pub channels: Vec<usize>,
+    pub epochs: u32,
+    pub patches_per_epoch: u32,
+    pub batch_size: u32,
+    /// Patch size (x, y, z).
+    pub patch: [usize; 3],
+    /// Sliding-window overlap at validation (fraction of the window).
+    pub overlap: f64,
+    /// Store key of a checkpoint to fine-tune from.
+    #[serde(default)]
+    pub init_checkpoint: Option<String>,
+    /// Add cross-entropy to the Dice loss.
+    #[serde(default)]
+    pub dice_ce: bool,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            channels: vec![8, 16, 32],
+            epochs: 10,
+            patches_per_epoch: 16,
+            batch_size: 2,
+            patch: [32, 32, 32],
+            overlap: 0.25,
+            init_checkpoint: None,
+            dice_ce: false,
+        }
+    }
+}
+
+/// `segtune.submissions`: a study to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudySpec {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    pub dataset: DatasetRef,
+    pub space: Vec<Dimension>,
+    /// `ppo-rnn`, `hill-discrete`, `hill-continuous`, `random`, `fixed`.
+    pub searcher: String,
+    #[serde(default)]
+    pub searcher_settings: BTreeMap<String, f64>,
+    /// The paper's MAX_EPOCH: rewards to collect before the study is done.
+    pub max_jobs: u32,
+    /// The paper's n: jobs in flight.
+    pub parallel: u32,
+    /// Failed jobs tolerated before the study fails.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    pub training: TrainingConfig,
+    pub seed: u64,
+}
+
+fn default_max_failures() -> u32 {
+    10
+}
+
+/// A training strategy: each searched knob in its real units and as its [0, 1] coordinate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Strategy {
+    /// Real values by dimension name (probabilities, learning rate, ...).
+    pub values: BTreeMap<String, f64>,
+    /// The same dimensions in the searcher's [0, 1] coordinates.
+    pub unit: BTreeMap<String, f64>,
+}
+
+/// `segtune.jobs.<study>`: train one model with one strategy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainJob {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    pub job_id: String,
+    /// 1-based order in which the controller issued the job.
+    pub index: u32,
+    pub dataset_id: String,
+    pub strategy: Strategy,
+    pub training: TrainingConfig,
+    /// Seeds patch sampling and augmentation.
+    pub seed: u64,
+}
+
+/// `segtune.progress.<study>.<job>` (core NATS, best effort).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    pub job_id: String,
+    pub worker: String,
+    pub epoch: u32,
+    pub epochs: u32,
+    pub loss: f64,
+    pub patches_per_sec: f64,
+    /// JetStream delivery attempt of the job (1 = first).
+    pub attempt: u64,
+}
+
+/// `segtune.trained.<study>`: a checkpoint is stored and waits for evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trained {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    pub job_id: String,
+    pub index: u32,
+    pub dataset_id: String,
+    pub strategy: Strategy,
+    pub training: TrainingConfig,
+    pub checkpoint_key: String,
+    pub final_loss: f64,
+    pub train_seconds: f64,
+    pub worker: String,
+    pub attempt: u64,
+}
+
+/// Dice of one validation case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseDice {
+    pub case: String,
+    /// Dice per foreground class (index 0 = label 1).
+    pub per_class: Vec<f64>,
+    pub mean: f64,
+}
+
+/// `segtune.rewards.<study>`: the validation Dice of one job; exactly one per job id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reward {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    pub job_id: String,
+    pub index: u32,
+    pub strategy: Strategy,
+    pub per_case: Vec<CaseDice>,
+    /// Mean over cases of each foreground class's Dice.
+    pub per_class: Vec<f64>,
+    /// Mean Dice over cases and foreground classes: the reward.
+    pub mean: f64,
+    pub checkpoint_key: String,
+}
+
+/// `segtune.deadletter.<study>`: a job that will not be retried, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobFailed {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    /// Empty when the payload could not even be decoded.
+    pub job_id: String,
+    pub reason: String,
+    /// Subject the job was consumed from.
+    pub original_subject: String,
+    pub deliveries: u64,
+    pub worker: String,
+}
+
+/// `segtune.studies.<study>.events`: the study's public log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyEvent {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    /// Seconds since the Unix epoch.
+    pub time_unix: f64,
+    pub event: StudyEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StudyEventKind {
+    Started {
+        spec: Box<StudySpec>,
+        dataset_id: String,
+    },
+    Issued {
+        job_id: String,
+        index: u32,
+        strategy: Strategy,
+    },
+    Reward {
+        job_id: String,
+        index: u32,
+        mean: f64,
+        rewards_so_far: u32,
+    },
+    NewBest {
+        job_id: String,
+        mean: f64,
+        strategy: Strategy,
+    },
+    JobFailed {
+        job_id: String,
+        reason: String,
+    },
+    Done {
+        best_job_id: String,
+        best_mean: f64,
+        best_strategy: Strategy,
+        rewards: u32,
+    },
+    Failed {
+        reason: String,
+    },
+}

@@ -1,0 +1,102 @@
+//! Every subject, stream and durable consumer name. Ids that go into a subject token
+//! (study, job, dataset) must pass [`check_token`].
+
+pub const PREFIX: &str = "segtune";
+
+pub const PREPROCESS_REQUESTS: &str = "segtune.preprocess.requests";
+pub const SUBMISSIONS: &str = "segtune.submissions";
+/// Subject for a `DatasetFailed` whose id could not be computed (e.g. unreadable dataset.json).
+pub const DATASETS_UNKNOWN: &str = "segtune.datasets._unknown";
+
+pub fn dataset(dataset_id: &str) -> String {
+    format!("segtune.datasets.{dataset_id}")
+}
+pub fn jobs(study: &str) -> String {
+    format!("segtune.jobs.{study}")
+}
+pub fn progress(study: &str, job: &str) -> String {
+    format!("segtune.progress.{study}.{job}")
+}
+pub fn progress_all(study: &str) -> String {
+    format!("segtune.progress.{study}.*")
+}
+pub fn trained(study: &str) -> String {
+    format!("segtune.trained.{study}")
+}
+pub fn rewards(study: &str) -> String {
+    format!("segtune.rewards.{study}")
+}
+pub fn study_events(study: &str) -> String {
+    format!("segtune.studies.{study}.events")
+}
+pub fn deadletter(study: &str) -> String {
+    format!("segtune.deadletter.{study}")
+}
+
+/// Stream names.
+pub mod stream {
+    pub const PREPROCESS: &str = "PREPROCESS";
+    pub const DATASETS: &str = "DATASETS";
+    pub const SUBMISSIONS: &str = "SUBMISSIONS";
+    pub const JOBS: &str = "JOBS";
+    pub const TRAINED: &str = "TRAINED";
+    pub const REWARDS: &str = "REWARDS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const DEADLETTER: &str = "DEADLETTER";
+}
+
+/// Durable consumer names.
+pub mod durable {
+    pub const PREPROCESSORS: &str = "preprocessors";
+    pub const CONTROLLER_SUBMISSIONS: &str = "controller";
+    pub const TRAINERS: &str = "trainers";
+    pub const EVALUATORS: &str = "evaluators";
+    pub const CONTROLLER_REWARDS: &str = "controller-rewards";
+    pub const CONTROLLER_DEADLETTER: &str = "controller-deadletter";
+}
+
+/// Header carrying a job's id on every publish that must not duplicate.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} {value:?} cannot be used in a NATS subject: use 1..=64 characters from \
+     a-z, A-Z, 0-9, '-' and '_'"
+)]
+pub struct TokenError {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// Ids become single subject tokens: no dots, wildcards or spaces.
+pub fn check_token(what: &'static str, value: &str) -> Result<(), TokenError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// Turns any name into a valid token (lowercase, other characters become '-').
+pub fn sanitize_token(value: &str) -> String {
+    let s: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    if s.is_empty() { "dataset".into() } else { s }
+}
