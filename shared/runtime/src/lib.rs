@@ -1,1 +1,217 @@
+//! What every segtune service needs around its work loop: tracing, a NATS connection that
+//! survives a broker that is not up yet, the JetStream topology provisioned idempotently
+//! from `protocol::streams`, deduplicated publishes, and a shutdown future.
 
+use std::time::Duration;
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, consumer::pull, stream},
+};
+use bytes::Bytes;
+use protocol::streams::{CONSUMERS, ConsumerSpec, Retention, STREAMS, StreamSpec};
+
+pub use async_nats;
+
+/// Default broker URL when `SEGTUNE_NATS` is unset.
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+
+/// Logs to stderr; `SEGTUNE_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+pub fn init_tracing() {
+    let filter = std::env::var("SEGTUNE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,async_nats=warn".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Connects to NATS, retrying until the broker is up (services may start before it), and
+/// reconnecting forever afterwards.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .ping_interval(Duration::from_secs(10))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
+    Ok(client)
+}
+
+fn stream_config(spec: &StreamSpec) -> stream::Config {
+    stream::Config {
+        name: spec.name.to_string(),
+        subjects: spec.subjects.iter().map(|s| s.to_string()).collect(),
+        retention: match spec.retention {
+            Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+            Retention::Limits => stream::RetentionPolicy::Limits,
+        },
+        discard: match spec.retention {
+            // A full work queue refuses new jobs visibly instead of silently evicting old ones.
+            Retention::WorkQueue => stream::DiscardPolicy::New,
+            Retention::Limits => stream::DiscardPolicy::Old,
+        },
+        storage: stream::StorageType::File,
+        duplicate_window: spec.duplicate_window,
+        max_messages: if spec.max_msgs > 0 { spec.max_msgs } else { -1 },
+        max_age: spec.max_age,
+        ..Default::default()
+    }
+}
+
+fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
+    pull::Config {
+        durable_name: Some(spec.durable.to_string()),
+        filter_subject: spec.filter_subject.to_string(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver,
+        max_ack_pending: spec.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates every stream and durable consumer of `protocol::streams`. Idempotent:
+/// every service calls it at start, whichever starts first.
+pub async fn provision(js: &jetstream::Context) -> anyhow::Result<()> {
+    for spec in STREAMS {
+        js.create_or_update_stream(stream_config(spec))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot provision stream {}: {e}", spec.name))?;
+    }
+    for spec in CONSUMERS {
+        let stream = js
+            .get_stream(spec.stream)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", spec.stream))?;
+        stream
+            .create_consumer(consumer_config(spec))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot provision consumer {}: {e}", spec.durable))?;
+    }
+    Ok(())
+}
+
+/// [`provision`], retried until the broker answers (JetStream may still be starting).
+pub async fn provision_with_retry(js: &jetstream::Context) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    let mut last = None;
+    for _ in 0..30 {
+        match provision(js).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "JetStream not ready; retrying");
+                last = Some(e);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("provisioning failed")))
+}
+
+/// The durable pull consumer `durable`, as provisioned.
+pub async fn consumer(
+    js: &jetstream::Context,
+    durable: &str,
+) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+    let spec = protocol::streams::consumer_spec(durable)
+        .ok_or_else(|| anyhow::anyhow!("no consumer named {durable} in protocol::streams"))?;
+    let stream = js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", spec.stream))?;
+    stream
+        .get_consumer(durable)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open consumer {durable}: {e}"))
+}
+
+/// Pulls at most one message, waiting up to `wait`. Never prefetches: a worker asks for its
+/// next job only when idle, so other replicas get the rest.
+pub async fn pull_one(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    wait: Duration,
+) -> anyhow::Result<Option<jetstream::Message>> {
+    use futures::StreamExt;
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(wait)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("pull request failed: {e}"))?;
+    match batch.next().await {
+        Some(Ok(m)) => Ok(Some(m)),
+        Some(Err(e)) => Err(anyhow::anyhow!("pull failed: {e}")),
+        None => Ok(None),
+    }
+}
+
+/// Publishes to JetStream and waits for the server's acknowledgement. With `msg_id` set the
+/// stream drops a duplicate within its window. Retries transient failures (broker restarting)
+/// with the same id, so a retried publish never creates a second message.
+pub async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: Option<&str>,
+    payload: Vec<u8>,
+) -> anyhow::Result<jetstream::publish::PublishAck> {
+    let payload = Bytes::from(payload);
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut headers = HeaderMap::new();
+        if let Some(id) = msg_id {
+            headers.insert(protocol::subjects::MSG_ID_HEADER, id);
+        }
+        let result = match js
+            .publish_with_headers(subject.clone(), headers, payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(ack) => return Ok(ack),
+            Err(e) if attempt < 20 => {
+                tracing::warn!(%subject, attempt, error = %e, "publish not acknowledged; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+            Err(e) => return Err(anyhow::anyhow!("publish to {subject} failed: {e}")),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// A worker identity for logs and messages: `SEGTUNE_WORKER`, else `<hostname>-<pid>`.
+pub fn worker_name(role: &str) -> String {
+    std::env::var("SEGTUNE_WORKER").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        format!("{role}-{host}-{}", std::process::id())
+    })
+}
