@@ -1,1 +1,11 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    runtime::init_tracing();
+    let cli = segtune::Cli::parse();
+    if let Err(e) = segtune::run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,673 @@
+//! Preprocess an MSD task folder once into object storage: read every case (validated),
+//! resample to the target spacing, normalize intensities (CT window, MR percentiles), write
+//! NIfTI files and a manifest under `datasets/<dataset-id>/`.
+//!
+//! Used by the preprocessor service (driven over NATS) and by `segtune data preprocess`
+//! (in-process); both produce byte-identical output for the same input.
+//!
+//! The dataset id is `<name>-<16 hex digits of a BLAKE3 hash>` over dataset.json, every
+//! listed image and label file, the preprocessing parameters and [`PIPELINE_VERSION`].
+//! The manifest is written last: a dataset without one is incomplete and is redone.
 
+mod source;
+
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use protocol::{
+    CaseEntry, CaseError, ChannelNormalization, DatasetSource, Manifest, Modality, PercentileScope,
+    PreprocessParams, SCHEMA_VERSION, Split,
+};
+use rand::{SeedableRng, seq::SliceRandom};
+use storage::{DynStore, keys};
+use volume::{
+    NiftiError, ReadLimits, Volume,
+    msd::{self, Case, ChannelModality, DatasetJson},
+    normalize::{PercentileSketch, normalize_window, percentiles},
+    resample::{resample_image, resample_label},
+    write_nifti_bytes,
+};
+
+pub use source::Source;
+
+/// Bumped whenever the pipeline's output for the same input changes; part of the id.
+pub const PIPELINE_VERSION: u32 = 1;
+
+/// How a run is carried out (none of this changes the output).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub limits: ReadLimits,
+    /// Cases processed at once (bounds memory: about 3× one decoded case each).
+    pub parallel_cases: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            limits: ReadLimits::default(),
+            parallel_cases: 2,
+        }
+    }
+}
+
+/// A successful run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub dataset_id: String,
+    pub manifest: Manifest,
+    /// The store already held this dataset; nothing was recomputed.
+    pub reused: bool,
+    pub seconds: f64,
+}
+
+/// A failed run: every problem found, each naming its case and file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.summary())]
+pub struct Failure {
+    pub dataset_id: Option<String>,
+    pub errors: Vec<CaseError>,
+}
+
+impl Failure {
+    fn one(dataset_id: Option<String>, case: &str, file: &str, reason: impl ToString) -> Self {
+        Self {
+            dataset_id,
+            errors: vec![CaseError {
+                case: case.to_string(),
+                file: file.to_string(),
+                reason: reason.to_string(),
+            }],
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        let lines: Vec<String> = self
+            .errors
+            .iter()
+            .map(|e| {
+                if e.case.is_empty() {
+                    format!("{}: {}", e.file, e.reason)
+                } else {
+                    format!("case {} ({}): {}", e.case, e.file, e.reason)
+                }
+            })
+            .collect();
+        format!("preprocessing failed:\n  {}", lines.join("\n  "))
+    }
+}
+
+/// Preprocesses `source` into `store` (or finds it already there).
+pub async fn preprocess(
+    store: &DynStore,
+    source: &DatasetSource,
+    params: &PreprocessParams,
+    opts: &Options,
+) -> Result<Outcome, Failure> {
+    let started = Instant::now();
+    check_params(params)?;
+    let src = Source::open(source, store.clone());
+    let json_bytes = src
+        .read(msd::DATASET_JSON)
+        .await
+        .map_err(|e| Failure::one(None, "", msd::DATASET_JSON, e))?;
+    let ds = msd::parse_dataset_json(&json_bytes, msd::DATASET_JSON)
+        .map_err(|e| Failure::one(None, "", msd::DATASET_JSON, strip_file(&e.to_string())))?;
+    let modalities: Vec<Modality> = ds
+        .modalities()
+        .map_err(|e| Failure::one(None, "", msd::DATASET_JSON, strip_file(&e.to_string())))?
+        .into_iter()
+        .map(|m| match m {
+            ChannelModality::Ct => Modality::Ct,
+            ChannelModality::Mr => Modality::Mr,
+        })
+        .collect();
+    let cases = ds.cases();
+
+    let dataset_id = dataset_id(&src, &ds, &json_bytes, &cases, params).await?;
+    let manifest_key = keys::manifest(&dataset_id);
+    if let Ok(bytes) = storage::get(store, &manifest_key).await {
+        if let Ok(manifest) = protocol::decode::<Manifest>(&bytes) {
+            tracing::info!(%dataset_id, "dataset already preprocessed; reusing it");
+            return Ok(Outcome {
+                dataset_id,
+                manifest,
+                reused: true,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        tracing::warn!(%dataset_id, "unreadable manifest; preprocessing again");
+    }
+
+    let (splits, split_origin) = split(&cases, params);
+    let labels = ds.label_names();
+    let ctx = Arc::new(CaseContext {
+        src,
+        store: store.clone(),
+        dataset_id: dataset_id.clone(),
+        params: params.clone(),
+        limits: opts.limits,
+        modalities: modalities.clone(),
+        num_labels: labels.len(),
+    });
+
+    let result = run(&ctx, &cases, &splits, opts).await;
+    let (entries, normalization) = match result {
+        Ok(v) => v,
+        Err(mut failure) => {
+            failure.dataset_id = Some(dataset_id.clone());
+            // Nothing of a failed run stays behind (no manifest was written, so no reader
+            // could have used these files).
+            if let Err(e) = storage::delete_prefix(store, &keys::dataset_prefix(&dataset_id)).await
+            {
+                tracing::warn!(%dataset_id, error = %e, "could not clean up a failed dataset");
+            }
+            return Err(failure);
+        }
+    };
+
+    let manifest = Manifest {
+        schema: SCHEMA_VERSION,
+        dataset_id: dataset_id.clone(),
+        name: ds.name.clone(),
+        source: source.clone(),
+        params: params.clone(),
+        modalities,
+        labels,
+        normalization,
+        split_origin: split_origin.to_string(),
+        cases: entries,
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        segtune_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let bytes = protocol::encode(&manifest)
+        .map_err(|e| Failure::one(Some(dataset_id.clone()), "", "manifest.msgpack", e))?;
+    storage::put(store, &manifest_key, bytes)
+        .await
+        .map_err(|e| Failure::one(Some(dataset_id.clone()), "", &manifest_key, e))?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(%dataset_id, cases = manifest.cases.len(), seconds, "dataset preprocessed");
+    Ok(Outcome {
+        dataset_id,
+        manifest,
+        reused: false,
+        seconds,
+    })
+}
+
+/// Reads a dataset's manifest.
+pub async fn load_manifest(store: &DynStore, dataset_id: &str) -> anyhow::Result<Manifest> {
+    let key = keys::manifest(dataset_id);
+    let bytes = storage::get(store, &key).await.map_err(|e| match e {
+        storage::StorageError::NotFound { .. } => anyhow::anyhow!(
+            "dataset {dataset_id} not found in the store (no {key}); preprocess it first"
+        ),
+        e => anyhow::anyhow!(e),
+    })?;
+    Ok(protocol::decode(&bytes)?)
+}
+
+fn strip_file(msg: &str) -> String {
+    msg.strip_prefix("dataset.json: ")
+        .unwrap_or(msg)
+        .to_string()
+}
+
+fn check_params(p: &PreprocessParams) -> Result<(), Failure> {
+    let bad =
+        |field: &str, why: String| Failure::one(None, "", "params", format!("{field}: {why}"));
+    if p.target_spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+        return Err(bad(
+            "target_spacing",
+            format!("{:?}, expected three positive numbers", p.target_spacing),
+        ));
+    }
+    if !(p.ct_window[0] < p.ct_window[1]) {
+        return Err(bad(
+            "ct_window",
+            format!("{:?}, expected low < high", p.ct_window),
+        ));
+    }
+    let [a, b] = p.mr_percentiles;
+    if !(0.0..=100.0).contains(&a) || !(0.0..=100.0).contains(&b) || a >= b {
+        return Err(bad(
+            "mr_percentiles",
+            format!("{:?}, expected 0 <= low < high <= 100", p.mr_percentiles),
+        ));
+    }
+    if !(0.0..1.0).contains(&p.validation_fraction) {
+        return Err(bad(
+            "validation_fraction",
+            format!("{}, expected a value in [0, 1)", p.validation_fraction),
+        ));
+    }
+    Ok(())
+}
+
+async fn dataset_id(
+    src: &Source,
+    ds: &DatasetJson,
+    json_bytes: &[u8],
+    cases: &[Case],
+    params: &PreprocessParams,
+) -> Result<String, Failure> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&PIPELINE_VERSION.to_le_bytes());
+    hasher.update(&protocol::encode(params).expect("params encode"));
+    hasher.update(&(json_bytes.len() as u64).to_le_bytes());
+    hasher.update(json_bytes);
+    let mut missing = Vec::new();
+    for case in cases {
+        for file in [&case.image, &case.label] {
+            match src.hash_into(file, &mut hasher).await {
+                Ok(()) => {}
+                Err(e) => missing.push(CaseError {
+                    case: case.id.clone(),
+                    file: file.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Failure {
+            dataset_id: None,
+            errors: missing,
+        });
+    }
+    let hash = hasher.finalize().to_hex();
+    Ok(format!(
+        "{}-{}",
+        protocol::subjects::sanitize_token(&ds.name),
+        &hash[..16]
+    ))
+}
+
+fn split(cases: &[Case], params: &PreprocessParams) -> (Vec<Split>, &'static str) {
+    if cases.iter().any(|c| c.validation) {
+        let s = cases
+            .iter()
+            .map(|c| {
+                if c.validation {
+                    Split::Validation
+                } else {
+                    Split::Train
+                }
+            })
+            .collect();
+        return (s, "dataset.json");
+    }
+    let n = cases.len();
+    let mut n_val = (n as f64 * params.validation_fraction).round() as usize;
+    if n >= 2 && params.validation_fraction > 0.0 {
+        n_val = n_val.clamp(1, n - 1);
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        params.split_seed,
+    ));
+    let mut s = vec![Split::Train; n];
+    for &i in &order[..n_val] {
+        s[i] = Split::Validation;
+    }
+    (s, "seeded")
+}
+
+struct CaseContext {
+    src: Source,
+    store: DynStore,
+    dataset_id: String,
+    params: PreprocessParams,
+    limits: ReadLimits,
+    modalities: Vec<Modality>,
+    num_labels: usize,
+}
+
+/// Per-channel window: fixed (CT or overall MR) or computed per volume.
+#[derive(Debug, Clone, Copy)]
+enum Window {
+    Fixed(f64, f64),
+    PerVolume,
+}
+
+async fn run(
+    ctx: &Arc<CaseContext>,
+    cases: &[Case],
+    splits: &[Split],
+    opts: &Options,
+) -> Result<(Vec<CaseEntry>, Vec<ChannelNormalization>), Failure> {
+    let windows = channel_windows(ctx, cases, splits, opts).await?;
+    let normalization = windows
+        .iter()
+        .enumerate()
+        .map(|(c, w)| ChannelNormalization {
+            channel: c as u32,
+            modality: ctx.modalities[c],
+            low: match w {
+                Window::Fixed(l, _) => Some(*l),
+                Window::PerVolume => None,
+            },
+            high: match w {
+                Window::Fixed(_, h) => Some(*h),
+                Window::PerVolume => None,
+            },
+        })
+        .collect();
+
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel_cases.max(1)));
+    let mut tasks = Vec::new();
+    for (case, &split) in cases.iter().zip(splits) {
+        let ctx = ctx.clone();
+        let case = case.clone();
+        let windows = windows.clone();
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        tasks.push(tokio::spawn(async move {
+            let r = process_case(&ctx, &case, split, &windows).await;
+            drop(permit);
+            r.map_err(|(file, reason)| CaseError {
+                case: case.id.clone(),
+                file,
+                reason,
+            })
+        }));
+    }
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(e)) => entries.push(e),
+            Ok(Err(e)) => errors.push(e),
+            Err(join) => errors.push(CaseError {
+                case: String::new(),
+                file: String::new(),
+                reason: format!("internal error: {join}"),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok((entries, normalization))
+    } else {
+        Err(Failure {
+            dataset_id: None,
+            errors,
+        })
+    }
+}
+
+/// Decides each channel's window; for overall MR percentiles this reads the training images
+/// twice (an exact two-pass percentile with bounded memory).
+async fn channel_windows(
+    ctx: &Arc<CaseContext>,
+    cases: &[Case],
+    splits: &[Split],
+    _opts: &Options,
+) -> Result<Vec<Window>, Failure> {
+    let mut windows: Vec<Window> = ctx
+        .modalities
+        .iter()
+        .map(|m| match m {
+            Modality::Ct => Window::Fixed(ctx.params.ct_window[0], ctx.params.ct_window[1]),
+            Modality::Mr => Window::PerVolume,
+        })
+        .collect();
+    let overall_mr: Vec<usize> = (0..windows.len())
+        .filter(|&c| {
+            ctx.modalities[c] == Modality::Mr && ctx.params.mr_scope == PercentileScope::Overall
+        })
+        .collect();
+    if overall_mr.is_empty() {
+        return Ok(windows);
+    }
+    let train: Vec<&Case> = cases
+        .iter()
+        .zip(splits)
+        .filter(|(_, s)| **s == Split::Train)
+        .map(|(c, _)| c)
+        .collect();
+    let ps = [ctx.params.mr_percentiles[0], ctx.params.mr_percentiles[1]];
+    let mut sketches = vec![PercentileSketch::new(); windows.len()];
+    for case in &train {
+        let img = read_image(ctx, case).await?;
+        for &c in &overall_mr {
+            sketches[c].add(img.channel(c));
+        }
+    }
+    let mut refinements: Vec<_> = sketches.iter().map(|s| s.refine_plan(&ps)).collect();
+    for case in &train {
+        let img = read_image(ctx, case).await?;
+        for &c in &overall_mr {
+            refinements[c].add(img.channel(c));
+        }
+    }
+    for (c, r) in refinements.into_iter().enumerate() {
+        if !overall_mr.contains(&c) {
+            continue;
+        }
+        let v = r
+            .finish()
+            .map_err(|e| Failure::one(None, "", msd::DATASET_JSON, format!("channel {c}: {e}")))?;
+        windows[c] = Window::Fixed(v[0], v[1]);
+    }
+    Ok(windows)
+}
+
+async fn read_image(ctx: &Arc<CaseContext>, case: &Case) -> Result<Volume<f32>, Failure> {
+    let bytes = ctx
+        .src
+        .read(&case.image)
+        .await
+        .map_err(|e| Failure::one(None, &case.id, &case.image, e))?;
+    let limits = ctx.limits;
+    let name = case.image.clone();
+    let channels = ctx.modalities.len();
+    let r = tokio::task::spawn_blocking(move || decode_image(&bytes, &name, &limits, channels))
+        .await
+        .expect("decode task");
+    r.map_err(|e| Failure::one(None, &case.id, &case.image, e))
+}
+
+fn nifti_reason(e: NiftiError, file: &str) -> String {
+    let s = e.to_string();
+    s.strip_prefix(&format!("{file}: "))
+        .unwrap_or(&s)
+        .to_string()
+}
+
+fn decode_image(
+    bytes: &[u8],
+    name: &str,
+    limits: &ReadLimits,
+    channels: usize,
+) -> Result<Volume<f32>, String> {
+    let img = volume::read_nifti_bytes(bytes, name, limits).map_err(|e| nifti_reason(e, name))?;
+    let v = img.volume;
+    if v.channels != channels {
+        return Err(format!(
+            "has {} channel(s), dataset.json's modality lists {channels}",
+            v.channels
+        ));
+    }
+    let bad = volume::nifti_io::count_non_finite(&v.data);
+    if bad > 0 {
+        return Err(format!("{bad} voxel(s) are NaN or infinite"));
+    }
+    Ok(v)
+}
+
+fn decode_label(
+    bytes: &[u8],
+    name: &str,
+    limits: &ReadLimits,
+    num_labels: usize,
+) -> Result<Volume<u8>, String> {
+    let img = volume::read_nifti_bytes(bytes, name, limits).map_err(|e| nifti_reason(e, name))?;
+    let v = img.volume;
+    if v.channels != 1 {
+        return Err(format!(
+            "a label map must have 1 channel, found {}",
+            v.channels
+        ));
+    }
+    let mut out = Vec::with_capacity(v.data.len());
+    for (i, &x) in v.data.iter().enumerate() {
+        if !x.is_finite() || x.fract() != 0.0 || x < 0.0 || x > 255.0 {
+            let [nx, ny, _] = v.dims;
+            return Err(format!(
+                "label value {x} at voxel ({}, {}, {}) is not an integer class in 0..=255",
+                i % nx,
+                (i / nx) % ny,
+                i / (nx * ny)
+            ));
+        }
+        if x as usize >= num_labels {
+            return Err(format!(
+                "label value {x} is not one of the {num_labels} labels in dataset.json"
+            ));
+        }
+        out.push(x as u8);
+    }
+    Ok(Volume::new(out, v.dims, 1, v.geometry))
+}
+
+/// Geometries of image and label must agree: same grid within 1e-3 mm (or 0.1% of a voxel).
+fn check_same_grid(img: &Volume<f32>, lab: &Volume<u8>) -> Result<(), String> {
+    if img.dims != lab.dims {
+        return Err(format!(
+            "label shape {:?} differs from image shape {:?}",
+            lab.dims, img.dims
+        ));
+    }
+    let tol = 1e-3 * img.geometry.spacing.iter().cloned().fold(1.0, f64::max);
+    if !img.geometry.approx_eq(&lab.geometry, tol) {
+        return Err(format!(
+            "label affine {:?} differs from image affine {:?}",
+            lab.geometry.affine(),
+            img.geometry.affine()
+        ));
+    }
+    Ok(())
+}
+
+/// The CPU part of one case, shared with the benchmark: resample, normalize, encode.
+pub struct Processed {
+    pub image_nii: Vec<u8>,
+    pub label_nii: Vec<u8>,
+    pub shape: [usize; 3],
+    pub label_counts: Vec<u64>,
+    pub windows: Vec<[f64; 2]>,
+}
+
+/// Resamples and normalizes a decoded case and encodes both as `.nii`.
+/// `windows[c]` = `None` computes channel `c`'s percentile window on this volume.
+pub fn process_volumes(
+    img: &Volume<f32>,
+    lab: &Volume<u8>,
+    target: [f64; 3],
+    windows: &[Option<[f64; 2]>],
+    mr_percentiles: [f64; 2],
+    num_labels: usize,
+) -> Result<Processed, String> {
+    // Percentile windows come from the voxels as stored (before resampling), like the
+    // dataset-wide ones, so both scopes measure the same population.
+    let mut applied = Vec::new();
+    for (c, w) in windows.iter().enumerate() {
+        applied.push(match w {
+            Some(w) => *w,
+            None => {
+                let p = percentiles(img.channel(c), &mr_percentiles)
+                    .ok_or_else(|| format!("channel {c} has no finite voxel"))?;
+                [p[0], p[1]]
+            }
+        });
+    }
+    let mut out = resample_image(img, target);
+    let lab = resample_label(lab, target);
+    for (c, [lo, hi]) in applied.iter().enumerate() {
+        normalize_window(out.channel_mut(c), *lo, *hi);
+    }
+    let mut counts = vec![0u64; num_labels.max(1)];
+    for &v in &lab.data {
+        counts[v as usize] += 1;
+    }
+    Ok(Processed {
+        image_nii: write_nifti_bytes(&out, false),
+        label_nii: write_nifti_bytes(&lab, false),
+        shape: out.dims,
+        label_counts: counts,
+        windows: applied,
+    })
+}
+
+async fn process_case(
+    ctx: &Arc<CaseContext>,
+    case: &Case,
+    split: Split,
+    windows: &[Window],
+) -> Result<CaseEntry, (String, String)> {
+    let img_bytes = ctx
+        .src
+        .read(&case.image)
+        .await
+        .map_err(|e| (case.image.clone(), e.to_string()))?;
+    let lab_bytes = ctx
+        .src
+        .read(&case.label)
+        .await
+        .map_err(|e| (case.label.clone(), e.to_string()))?;
+    let c2 = ctx.clone();
+    let case2 = case.clone();
+    let wins: Vec<Option<[f64; 2]>> = windows
+        .iter()
+        .map(|w| match w {
+            Window::Fixed(l, h) => Some([*l, *h]),
+            Window::PerVolume => None,
+        })
+        .collect();
+    let (processed, source_spacing, source_shape, channels) =
+        tokio::task::spawn_blocking(move || {
+            let img = decode_image(&img_bytes, &case2.image, &c2.limits, c2.modalities.len())
+                .map_err(|e| (case2.image.clone(), e))?;
+            drop(img_bytes);
+            let lab = decode_label(&lab_bytes, &case2.label, &c2.limits, c2.num_labels)
+                .map_err(|e| (case2.label.clone(), e))?;
+            drop(lab_bytes);
+            check_same_grid(&img, &lab).map_err(|e| (case2.label.clone(), e))?;
+            let p = process_volumes(
+                &img,
+                &lab,
+                c2.params.target_spacing,
+                &wins,
+                c2.params.mr_percentiles,
+                c2.num_labels,
+            )
+            .map_err(|e| (case2.image.clone(), e))?;
+            Ok::<_, (String, String)>((p, img.geometry.spacing, img.dims, img.channels))
+        })
+        .await
+        .map_err(|e| (case.image.clone(), format!("internal error: {e}")))??;
+
+    let image_key = keys::case_image(&ctx.dataset_id, &case.id);
+    let label_key = keys::case_label(&ctx.dataset_id, &case.id);
+    storage::put(&ctx.store, &image_key, processed.image_nii)
+        .await
+        .map_err(|e| (image_key.clone(), e.to_string()))?;
+    storage::put(&ctx.store, &label_key, processed.label_nii)
+        .await
+        .map_err(|e| (label_key.clone(), e.to_string()))?;
+    Ok(CaseEntry {
+        id: case.id.clone(),
+        split,
+        image_key,
+        label_key,
+        shape: processed.shape,
+        channels,
+        source_spacing,
+        source_shape,
+        label_counts: processed.label_counts,
+        windows: processed.windows,
+    })
+}

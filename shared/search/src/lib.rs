@@ -1,0 +1,31 @@
+//! Search spaces and ask/tell searchers for training strategies (DESIGN.md section 1).
+//!
+//! A [`SearchSpace`] maps named knobs to the unit cube [0, 1]^K; a [`Searcher`] proposes
+//! points of the cube and learns from their rewards. The caller (the controller service) owns
+//! the loop of the paper's Algorithm 1: it calls [`Searcher::propose`] `parallel` times, keeps
+//! each [`Proposal`] with its job, and on each reward calls [`Searcher::observe`] and proposes
+//! one more. Rewards may come back in any order. [`Searcher::save`] and [`restore`] persist a
+//! searcher exactly (random generator included). No NATS, no async: plain data in and out.
+//!
+//! Searchers ([`build`] by name): `ppo-rnn` (the paper's RNN controller trained with PPO,
+//! [`PpoRnn`]), `hill-discrete` and `hill-continuous` (the paper's baselines), `random`,
+//! `fixed` (the paper's routine strategy).
+
+mod error;
+mod hill;
+mod ppo;
+mod rng;
+mod searcher;
+mod settings;
+mod simple;
+mod space;
+pub mod special;
+
+pub use error::{SearchError, SpaceError};
+pub use hill::{HillContinuous, HillDiscrete};
+pub use ppo::{PpoRnn, PpoSettings};
+pub use rng::Rng;
+pub use searcher::{KINDS, Memo, Proposal, Searcher, SearcherState, build, restore, settings_of};
+pub use settings::{Rule, SettingInfo};
+pub use simple::{Fixed, RandomSearch};
+pub use space::{AUGMENTATIONS, LEARNING_RATE, ROUTINE_LEARNING_RATE, SearchSpace};

@@ -1,0 +1,10 @@
+//! The search crate's integration tests: one binary, one module per concern.
+
+mod common;
+mod factory;
+mod hill;
+mod learning;
+mod observe;
+mod persistence;
+mod space;
+mod tune;
