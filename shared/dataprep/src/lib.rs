@@ -226,7 +226,8 @@ fn check_params(p: &PreprocessParams) -> Result<(), Failure> {
             format!("{:?}, expected three positive numbers", p.target_spacing),
         ));
     }
-    if !(p.ct_window[0] < p.ct_window[1]) {
+    let [lo, hi] = p.ct_window;
+    if !lo.is_finite() || !hi.is_finite() || lo >= hi {
         return Err(bad(
             "ct_window",
             format!("{:?}, expected low < high", p.ct_window),
@@ -514,7 +515,7 @@ fn decode_label(
     }
     let mut out = Vec::with_capacity(v.data.len());
     for (i, &x) in v.data.iter().enumerate() {
-        if !x.is_finite() || x.fract() != 0.0 || x < 0.0 || x > 255.0 {
+        if !x.is_finite() || x.fract() != 0.0 || !(0.0..=255.0).contains(&x) {
             let [nx, ny, _] = v.dims;
             return Err(format!(
                 "label value {x} at voxel ({}, {}, {}) is not an integer class in 0..=255",
@@ -563,9 +564,11 @@ pub struct Processed {
 
 /// Resamples and normalizes a decoded case and encodes both as `.nii`.
 /// `windows[c]` = `None` computes channel `c`'s percentile window on this volume.
+/// Takes the inputs by value so they are freed before encoding (peak memory ≈ input +
+/// resampled output, not input + output + encoded bytes).
 pub fn process_volumes(
-    img: &Volume<f32>,
-    lab: &Volume<u8>,
+    img: Volume<f32>,
+    lab: Volume<u8>,
     target: [f64; 3],
     windows: &[Option<[f64; 2]>],
     mr_percentiles: [f64; 2],
@@ -584,8 +587,12 @@ pub fn process_volumes(
             }
         });
     }
-    let mut out = resample_image(img, target);
-    let lab = resample_label(lab, target);
+    let mut out = resample_image(&img, target);
+    drop(img);
+    let lab = {
+        let input = lab;
+        resample_label(&input, target)
+    };
     for (c, [lo, hi]) in applied.iter().enumerate() {
         normalize_window(out.channel_mut(c), *lo, *hi);
     }
@@ -636,16 +643,17 @@ async fn process_case(
                 .map_err(|e| (case2.label.clone(), e))?;
             drop(lab_bytes);
             check_same_grid(&img, &lab).map_err(|e| (case2.label.clone(), e))?;
+            let (spacing, dims, channels) = (img.geometry.spacing, img.dims, img.channels);
             let p = process_volumes(
-                &img,
-                &lab,
+                img,
+                lab,
                 c2.params.target_spacing,
                 &wins,
                 c2.params.mr_percentiles,
                 c2.num_labels,
             )
             .map_err(|e| (case2.image.clone(), e))?;
-            Ok::<_, (String, String)>((p, img.geometry.spacing, img.dims, img.channels))
+            Ok::<_, (String, String)>((p, spacing, dims, channels))
         })
         .await
         .map_err(|e| (case.image.clone(), format!("internal error: {e}")))??;

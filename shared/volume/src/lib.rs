@@ -51,11 +51,11 @@ impl Geometry {
     /// The 4×4 affine (NIfTI sform rows) of this geometry.
     pub fn affine(&self) -> [[f64; 4]; 4] {
         let mut a = [[0.0; 4]; 4];
-        for r in 0..3 {
-            for c in 0..3 {
-                a[r][c] = self.direction[r][c] * self.spacing[c];
+        for (r, row) in a.iter_mut().take(3).enumerate() {
+            for (c, v) in row.iter_mut().take(3).enumerate() {
+                *v = self.direction[r][c] * self.spacing[c];
             }
-            a[r][3] = self.origin[r];
+            row[3] = self.origin[r];
         }
         a[3][3] = 1.0;
         a

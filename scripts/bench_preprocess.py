@@ -1,0 +1,123 @@
+"""Side-by-side benchmark driver for scripts/bench-preprocess (see there)."""
+import json, os, statistics, subprocess, sys, tempfile, time
+
+import numpy as np
+import SimpleITK as sitk
+
+REPEATS = 5
+BIN = os.path.join(os.path.dirname(__file__), "..", "target", "release", "preprocess-one")
+
+
+def make_volumes(tmp):
+    rng = np.random.default_rng(0)
+    out = {}
+    # CT-like: air, a body ellipse of soft tissue, an organ, bone; int16 HU with noise.
+    z, y, x = np.mgrid[0:120, 0:512, 0:512].astype(np.float32)
+    body = ((x - 256) / 220) ** 2 + ((y - 256) / 180) ** 2 < 1
+    organ = ((x - 300) / 60) ** 2 + ((y - 240) / 50) ** 2 + ((z - 60) / 25) ** 2 < 1
+    bone = ((x - 256) / 20) ** 2 + ((y - 380) / 20) ** 2 < 1
+    ct = np.full(x.shape, -1000, np.float32)
+    ct[body] = 40
+    ct[organ] = 100
+    ct[bone] = 700
+    ct += rng.normal(0, 15, ct.shape).astype(np.float32)
+    lab = organ.astype(np.uint8)
+    out["ct"] = write_pair(tmp, "ct", ct.astype(np.int16), lab, (0.7, 0.7, 2.5))
+    del x, y, z, ct, body, organ, bone, lab
+    # MR-like: float32 with a bias field.
+    z, y, x = np.mgrid[0:130, 0:320, 0:320].astype(np.float32)
+    head = ((x - 160) / 140) ** 2 + ((y - 160) / 150) ** 2 + ((z - 65) / 60) ** 2 < 1
+    struct = ((x - 170) / 30) ** 2 + ((y - 150) / 25) ** 2 + ((z - 60) / 20) ** 2 < 1
+    mr = np.zeros(x.shape, np.float32)
+    mr[head] = 300
+    mr[struct] = 600
+    mr *= 1 + 0.3 * np.sin(x / 80) * np.cos(y / 90)
+    mr += np.abs(rng.normal(0, 20, mr.shape)).astype(np.float32)
+    out["mr"] = write_pair(tmp, "mr", mr, struct.astype(np.uint8), (1.25, 1.25, 1.37))
+    return out
+
+
+def write_pair(tmp, name, img, lab, spacing):
+    paths = []
+    for kind, arr in (("image", img), ("label", lab)):
+        im = sitk.GetImageFromArray(arr)  # numpy [z, y, x]
+        im.SetSpacing(spacing)
+        im.SetOrigin((-100.0, 20.0, 5.0))
+        p = os.path.join(tmp, f"{name}_{kind}.nii.gz")
+        sitk.WriteImage(im, p, useCompression=True)
+        paths.append(p)
+    nbytes = img.nbytes
+    return paths + [nbytes]
+
+
+def sitk_once(img_path, lab_path, out_dir, modality):
+    t0 = time.perf_counter()
+    img = sitk.ReadImage(img_path, sitk.sitkFloat32)
+    lab = sitk.ReadImage(lab_path)
+    sp_in = img.GetSpacing()
+    size = [max(1, int(round(n * s / 1.0))) for n, s in zip(img.GetSize(), sp_in)]
+
+    def grid(im, interp, default):
+        return sitk.Resample(im, size, sitk.Transform(), interp, im.GetOrigin(), (1.0, 1.0, 1.0),
+                             im.GetDirection(), default, im.GetPixelID())
+
+    r_img = grid(img, sitk.sitkLinear, 0.0)
+    r_lab = grid(lab, sitk.sitkNearestNeighbor, 0)
+    a = sitk.GetArrayViewFromImage(r_img)
+    if modality == "ct":
+        lo, hi = -1000.0, 1000.0
+    else:
+        lo, hi = np.percentile(sitk.GetArrayViewFromImage(img), [5, 95])
+    n = sitk.GetImageFromArray(np.clip((a - lo) / (hi - lo), 0, 1).astype(np.float32))
+    n.CopyInformation(r_img)
+    sitk.WriteImage(n, os.path.join(out_dir, "image.nii"))
+    sitk.WriteImage(r_lab, os.path.join(out_dir, "label.nii"))
+    return time.perf_counter() - t0
+
+
+SITK_CHILD = r"""
+import sys, json, resource
+sys.path.insert(0, sys.argv[1])
+import bench_preprocess as b
+ts = [b.sitk_once(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]) for _ in range(int(sys.argv[6]))]
+print(json.dumps({"times": ts, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def run_sitk(img, lab, out, modality):
+    r = subprocess.run([sys.executable, "-c", SITK_CHILD, os.path.dirname(os.path.abspath(__file__)),
+                        img, lab, out, modality, str(REPEATS)], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"SimpleITK run failed:\n{r.stderr}")
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    return d["times"], d["peak_rss_kb"]
+
+
+def run_segtune(img, lab, out, modality):
+    r = subprocess.run([BIN, img, lab, out, modality, str(REPEATS)], check=True, capture_output=True, text=True)
+    lines = [json.loads(l) for l in r.stdout.strip().splitlines()]
+    return [l["total"] for l in lines[:-1]], lines[-1]["peak_rss_kb"], lines[:-1]
+
+
+def main():
+    global REPEATS
+    REPEATS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    threads = os.environ.get("RAYON_NUM_THREADS", str(os.cpu_count()))
+    print(f"threads: segtune RAYON_NUM_THREADS={threads}, SimpleITK default ({sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}); repeats {REPEATS}")
+    with tempfile.TemporaryDirectory() as tmp:
+        vols = make_volumes(tmp)
+        print(f"{'volume':8} {'tool':10} {'median s':>9} {'peak RSS MB':>12} {'decoded MB':>11} {'RSS/decoded':>12}")
+        for modality, (img, lab, nbytes) in vols.items():
+            out = os.path.join(tmp, "out_" + modality)
+            os.makedirs(out, exist_ok=True)
+            st, srss, phases = run_segtune(img, lab, out, modality)
+            kt, krss = run_sitk(img, lab, out, modality)
+            ms, mk = statistics.median(st), statistics.median(kt)
+            for tool, m, rss in (("segtune", ms, srss), ("SimpleITK", mk, krss)):
+                print(f"{modality:8} {tool:10} {m:9.3f} {rss / 1024:12.0f} {nbytes / 2**20:11.0f} {rss / 1024 / (nbytes / 2**20):12.2f}")
+            ph = {k: statistics.median(p[k] for p in phases) for k in ("read", "process", "write")}
+            print(f"{modality:8} ratio segtune/SimpleITK = {ms / mk:.2f}  (segtune phases: read {ph['read']:.3f} s, resample+normalize+encode {ph['process']:.3f} s, write {ph['write']:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use protocol::{DatasetEvent, DatasetSource, PreprocessParams, PreprocessRequest};
+use test_support::NatsServer;
+
+/// A broker, a file store and a running preprocessor service.
+pub struct Stack {
+    _nats: NatsServer,
+    _store_dir: tempfile::TempDir,
+    pub store_url: String,
+    pub client: async_nats::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        test_support::init_test_tracing();
+        let nats = NatsServer::start();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store_url = store_dir.path().join("store").display().to_string();
+        let settings = preprocessor::Settings {
+            nats: nats.url(),
+            store: store_url.clone(),
+            parallel_cases: 2,
+            max_voxels: 4_000_000,
+        };
+        let app = preprocessor::App::connect(&settings).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(preprocessor::run(app, async move {
+            let _ = rx.await;
+        }));
+        let client = nats.client().await;
+        Self {
+            _nats: nats,
+            _store_dir: store_dir,
+            store_url,
+            client,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Sends a request and waits for the dataset event answering it.
+    pub async fn request(&self, dir: &Path) -> DatasetEvent {
+        let mut sub = self.client.subscribe("segtune.datasets.*").await.unwrap();
+        self.client.flush().await.unwrap();
+        let request_id = format!("req-{}", rand_id());
+        let req = PreprocessRequest {
+            schema: protocol::SCHEMA_VERSION,
+            request_id: request_id.clone(),
+            source: DatasetSource::Local {
+                path: dir.display().to_string(),
+            },
+            params: PreprocessParams::default(),
+        };
+        let js = async_nats::jetstream::new(self.client.clone());
+        runtime::publish(
+            &js,
+            protocol::subjects::PREPROCESS_REQUESTS.into(),
+            Some(&request_id),
+            protocol::encode(&req).unwrap(),
+        )
+        .await
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, sub.next())
+                .await
+                .expect("no dataset event within 30 s")
+                .expect("subscription open");
+            let ev: DatasetEvent = protocol::decode(&msg.payload).unwrap();
+            let rid = match &ev {
+                DatasetEvent::Ready(r) => &r.request_id,
+                DatasetEvent::Failed(f) => &f.request_id,
+            };
+            if *rid == request_id {
+                return ev;
+            }
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("service stops on shutdown")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    (std::process::id() as u64) << 20 | N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Writes a tiny synthetic CT task.
+pub fn synth_task(dir: &Path, seed: u64) -> PathBuf {
+    let spec = volume::synth::SynthSpec::new(volume::synth::SynthKind::CtOrgan, 4, 24, seed);
+    volume::synth::write_task(&spec, dir).unwrap();
+    dir.to_path_buf()
+}
+
+/// Every file under `root` with its bytes.
+pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The manifest with its timestamp zeroed, for comparisons.
+pub fn manifest_without_time(bytes: &[u8]) -> protocol::Manifest {
+    let mut m: protocol::Manifest = protocol::decode(bytes).unwrap();
+    m.created_unix = 0;
+    m
+}
