@@ -104,7 +104,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-type Corruption = (&'static str, &'static str, &'static [&'static str], fn(&Path, &str));
+type Corruption = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    fn(&Path, &str),
+);
 
 fn read_f32(p: &Path) -> volume::Volume<f32> {
     volume::read_nifti(p, &Default::default()).unwrap().volume
@@ -125,20 +130,32 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
     let lab = format!("labelsTr/{case}.nii.gz");
     // (name, file the error must name, words one of which the reason must contain, corruption)
     let cases: Vec<Corruption> = vec![
-        ("truncated gzip", "imagesTr", &["truncated", "unexpected end", "corrupt"], |d, c| {
-            let p = d.join(format!("imagesTr/{c}.nii.gz"));
-            let b = std::fs::read(&p).unwrap();
-            std::fs::write(&p, &b[..b.len() / 2]).unwrap();
-        }),
+        (
+            "truncated gzip",
+            "imagesTr",
+            &["truncated", "unexpected end", "corrupt"],
+            |d, c| {
+                let p = d.join(format!("imagesTr/{c}.nii.gz"));
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+            },
+        ),
         ("not gzip", "imagesTr", &["gzip"], |d, c| {
-            std::fs::write(d.join(format!("imagesTr/{c}.nii.gz")), b"plain text, not a volume")
-                .unwrap();
+            std::fs::write(
+                d.join(format!("imagesTr/{c}.nii.gz")),
+                b"plain text, not a volume",
+            )
+            .unwrap();
         }),
         ("dim[0] = 9", "imagesTr", &["dim[0]"], |d, c| {
-            patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| set_i16(b, DIM, 9))
+            patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                set_i16(b, DIM, 9)
+            })
         }),
         ("dim[0] = 0", "imagesTr", &["dim[0]"], |d, c| {
-            patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| set_i16(b, DIM, 0))
+            patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                set_i16(b, DIM, 0)
+            })
         }),
         ("zero dim", "imagesTr", &["dim[2]"], |d, c| {
             patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
@@ -186,12 +203,17 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
             v.geometry.origin[0] += 5.0;
             volume::write_nifti(&p, &v).unwrap();
         }),
-        ("non-integer label", "labelsTr", &["not an integer"], |d, c| {
-            let p = d.join(format!("labelsTr/{c}.nii.gz"));
-            let mut v = read_f32(&p);
-            v.data[7] = 0.5;
-            volume::write_nifti(&p, &v).unwrap();
-        }),
+        (
+            "non-integer label",
+            "labelsTr",
+            &["not an integer"],
+            |d, c| {
+                let p = d.join(format!("labelsTr/{c}.nii.gz"));
+                let mut v = read_f32(&p);
+                v.data[7] = 0.5;
+                volume::write_nifti(&p, &v).unwrap();
+            },
+        ),
         ("NaN voxels", "imagesTr", &["NaN"], |d, c| {
             let p = d.join(format!("imagesTr/{c}.nii.gz"));
             let mut v = read_f32(&p);
@@ -202,9 +224,14 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
         ("missing file", "labelsTr", &["missing"], |d, c| {
             std::fs::remove_file(d.join(format!("labelsTr/{c}.nii.gz"))).unwrap();
         }),
-        ("malformed dataset.json", "dataset.json", &["dataset.json", "JSON", "json"], |d, _| {
-            std::fs::write(d.join("dataset.json"), b"{\"name\": \"x\", training: [").unwrap();
-        }),
+        (
+            "malformed dataset.json",
+            "dataset.json",
+            &["dataset.json", "JSON", "json"],
+            |d, _| {
+                std::fs::write(d.join("dataset.json"), b"{\"name\": \"x\", training: [").unwrap();
+            },
+        ),
     ];
 
     for (name, file, words, corrupt) in cases {
@@ -223,7 +250,10 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
             .collect::<Vec<_>>()
             .join("\n");
         eprintln!("{name}: {text}");
-        assert!(text.contains(file), "{name}: error does not name {file}:\n{text}");
+        assert!(
+            text.contains(file),
+            "{name}: error does not name {file}:\n{text}"
+        );
         if file != "dataset.json" {
             assert!(
                 text.contains(&img) || text.contains(&lab),

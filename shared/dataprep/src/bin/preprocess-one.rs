@@ -11,7 +11,11 @@ fn main() -> anyhow::Result<()> {
     if args.len() < 5 {
         anyhow::bail!("usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS]");
     }
-    let (image, label, out) = (Path::new(&args[1]), Path::new(&args[2]), Path::new(&args[3]));
+    let (image, label, out) = (
+        Path::new(&args[1]),
+        Path::new(&args[2]),
+        Path::new(&args[3]),
+    );
     let mr = match args[4].as_str() {
         "ct" => false,
         "mr" => true,
