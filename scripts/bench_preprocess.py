@@ -5,7 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 
 REPEATS = 5
-BIN = os.path.join(os.path.dirname(__file__), "..", "target", "release", "preprocess-one")
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(__file__), "..", "target"), "release", "preprocess-one")
 
 
 def make_volumes(tmp):
