@@ -3,3 +3,4 @@
 
 mod preprocess;
 mod support;
+mod train;

@@ -1,6 +1,7 @@
 //! The `segtune` command line: synthetic data, preprocessing, and (as they land) studies.
 
 pub mod data;
+pub mod job;
 
 use clap::{Parser, Subcommand};
 
@@ -21,10 +22,16 @@ pub enum Command {
     /// Datasets: synthesize MSD-layout phantoms, preprocess a task folder.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Train one model with a strategy, without the bus; prints the checkpoint path.
+    Train(job::TrainArgs),
+    /// Validation Dice of a checkpoint; prints the mean Dice as its last line.
+    Eval(job::EvalArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data::run(cmd).await,
+        Command::Train(a) => job::train(a).await,
+        Command::Eval(a) => job::eval(a).await,
     }
 }

@@ -215,3 +215,83 @@ pub fn worker_name(role: &str) -> String {
         format!("{role}-{host}-{}", std::process::id())
     })
 }
+
+/// How a piece of work bounded by [`work_with_progress_acks`] ended.
+pub enum Worked<T> {
+    Done(T),
+    /// Shutdown was requested; the message has been naked so another replica takes it now.
+    Interrupted,
+}
+
+/// Runs `work` while sending an in-progress ack on `msg` every third of `ack_wait`, so a
+/// long job is never redelivered while this worker is alive. If `shutdown` resolves first,
+/// naks the message at once and returns [`Worked::Interrupted`] (`work` is dropped).
+pub async fn work_with_progress_acks<T>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl std::future::Future<Output = T>,
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Worked<T> {
+    use jetstream::AckKind;
+    tokio::pin!(work);
+    let mut shutdown = shutdown;
+    let mut ticker = tokio::time::interval(ack_wait / 3);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut work => return Worked::Done(r),
+            _ = ticker.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "in-progress ack failed");
+                }
+            }
+            _ = &mut shutdown => {
+                if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+                    tracing::warn!(error = %e, "nak on shutdown failed");
+                }
+                return Worked::Interrupted;
+            }
+        }
+    }
+}
+
+/// Dead-letters a job that will fail again on any replica: publishes `failed` to
+/// `segtune.deadletter.<study>` (awaiting the server's ack), then terminates the message so
+/// it is not redelivered. In this order, so the job is never lost between the two.
+pub async fn dead_letter(
+    js: &jetstream::Context,
+    msg: &jetstream::Message,
+    failed: &protocol::JobFailed,
+) -> anyhow::Result<()> {
+    let study = if protocol::subjects::check_token("study", &failed.study).is_ok() {
+        failed.study.clone()
+    } else {
+        "_unknown".to_string()
+    };
+    let id = format!("dl-{}-{}", failed.job_id, failed.deliveries);
+    let payload = protocol::encode(failed)?;
+    publish(
+        js,
+        protocol::subjects::deadletter(&study),
+        Some(&id),
+        payload,
+    )
+    .await?;
+    msg.ack_with(jetstream::AckKind::Term)
+        .await
+        .map_err(|e| anyhow::anyhow!("term failed: {e}"))?;
+    tracing::warn!(job = %failed.job_id, reason = %failed.reason, "job dead-lettered");
+    Ok(())
+}
+
+/// The delivery attempt of a JetStream message (1 = first).
+pub fn delivery_attempt(msg: &jetstream::Message) -> u64 {
+    msg.info().map(|i| i.delivered as u64).unwrap_or(1)
+}
+
+/// AckWait of a durable consumer from `protocol::streams`.
+pub fn ack_wait(durable: &str) -> Duration {
+    protocol::streams::consumer_spec(durable)
+        .map(|c| c.ack_wait)
+        .unwrap_or(protocol::streams::WORK_ACK_WAIT)
+}

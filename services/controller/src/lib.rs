@@ -1,0 +1,507 @@
+//! The controller service: the paper's Algorithm 1 over NATS.
+//!
+//! It takes `StudySpec`s from the `controller` durable consumer on `segtune.submissions`,
+//! makes sure the study's dataset is preprocessed, and then drives each study in its own task:
+//! `parallel` jobs out, and for every reward (counted once per job id) the searcher learns and
+//! one more job goes out, until `max_jobs` rewards are in. Dead-lettered jobs are abandoned and
+//! replaced until the failure budget is spent. Every change of a study is saved to the object
+//! store before it is published or acknowledged (see [`state`]), so a controller killed at any
+//! point and started again resumes every open study without issuing a job twice or counting a
+//! reward twice.
+//!
+//! The searchers themselves (PPO-RNN, hill climbing, random, fixed) are the `search` crate;
+//! this crate is the adapter between them and the bus.
+
+pub mod state;
+pub mod study;
+pub mod study_file;
+
+use std::{collections::HashMap, future::Future, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind};
+use protocol::{DatasetRef, DatasetSource, SCHEMA_VERSION, StudyEvent, StudyEventKind, subjects};
+use search::SearchSpace;
+use storage::DynStore;
+use tokio::{sync::watch, task::JoinSet};
+
+pub use state::{Phase, StudyState};
+pub use study::{Delivery, Feed, Step, Study, read_state};
+pub use study_file::{StudyFile, StudyFileError, load_study_file, parse_study_file};
+
+/// Configuration (flags or `SEGTUNE_*` env vars).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "segtune-controller",
+    about = "Runs segtune studies: the RL search of training strategies over NATS"
+)]
+pub struct Settings {
+    /// NATS server URL.
+    #[arg(long, env = "SEGTUNE_NATS", default_value = runtime::DEFAULT_NATS)]
+    pub nats: String,
+    /// Object store URL (file path, file:///, s3://bucket/prefix, memory://). Study states
+    /// live here; it must be the store the other services use.
+    #[arg(long, env = "SEGTUNE_STORE", default_value = storage::DEFAULT_STORE)]
+    pub store: String,
+    /// AckWait of the per-study reward and dead-letter consumers, in seconds: how soon a
+    /// reward the controller received but did not acknowledge (it died) comes back.
+    #[arg(long, env = "SEGTUNE_CONTROLLER_ACK_WAIT", default_value_t = 30.0)]
+    pub ack_wait_secs: f64,
+}
+
+impl Settings {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.ack_wait_secs.is_finite() && self.ack_wait_secs >= 0.1,
+            "--ack-wait-secs (SEGTUNE_CONTROLLER_ACK_WAIT) must be at least 0.1, got {}",
+            self.ack_wait_secs
+        );
+        Ok(())
+    }
+}
+
+/// Timing knobs; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// AckWait of the per-study consumers.
+    pub ack_wait: Duration,
+    /// How long one pull for a submission waits.
+    pub poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            poll: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every study task shares: the bus, the store, the knobs.
+#[derive(Clone)]
+pub struct App {
+    pub js: jetstream::Context,
+    pub store: DynStore,
+    pub options: Options,
+}
+
+impl App {
+    /// Opens the store, connects (retrying until the broker is up) and provisions JetStream.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let store = storage::open(&settings.store)?;
+        let client = runtime::connect(&settings.nats, "segtune-controller").await?;
+        let js = jetstream::new(client);
+        runtime::provision_with_retry(&js).await?;
+        Ok(Self::new(
+            js,
+            store,
+            Options {
+                ack_wait: Duration::from_secs_f64(settings.ack_wait_secs),
+                ..Options::default()
+            },
+        ))
+    }
+
+    pub fn new(js: jetstream::Context, store: DynStore, options: Options) -> Self {
+        Self { js, store, options }
+    }
+}
+
+/// Resumes every open study, then serves submissions until `shutdown` resolves; then stops
+/// the study tasks (each at a message boundary) and returns. Dropping the future instead (a
+/// kill) is safe too: nothing is acknowledged before it is saved.
+pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let consumer = runtime::consumer(&app.js, subjects::durable::CONTROLLER_SUBMISSIONS).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = StudyTasks {
+        set: JoinSet::new(),
+        running: HashMap::new(),
+        stop: stop_rx,
+    };
+    for study in resume_all(&app).await? {
+        tracing::info!(study = study.id(), phase = ?study.state.phase, "resuming study");
+        tasks.spawn(study);
+    }
+    tokio::pin!(shutdown);
+    tracing::info!("controller ready");
+    loop {
+        tasks.reap();
+        let next = tokio::select! {
+            r = handle_next_submission(&app, &consumer, app.options.poll) => r,
+            _ = &mut shutdown => break,
+        };
+        match next {
+            Ok(Submission::Accepted(study)) => tasks.spawn(*study),
+            // Saved by an earlier attempt whose ack was lost: drive it if nobody does.
+            Ok(Submission::Duplicate { study }) if !tasks.is_running(&study) => {
+                match Study::load(&app, &study).await {
+                    Ok(Some(s)) if !s.is_finished() => tasks.spawn(s),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%study, error = format!("{e:#}"), "cannot load study"),
+                }
+            }
+            Ok(Submission::Idle) => {}
+            Ok(other) => tracing::debug!(?other, "submission"),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "submission step failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut shutdown => break,
+                }
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while let Some(done) = tasks.set.join_next_with_id().await {
+            tasks.finished(done);
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("study tasks did not stop in time; aborting them");
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// The study tasks of one `run`. Owned by it: dropping `run` (abort) aborts them all.
+struct StudyTasks {
+    set: JoinSet<anyhow::Result<Option<Phase>>>,
+    /// Study id of each task.
+    running: HashMap<tokio::task::Id, String>,
+    stop: watch::Receiver<bool>,
+}
+
+impl StudyTasks {
+    fn spawn(&mut self, study: Study) {
+        let stop = self.stop.clone();
+        let id = study.id().to_string();
+        let handle = self.set.spawn(study.drive(stop));
+        self.running.insert(handle.id(), id);
+    }
+
+    fn is_running(&self, study: &str) -> bool {
+        self.running.values().any(|s| s == study)
+    }
+
+    /// Forgets the tasks that ended.
+    fn reap(&mut self) {
+        while let Some(done) = self.set.try_join_next_with_id() {
+            self.finished(done);
+        }
+    }
+
+    fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, anyhow::Result<Option<Phase>>), tokio::task::JoinError>,
+    ) {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        let study = self.running.remove(&id).unwrap_or_default();
+        match done {
+            Ok((_, Ok(Some(phase)))) => tracing::info!(%study, ?phase, "study finished"),
+            Ok((_, Ok(None))) => tracing::info!(%study, "study task stopped"),
+            Ok((_, Err(e))) => {
+                tracing::error!(%study, error = format!("{e:#}"), "study task ended")
+            }
+            Err(e) => tracing::error!(%study, error = %e, "study task panicked"),
+        }
+    }
+}
+
+/// Every study in the store whose state is not finished, ready to [`Study::drive`].
+pub async fn resume_all(app: &App) -> anyhow::Result<Vec<Study>> {
+    let keys = storage::list(&app.store, "studies")
+        .await
+        .context("listing studies in the store")?;
+    let mut open = Vec::new();
+    for key in keys {
+        let Some(study) = key
+            .strip_prefix("studies/")
+            .and_then(|k| k.strip_suffix("/controller/state.msgpack"))
+        else {
+            continue;
+        };
+        match Study::load(app, study).await {
+            Ok(Some(s)) if !s.state.phase.is_finished() => open.push(s),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(%study, error = format!("{e:#}"), "cannot resume study; skipping it")
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// What one submission step did.
+#[derive(Debug)]
+pub enum Submission {
+    Idle,
+    /// A new study, saved; drive it.
+    Accepted(Box<Study>),
+    /// The same spec again (a redelivery or a resubmission): the study already exists.
+    Duplicate {
+        study: String,
+    },
+    /// Not accepted; a `Failed` event says why when the study id is usable.
+    Rejected {
+        study: String,
+        reason: String,
+    },
+}
+
+/// Pulls one submission (waiting up to `wait`) and accepts or rejects it. The submission is
+/// acknowledged only after the new study's state is saved.
+pub async fn handle_next_submission(
+    app: &App,
+    consumer: &jetstream::consumer::PullConsumer,
+    wait: Duration,
+) -> anyhow::Result<Submission> {
+    let Some(msg) = runtime::pull_one(consumer, wait).await? else {
+        return Ok(Submission::Idle);
+    };
+    let term = |msg: &jetstream::Message| {
+        let msg = msg.clone();
+        async move {
+            msg.ack_with(AckKind::Term)
+                .await
+                .map_err(|e| anyhow::anyhow!("term failed: {e}"))
+        }
+    };
+    let spec: protocol::StudySpec = match protocol::decode(&msg.payload) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable submission; rejecting it");
+            term(&msg).await?;
+            return Ok(Submission::Rejected {
+                study: String::new(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    let study = spec.study.clone();
+    if let Err(errors) = validate_spec(&spec) {
+        let reason = format!(
+            "invalid study spec: {}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        tracing::warn!(%study, %reason, "rejecting submission");
+        if subjects::check_token("study", &study).is_ok() {
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let event = StudyEvent {
+                schema: SCHEMA_VERSION,
+                study: study.clone(),
+                time_unix: study::now_unix(),
+                event: StudyEventKind::Failed {
+                    reason: reason.clone(),
+                },
+            };
+            runtime::publish(
+                &app.js,
+                subjects::study_events(&study),
+                Some(&format!("{study}-rejected-{seq}")),
+                protocol::encode(&event)?,
+            )
+            .await?;
+        }
+        term(&msg).await?;
+        return Ok(Submission::Rejected { study, reason });
+    }
+    if let Some(existing) = read_state(&app.store, &study).await? {
+        if existing.spec == spec {
+            msg.double_ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
+            return Ok(Submission::Duplicate { study });
+        }
+        let reason = format!(
+            "a different study named {study} already exists (phase {:?}); choose another id",
+            existing.phase
+        );
+        tracing::warn!(%study, %reason, "rejecting submission");
+        term(&msg).await?;
+        return Ok(Submission::Rejected { study, reason });
+    }
+    let created = Study::create(app, spec).await?;
+    if let Err(e) = msg.double_ack().await {
+        // Saved already: a redelivery will be a duplicate of a running study.
+        tracing::warn!(%study, error = %e, "submission ack failed");
+    }
+    tracing::info!(%study, "study accepted");
+    Ok(Submission::Accepted(Box::new(created)))
+}
+
+/// One problem with a study spec, named by its study-file key (`search.parallel`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks everything the controller can check before running a study, and returns its
+/// search space. All problems are reported, each named by its study-file key.
+pub fn validate_spec(spec: &protocol::StudySpec) -> Result<SearchSpace, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut err = |field: &str, message: String| errors.push(FieldError::new(field, message));
+    match subjects::check_token("study id", &spec.study) {
+        Err(e) => err("study", e.to_string()),
+        Ok(()) => {
+            let last = job_id(&spec.study, spec.max_jobs.saturating_add(spec.max_failures));
+            if subjects::check_token("job id", &last).is_err() {
+                err(
+                    "study",
+                    format!(
+                        "{:?} is too long: job ids like {last:?} must stay within 64 characters",
+                        spec.study
+                    ),
+                );
+            }
+        }
+    }
+    match &spec.dataset {
+        DatasetRef::Id { id } => {
+            if let Err(e) = subjects::check_token("dataset id", id) {
+                err("dataset.id", e.to_string());
+            }
+        }
+        DatasetRef::Source { source, params } => {
+            match source {
+                DatasetSource::Local { path } if path.trim().is_empty() => {
+                    err("dataset.path", "is empty".into())
+                }
+                DatasetSource::Store { prefix } if prefix.trim_matches('/').is_empty() => {
+                    err("dataset.store_prefix", "is empty".into())
+                }
+                _ => {}
+            }
+            if !params
+                .target_spacing
+                .iter()
+                .all(|s| s.is_finite() && *s > 0.0)
+            {
+                err(
+                    "dataset.preprocess.spacing",
+                    format!("must be > 0 mm, got {:?}", params.target_spacing),
+                );
+            }
+            let [lo, hi] = params.ct_window;
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                err(
+                    "dataset.preprocess.ct_window",
+                    format!("needs low < high, got [{lo}, {hi}]"),
+                );
+            }
+            let [lo, hi] = params.mr_percentiles;
+            if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) || lo >= hi {
+                err(
+                    "dataset.preprocess.mr_percentiles",
+                    format!("needs 0 <= low < high <= 100, got [{lo}, {hi}]"),
+                );
+            }
+            if !(0.0..1.0).contains(&params.validation_fraction) {
+                err(
+                    "dataset.preprocess.validation_fraction",
+                    format!("must be in [0, 1), got {}", params.validation_fraction),
+                );
+            }
+        }
+    }
+    let space = match SearchSpace::new(spec.space.clone()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            err("space", e.to_string());
+            None
+        }
+    };
+    // Builds the searcher once to check its kind and settings (any valid space will do).
+    let probe = space
+        .clone()
+        .unwrap_or_else(SearchSpace::default_augmentation);
+    if let Err(e) = search::build(&spec.searcher, &probe, &spec.searcher_settings, spec.seed) {
+        let field = match e {
+            search::SearchError::UnknownSearcher { .. } => "search.searcher",
+            _ => "search.settings",
+        };
+        err(field, e.to_string());
+    }
+    if spec.max_jobs == 0 {
+        err("search.max_jobs", "must be at least 1".into());
+    }
+    if spec.parallel == 0 {
+        err("search.parallel", "must be at least 1".into());
+    }
+    let t = &spec.training;
+    if t.channels.is_empty() || t.channels.contains(&0) {
+        err(
+            "training.channels",
+            format!("needs at least one level, each > 0; got {:?}", t.channels),
+        );
+    }
+    for (field, v) in [
+        ("training.epochs", t.epochs),
+        ("training.patches_per_epoch", t.patches_per_epoch),
+        ("training.batch_size", t.batch_size),
+    ] {
+        if v == 0 {
+            err(field, "must be at least 1".into());
+        }
+    }
+    if t.patch.contains(&0) {
+        err("training.patch", format!("must be > 0, got {:?}", t.patch));
+    }
+    if !(0.0..1.0).contains(&t.overlap) {
+        err(
+            "training.overlap",
+            format!("must be in [0, 1), got {}", t.overlap),
+        );
+    }
+    match (errors.is_empty(), space) {
+        (true, Some(space)) => Ok(space),
+        _ => Err(errors),
+    }
+}
+
+/// `<study>-<index:04>`: the job's id, subject token and `Nats-Msg-Id`.
+pub fn job_id(study: &str, index: u32) -> String {
+    format!("{study}-{index:04}")
+}
+
+/// The seed of job `index`: the study seed and the index mixed (SplitMix64), so jobs of one
+/// study draw different patches and augmentations and a rerun draws the same ones.
+pub fn job_seed(study_seed: u64, index: u32) -> u64 {
+    let mut z = study_seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Durable consumer of one study's rewards.
+pub fn rewards_durable(study: &str) -> String {
+    format!("{}-{study}", subjects::durable::CONTROLLER_REWARDS)
+}
+
+/// Durable consumer of one study's dead letters.
+pub fn deadletter_durable(study: &str) -> String {
+    format!("{}-{study}", subjects::durable::CONTROLLER_DEADLETTER)
+}

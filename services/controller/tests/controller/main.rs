@@ -1,0 +1,10 @@
+//! Integration tests of the controller against a real nats-server, with the test playing
+//! trainer and evaluator over the bus. `TEST_LOG=1` shows the services' logs.
+
+mod common;
+mod dataset;
+mod duplicates;
+mod failures;
+mod lifecycle;
+mod restart;
+mod submissions;

@@ -1,0 +1,111 @@
+//! The submission step: accept, deduplicate, reject with a reason; and the example study files.
+
+use std::time::Duration;
+
+use controller::{Submission, handle_next_submission};
+use protocol::{StudyEventKind, subjects};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_are_accepted_once_and_invalid_ones_rejected_with_an_event() {
+    let env = Env::start().await;
+    let app = env.app().await;
+    let consumer = runtime::consumer(&env.js, subjects::durable::CONTROLLER_SUBMISSIONS)
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(2);
+    let s = spec("once", "ppo-rnn", 4, 2);
+
+    env.submit(&s).await;
+    let Submission::Accepted(study) = handle_next_submission(&app, &consumer, wait).await.unwrap()
+    else {
+        panic!("not accepted");
+    };
+    assert_eq!(study.id(), "once");
+    assert_eq!(env.state("once").await.phase, controller::Phase::Preparing);
+
+    // The same spec again (a resubmission, or a redelivery after a crash before the ack).
+    env.submit(&s).await;
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    assert!(
+        matches!(next, Submission::Duplicate { ref study } if study == "once"),
+        "{next:?}"
+    );
+
+    // Another spec under the same id.
+    let mut other = s.clone();
+    other.max_jobs = 9;
+    env.submit(&other).await;
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    assert!(
+        matches!(next, Submission::Rejected { ref reason, .. } if reason.contains("already exists")),
+        "{next:?}"
+    );
+    assert_eq!(env.state("once").await.spec.max_jobs, 4);
+
+    // Invalid: every problem named by its study-file key, and a Failed event for watchers.
+    let mut bad = spec("bad", "bogus", 0, 2);
+    bad.space[0].max = -1.0;
+    env.submit(&bad).await;
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    let Submission::Rejected { reason, .. } = next else {
+        panic!("{next:?}");
+    };
+    for key in ["search.searcher", "search.max_jobs", "space"] {
+        assert!(reason.contains(key), "{key} not in {reason}");
+    }
+    let events = final_events(&env.js, "bad").await;
+    assert!(matches!(&events[0].event, StudyEventKind::Failed { reason: r } if *r == reason));
+    assert!(
+        controller::read_state(&env.store, "bad")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Undecodable.
+    runtime::publish(
+        &env.js,
+        subjects::SUBMISSIONS.into(),
+        None,
+        b"junk".to_vec(),
+    )
+    .await
+    .unwrap();
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    assert!(matches!(next, Submission::Rejected { .. }), "{next:?}");
+
+    // Every submission was settled: the work queue is empty.
+    let mut stream = env
+        .js
+        .get_stream(subjects::stream::SUBMISSIONS)
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
+#[test]
+fn the_example_study_files_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../studies");
+    for (file, searcher, max_jobs, parallel) in [
+        ("demo.toml", "ppo-rnn", 12, 2),
+        ("paper-spleen.toml", "ppo-rnn", 100, 8),
+        ("hill-discrete.toml", "hill-discrete", 40, 4),
+    ] {
+        let spec = controller::load_study_file(dir.join(file)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (spec.searcher.as_str(), spec.max_jobs, spec.parallel),
+            (searcher, max_jobs, parallel),
+            "{file}"
+        );
+        let protocol::DatasetRef::Source { source, .. } = &spec.dataset else {
+            panic!("{file}: expected a dataset path");
+        };
+        let protocol::DatasetSource::Local { path } = source else {
+            panic!("{file}");
+        };
+        assert!(std::path::Path::new(path).is_absolute(), "{file}: {path}");
+        assert!(!path.contains(".."), "{file}: {path}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The trainer service: one job at a time from the durable consumer `trainers` (shared by
+//! every replica; it pulls only when idle, so `--scale trainer=N` spreads jobs), trains a
+//! U-Net with the job's strategy, stores the checkpoint, publishes `Trained`, then acks.
+//!
+//! - In-progress acks every AckWait/3 keep a long job from being redelivered while alive;
+//!   a trainer that dies leaves its job to another replica after AckWait.
+//! - Permanent failures (undecodable job, invalid strategy, missing dataset or checkpoint,
+//!   divergence) are dead-lettered with the reason and terminated; transient ones (store
+//!   unavailable) are naked with a delay and retried.
+//! - SIGTERM: the job in progress is naked at once so another replica starts it.
+
+use std::{
+    future::Future,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind};
+use engine::{DatasetCache, JobError, JobSpec};
+use protocol::{JobFailed, Progress, SCHEMA_VERSION, TrainJob, Trained, subjects};
+use runtime::Worked;
+use storage::DynStore;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "segtune-trainer", about = "Trains one model per strategy job")]
+pub struct Settings {
+    /// NATS server URL.
+    #[arg(long, env = "SEGTUNE_NATS", default_value = runtime::DEFAULT_NATS)]
+    pub nats: String,
+    /// Object store URL (path, file:///, s3://bucket/prefix, memory://).
+    #[arg(long, env = "SEGTUNE_STORE", default_value = storage::DEFAULT_STORE)]
+    pub store: String,
+    /// Compute device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, env = "SEGTUNE_DEVICE", default_value = "cpu")]
+    pub device: String,
+}
+
+pub struct App {
+    pub js: jetstream::Context,
+    pub client: async_nats::Client,
+    pub store: DynStore,
+    pub device: segmodel::candle_core::Device,
+    pub cache: DatasetCache,
+    pub worker: String,
+}
+
+impl App {
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let device = engine::device(&settings.device)?;
+        let store = storage::open(&settings.store)?;
+        let client = runtime::connect(&settings.nats, "segtune-trainer").await?;
+        let js = jetstream::new(client.clone());
+        runtime::provision_with_retry(&js).await?;
+        Ok(Self {
+            js,
+            client,
+            store,
+            device,
+            cache: DatasetCache::default(),
+            worker: runtime::worker_name("trainer"),
+        })
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Idle,
+    Trained { job_id: String },
+    DeadLettered { job_id: String },
+    Retried { job_id: String },
+    Interrupted,
+}
+
+pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let consumer = runtime::consumer(&app.js, subjects::durable::TRAINERS).await?;
+    tokio::pin!(shutdown);
+    tracing::info!(worker = %app.worker, device = ?app.device, "trainer ready");
+    loop {
+        match handle_next(&app, &consumer, shutdown.as_mut()).await {
+            Ok(Outcome::Interrupted) => break,
+            Ok(o) => tracing::debug!(outcome = ?o, "step"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "step failed; retrying shortly");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut shutdown => break,
+                }
+            }
+        }
+    }
+    tracing::info!("trainer stopped");
+    Ok(())
+}
+
+/// Pulls one job (waiting up to 5 s) and runs it to its end.
+pub async fn handle_next(
+    app: &App,
+    consumer: &jetstream::consumer::PullConsumer,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<Outcome> {
+    let msg = tokio::select! {
+        m = runtime::pull_one(consumer, Duration::from_secs(5)) => m?,
+        _ = &mut shutdown => return Ok(Outcome::Interrupted),
+    };
+    let Some(msg) = msg else {
+        return Ok(Outcome::Idle);
+    };
+    let attempt = runtime::delivery_attempt(&msg);
+    let failed = |study: &str, job_id: &str, reason: String| JobFailed {
+        schema: SCHEMA_VERSION,
+        study: study.to_string(),
+        job_id: job_id.to_string(),
+        reason,
+        original_subject: msg.subject.to_string(),
+        deliveries: attempt,
+        worker: app.worker.clone(),
+    };
+    let job: TrainJob = match protocol::decode(&msg.payload) {
+        Ok(j) => j,
+        Err(e) => {
+            let study = msg.subject.rsplit('.').next().unwrap_or("").to_string();
+            runtime::dead_letter(&app.js, &msg, &failed(&study, "", e.to_string())).await?;
+            return Ok(Outcome::DeadLettered {
+                job_id: String::new(),
+            });
+        }
+    };
+    tracing::info!(job = %job.job_id, attempt, "training");
+    let ack_wait = runtime::ack_wait(subjects::durable::TRAINERS);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let work = run_job(app, &job, attempt, cancel.clone());
+    let result = match runtime::work_with_progress_acks(&msg, ack_wait, work, shutdown).await {
+        Worked::Done(r) => r,
+        Worked::Interrupted => {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Outcome::Interrupted);
+        }
+    };
+    match result {
+        Ok(trained) => {
+            let payload = protocol::encode(&trained)?;
+            runtime::publish(
+                &app.js,
+                subjects::trained(&job.study),
+                Some(&job.job_id),
+                payload,
+            )
+            .await
+            .context("publishing Trained")?;
+            msg.double_ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
+            tracing::info!(job = %job.job_id, loss = trained.final_loss, seconds = trained.train_seconds, "trained");
+            Ok(Outcome::Trained { job_id: job.job_id })
+        }
+        Err(JobError::Permanent(reason)) => {
+            runtime::dead_letter(&app.js, &msg, &failed(&job.study, &job.job_id, reason)).await?;
+            Ok(Outcome::DeadLettered { job_id: job.job_id })
+        }
+        Err(JobError::Transient(reason)) => {
+            tracing::warn!(job = %job.job_id, %reason, "transient failure; job goes back to the queue");
+            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await
+                .map_err(|e| anyhow::anyhow!("nak failed: {e}"))?;
+            Ok(Outcome::Retried { job_id: job.job_id })
+        }
+        Err(JobError::Cancelled) => Ok(Outcome::Interrupted),
+    }
+}
+
+async fn run_job(
+    app: &App,
+    job: &TrainJob,
+    attempt: u64,
+    cancel: Arc<AtomicBool>,
+) -> Result<Trained, JobError> {
+    protocol::subjects::check_token("study", &job.study)
+        .and_then(|_| protocol::subjects::check_token("job_id", &job.job_id))
+        .map_err(|e| JobError::Permanent(e.to_string()))?;
+    let spec = JobSpec::from_strategy(&job.strategy)?;
+    let data = app.cache.get(&app.store, &job.dataset_id).await?;
+    let init = match &job.training.init_checkpoint {
+        Some(key) => Some(storage::get(&app.store, key).await.map_err(|e| {
+            if e.is_transient() {
+                JobError::Transient(e.to_string())
+            } else {
+                JobError::Permanent(format!("init checkpoint: {e}"))
+            }
+        })?),
+        None => None,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let device = app.device.clone();
+    let training = job.training.clone();
+    let seed = job.seed;
+    let handle = tokio::task::spawn_blocking(move || {
+        let input = engine::TrainInput {
+            data: &data,
+            job: &spec,
+            training: &training,
+            seed,
+            init_checkpoint: init.as_deref(),
+        };
+        engine::train(&input, &device, &cancel, |r| {
+            let _ = tx.send(r);
+        })
+    });
+    // Progress is best effort (core NATS): watchers may come and go.
+    let progress_subject = subjects::progress(&job.study, &job.job_id);
+    while let Some(r) = rx.recv().await {
+        let p = Progress {
+            schema: SCHEMA_VERSION,
+            study: job.study.clone(),
+            job_id: job.job_id.clone(),
+            worker: app.worker.clone(),
+            epoch: r.epoch,
+            epochs: r.epochs,
+            loss: r.loss,
+            patches_per_sec: r.patches_per_sec,
+            attempt,
+        };
+        if let Ok(bytes) = protocol::encode(&p) {
+            let _ = app
+                .client
+                .publish(progress_subject.clone(), bytes.into())
+                .await;
+        }
+    }
+    let out = handle
+        .await
+        .map_err(|e| JobError::Transient(format!("training task: {e}")))??;
+    let key = storage::keys::checkpoint(&job.study, &job.job_id);
+    storage::put(&app.store, &key, out.checkpoint)
+        .await
+        .map_err(|e| JobError::Transient(format!("storing the checkpoint: {e}")))?;
+    Ok(Trained {
+        schema: SCHEMA_VERSION,
+        study: job.study.clone(),
+        job_id: job.job_id.clone(),
+        index: job.index,
+        dataset_id: job.dataset_id.clone(),
+        strategy: job.strategy.clone(),
+        training: job.training.clone(),
+        checkpoint_key: key,
+        final_loss: out.final_loss,
+        train_seconds: out.seconds,
+        worker: app.worker.clone(),
+        attempt,
+    })
+}

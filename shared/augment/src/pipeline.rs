@@ -1,0 +1,417 @@
+//! The strategy's augmentation pipeline: an ordered list of `RandomTransform { p, inner }`.
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::contrast::{Contrast, ContrastParams};
+use crate::flip::{Flip, FlipParams};
+use crate::noise::{Noise, NoiseParams};
+use crate::rotate::{Rotate90, Rotate90Params};
+use crate::scale::{Scale, ScaleParams};
+use crate::sharpen::{Sharpen, SharpenParams};
+use crate::shift::{Shift, ShiftParams};
+use crate::smooth::{Smooth, SmoothParams};
+use crate::{AugmentError, Magnitudes, Patch};
+
+/// The searched probability dimensions, in pipeline order: spatial transforms first (flip,
+/// rotate90: they move voxels and must treat image and label alike), then the intensity
+/// transforms in nnU-Net's order (blur/sharpen before noise, then the global intensity maps).
+pub const DIMENSIONS: [&str; 8] = [
+    "p_flip",
+    "p_rotate90",
+    "p_smooth",
+    "p_sharpen",
+    "p_noise",
+    "p_contrast",
+    "p_shift",
+    "p_scale",
+];
+
+/// One augmentation with its magnitudes. Data, not a trait object: a pipeline can be printed,
+/// compared and serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Transform {
+    Flip(Flip),
+    Rotate90(Rotate90),
+    Smooth(Smooth),
+    Sharpen(Sharpen),
+    Noise(Noise),
+    Contrast(Contrast),
+    Shift(Shift),
+    Scale(Scale),
+}
+
+/// The drawn parameters of one firing of a [`Transform`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Params {
+    Flip(FlipParams),
+    Rotate90(Rotate90Params),
+    Smooth(SmoothParams),
+    Sharpen(SharpenParams),
+    Noise(NoiseParams),
+    Contrast(ContrastParams),
+    Shift(ShiftParams),
+    Scale(ScaleParams),
+}
+
+impl Transform {
+    /// The transform for a `p_*` dimension name, with its magnitudes.
+    pub fn for_dimension(dimension: &str, m: &Magnitudes) -> Option<Self> {
+        Some(match dimension {
+            "p_flip" => Self::Flip(Flip {
+                axis_prob: m.flip_axis_prob,
+            }),
+            "p_rotate90" => Self::Rotate90(Rotate90),
+            "p_smooth" => Self::Smooth(Smooth {
+                sigma: m.smooth_sigma,
+            }),
+            "p_sharpen" => Self::Sharpen(Sharpen {
+                sigma1: m.sharpen_sigma1,
+                sigma2_min: m.sharpen_sigma2_min,
+                alpha: m.sharpen_alpha,
+            }),
+            "p_noise" => Self::Noise(Noise { std: m.noise_std }),
+            "p_contrast" => Self::Contrast(Contrast {
+                gamma: m.contrast_gamma,
+            }),
+            "p_shift" => Self::Shift(Shift {
+                offset: m.shift_offset,
+            }),
+            "p_scale" => Self::Scale(Scale {
+                factor: m.scale_factor,
+            }),
+            _ => return None,
+        })
+    }
+
+    /// The strategy dimension holding this transform's probability.
+    pub fn dimension(&self) -> &'static str {
+        match self {
+            Self::Flip(_) => "p_flip",
+            Self::Rotate90(_) => "p_rotate90",
+            Self::Smooth(_) => "p_smooth",
+            Self::Sharpen(_) => "p_sharpen",
+            Self::Noise(_) => "p_noise",
+            Self::Contrast(_) => "p_contrast",
+            Self::Shift(_) => "p_shift",
+            Self::Scale(_) => "p_scale",
+        }
+    }
+
+    /// True for transforms that move voxels (and so also transform the label).
+    pub fn is_spatial(&self) -> bool {
+        matches!(self, Self::Flip(_) | Self::Rotate90(_))
+    }
+
+    /// Draws this transform's parameters for a patch of `dims`.
+    pub fn randomize<R: Rng + ?Sized>(&self, rng: &mut R, dims: [usize; 3]) -> Params {
+        match self {
+            Self::Flip(t) => Params::Flip(t.randomize(rng, dims)),
+            Self::Rotate90(t) => Params::Rotate90(t.randomize(rng, dims)),
+            Self::Smooth(t) => Params::Smooth(t.randomize(rng, dims)),
+            Self::Sharpen(t) => Params::Sharpen(t.randomize(rng, dims)),
+            Self::Noise(t) => Params::Noise(t.randomize(rng, dims)),
+            Self::Contrast(t) => Params::Contrast(t.randomize(rng, dims)),
+            Self::Shift(t) => Params::Shift(t.randomize(rng, dims)),
+            Self::Scale(t) => Params::Scale(t.randomize(rng, dims)),
+        }
+    }
+
+    /// Applies drawn parameters to the patch (image channels and, for spatial transforms, the
+    /// label with the same parameters).
+    ///
+    /// # Panics
+    /// When `params` were drawn by a different kind of transform.
+    pub fn apply(&self, params: &Params, patch: &mut Patch) {
+        match (self, params) {
+            (Self::Flip(t), Params::Flip(p)) => t.apply(p, patch),
+            (Self::Rotate90(t), Params::Rotate90(p)) => t.apply(p, patch),
+            (Self::Smooth(t), Params::Smooth(p)) => t.apply(p, patch),
+            (Self::Sharpen(t), Params::Sharpen(p)) => t.apply(p, patch),
+            (Self::Noise(t), Params::Noise(p)) => t.apply(p, patch),
+            (Self::Contrast(t), Params::Contrast(p)) => t.apply(p, patch),
+            (Self::Shift(t), Params::Shift(p)) => t.apply(p, patch),
+            (Self::Scale(t), Params::Scale(p)) => t.apply(p, patch),
+            (t, p) => panic!("params {p:?} do not belong to transform {}", t.dimension()),
+        }
+    }
+}
+
+impl Params {
+    /// The strategy dimension of the transform that drew these parameters.
+    pub fn dimension(&self) -> &'static str {
+        match self {
+            Self::Flip(_) => "p_flip",
+            Self::Rotate90(_) => "p_rotate90",
+            Self::Smooth(_) => "p_smooth",
+            Self::Sharpen(_) => "p_sharpen",
+            Self::Noise(_) => "p_noise",
+            Self::Contrast(_) => "p_contrast",
+            Self::Shift(_) => "p_shift",
+            Self::Scale(_) => "p_scale",
+        }
+    }
+}
+
+/// A transform applied with probability `p`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RandomTransform {
+    pub p: f64,
+    pub inner: Transform,
+}
+
+/// What one [`Pipeline::apply`] did: the parameters of every transform that fired, in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub fired: Vec<Params>,
+}
+
+impl Applied {
+    /// Whether the transform of `dimension` (e.g. `"p_flip"`) fired.
+    pub fn fired(&self, dimension: &str) -> bool {
+        self.fired.iter().any(|p| p.dimension() == dimension)
+    }
+
+    /// The dimensions that fired, in pipeline order.
+    pub fn dimensions(&self) -> Vec<&'static str> {
+        self.fired.iter().map(Params::dimension).collect()
+    }
+}
+
+/// An ordered list of random transforms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    transforms: Vec<RandomTransform>,
+}
+
+impl Pipeline {
+    /// A pipeline of the given transforms, in the given order; every `p` must lie in [0, 1].
+    pub fn new(transforms: Vec<RandomTransform>) -> Result<Self, AugmentError> {
+        for t in &transforms {
+            check_probability(t.inner.dimension(), t.p)?;
+        }
+        Ok(Self { transforms })
+    }
+
+    /// The pipeline of a strategy: all eight transforms in [`DIMENSIONS`] order, each with the
+    /// probability of its `p_*` value (0 when the strategy does not search it, so it never
+    /// fires). Keys without the `p_` prefix (`learning_rate`, ...) belong to the trainer and are
+    /// ignored; an unknown `p_*` key, or a probability that is NaN or outside [0, 1], is an error
+    /// naming the dimension, as are invalid magnitudes.
+    pub fn from_strategy(
+        values: &BTreeMap<String, f64>,
+        magnitudes: Magnitudes,
+    ) -> Result<Self, AugmentError> {
+        magnitudes.validate()?;
+        for (name, &value) in values {
+            if !name.starts_with("p_") {
+                continue;
+            }
+            if !DIMENSIONS.contains(&name.as_str()) {
+                return Err(AugmentError::UnknownDimension {
+                    dimension: name.clone(),
+                    known: DIMENSIONS.join(", "),
+                });
+            }
+            check_probability(name, value)?;
+        }
+        let transforms = DIMENSIONS
+            .iter()
+            .map(|&d| RandomTransform {
+                p: values.get(d).copied().unwrap_or(0.0),
+                inner: Transform::for_dimension(d, &magnitudes).expect("every DIMENSION maps"),
+            })
+            .collect();
+        Ok(Self { transforms })
+    }
+
+    pub fn transforms(&self) -> &[RandomTransform] {
+        &self.transforms
+    }
+
+    /// Runs the pipeline on a patch.
+    ///
+    /// Every transform consumes the same two draws from `rng` whether or not it fires (a
+    /// uniform for the firing, a seed for its own ChaCha8 stream for its parameters), so
+    /// changing one probability changes neither which other transforms fire nor their
+    /// parameters: two strategies run with one seed differ only where they differ.
+    pub fn apply<R: Rng + ?Sized>(&self, patch: &mut Patch, rng: &mut R) -> Applied {
+        let mut applied = Applied::default();
+        for t in &self.transforms {
+            let u: f64 = rng.random();
+            let seed: u64 = rng.random();
+            if u < t.p {
+                let mut sub = ChaCha8Rng::seed_from_u64(seed);
+                let params = t.inner.randomize(&mut sub, patch.dims);
+                t.inner.apply(&params, patch);
+                applied.fired.push(params);
+            }
+        }
+        applied
+    }
+}
+
+fn check_probability(dimension: &str, p: f64) -> Result<(), AugmentError> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(AugmentError::InvalidProbability {
+            dimension: dimension.to_string(),
+            value: p,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    fn values(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn from_strategy_orders_all_eight_and_defaults_missing_to_zero() {
+        let p = Pipeline::from_strategy(
+            &values(&[("p_noise", 0.4), ("learning_rate", 3e-3), ("p_flip", 1.0)]),
+            Magnitudes::default(),
+        )
+        .unwrap();
+        let dims: Vec<_> = p.transforms().iter().map(|t| t.inner.dimension()).collect();
+        assert_eq!(dims, DIMENSIONS);
+        let probs: Vec<_> = p.transforms().iter().map(|t| t.p).collect();
+        assert_eq!(probs, [1.0, 0.0, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0]);
+        assert!(p.transforms()[..2].iter().all(|t| t.inner.is_spatial()));
+        assert!(p.transforms()[2..].iter().all(|t| !t.inner.is_spatial()));
+    }
+
+    #[test]
+    fn from_strategy_errors_name_the_dimension() {
+        for (bad, value) in [("p_smooth", 1.5), ("p_shift", -0.01), ("p_scale", f64::NAN)] {
+            match Pipeline::from_strategy(&values(&[(bad, value)]), Magnitudes::default()) {
+                Err(AugmentError::InvalidProbability { dimension, .. }) => {
+                    assert_eq!(dimension, bad)
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        match Pipeline::from_strategy(&values(&[("p_elastic", 0.5)]), Magnitudes::default()) {
+            Err(AugmentError::UnknownDimension { dimension, .. }) => {
+                assert_eq!(dimension, "p_elastic")
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = Magnitudes {
+            noise_std: [0.2, 0.1],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Pipeline::from_strategy(&values(&[]), bad),
+            Err(AugmentError::InvalidMagnitude {
+                field: "noise_std",
+                ..
+            })
+        ));
+        let err = Pipeline::from_strategy(&values(&[("p_flip", 2.0)]), Magnitudes::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p_flip"), "{err}");
+    }
+
+    #[test]
+    fn p_zero_never_fires_p_one_always_fires() {
+        let mut v = values(&[]);
+        for (i, d) in DIMENSIONS.iter().enumerate() {
+            v.insert(d.to_string(), if i % 2 == 0 { 1.0 } else { 0.0 });
+        }
+        let p = Pipeline::from_strategy(&v, Magnitudes::default()).unwrap();
+        let mut r = rng(11);
+        let base = noise_patch([6, 6, 5], 1, 0.5, 0.1, 1);
+        for _ in 0..300 {
+            let mut patch = base.clone();
+            let a = p.apply(&mut patch, &mut r);
+            let want: Vec<_> = DIMENSIONS.iter().copied().step_by(2).collect();
+            assert_eq!(a.dimensions(), want);
+        }
+    }
+
+    #[test]
+    fn p_fires_at_its_rate() {
+        let v = values(&[("p_shift", 0.3), ("p_scale", 0.7)]);
+        let p = Pipeline::from_strategy(&v, Magnitudes::default()).unwrap();
+        let mut r = rng(12);
+        let base = Patch::new(vec![0.5; 8], vec![0; 8], [2, 2, 2], 1);
+        let trials = 2000;
+        let (mut shift, mut scale) = (0, 0);
+        for _ in 0..trials {
+            let mut patch = base.clone();
+            let a = p.apply(&mut patch, &mut r);
+            shift += a.fired("p_shift") as usize;
+            scale += a.fired("p_scale") as usize;
+        }
+        // Binomial(2000, 0.3) has sd ≈ 20.5; allow ~4 sd.
+        assert!(
+            (shift as f64 - 600.0).abs() < 82.0,
+            "p_shift fired {shift}/2000"
+        );
+        assert!(
+            (scale as f64 - 1400.0).abs() < 82.0,
+            "p_scale fired {scale}/2000"
+        );
+    }
+
+    #[test]
+    fn image_and_label_stay_aligned_through_the_spatial_transforms() {
+        let v = values(&[("p_flip", 1.0), ("p_rotate90", 1.0)]);
+        let p = Pipeline::from_strategy(&v, Magnitudes::default()).unwrap();
+        let mut r = rng(13);
+        for (seed, dims) in [(1, [8, 8, 5]), (2, [7, 7, 3]), (3, [9, 6, 4])] {
+            for _ in 0..10 {
+                let p0 = aligned_patch(dims, 2, seed);
+                let mut patch = p0.clone();
+                let a = p.apply(&mut patch, &mut r);
+                assert_eq!(a.dimensions(), ["p_flip", "p_rotate90"]);
+                assert_aligned(&patch);
+                assert_eq!(label_counts(&patch.label), label_counts(&p0.label));
+                assert_eq!(patch.dims, dims, "pipeline keeps the patch shape");
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_result_and_probabilities_do_not_couple() {
+        let all: BTreeMap<String, f64> = DIMENSIONS.iter().map(|d| (d.to_string(), 0.5)).collect();
+        let p = Pipeline::from_strategy(&all, Magnitudes::default()).unwrap();
+        let base = noise_patch([10, 10, 6], 2, 0.5, 0.1, 3);
+        let (mut a, mut b) = (base.clone(), base.clone());
+        let fa = p.apply(&mut a, &mut rng(99));
+        let fb = p.apply(&mut b, &mut rng(99));
+        assert_eq!((a, &fa), (b, &fb));
+
+        // Switching p_flip off leaves the other transforms' firings and params as they were.
+        let mut fewer = all.clone();
+        fewer.insert("p_flip".into(), 0.0);
+        let q = Pipeline::from_strategy(&fewer, Magnitudes::default()).unwrap();
+        let fq = q.apply(&mut base.clone(), &mut rng(99));
+        let rest: Vec<_> = fa
+            .fired
+            .iter()
+            .filter(|p| p.dimension() != "p_flip")
+            .collect();
+        assert_eq!(fq.fired.iter().collect::<Vec<_>>(), rest);
+    }
+
+    #[test]
+    #[should_panic(expected = "do not belong")]
+    fn mismatched_params_panic() {
+        let mut patch = Patch::new(vec![0.0; 8], vec![0; 8], [2, 2, 2], 1);
+        Transform::Rotate90(Rotate90)
+            .apply(&Params::Shift(ShiftParams { offset: 0.1 }), &mut patch);
+    }
+}

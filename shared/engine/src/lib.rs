@@ -1,0 +1,418 @@
+//! One training job and one evaluation: the whole engine behind the trainer service, the
+//! evaluator service and `segtune train` / `segtune eval`.
+//!
+//! - [`Dataset::load`] reads a preprocessed dataset (manifest + every case) from the store
+//!   once; [`DatasetCache`] keeps it for the next jobs of the same dataset.
+//! - [`JobSpec::from_strategy`] turns a strategy into the learning rate and augmentation
+//!   pipeline, refusing values outside [0, 1] or unknown dimensions.
+//! - [`train`] runs the epochs (augmentation on a producer thread, overlapped with the
+//!   step), reports each epoch, honours cancellation and returns the checkpoint bytes.
+//! - [`evaluate`] runs sliding-window inference over the validation cases and returns the
+//!   Dice per case and class and their mean (the reward).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use augment::{CaseIndex, Magnitudes, PatchSampler, Pipeline};
+use protocol::{CaseDice, Manifest, Strategy, TrainingConfig};
+use segmodel::{
+    DiceLossConfig, SegTrainer, TrainConfig, UNetConfig,
+    candle_core::{DType, Device, Tensor},
+    candle_nn::VarMap,
+    infer::{SlidingWindow, dice_per_class, sliding_window_predict},
+};
+use storage::DynStore;
+use volume::Volume;
+
+/// Learning rate when a strategy does not search it: the paper's routine 1e-4.
+pub const ROUTINE_LR: f64 = 1e-4;
+/// Name of the learning-rate dimension.
+pub const LR_DIMENSION: &str = "learning_rate";
+
+/// Why a job did not finish. Permanent errors will fail again on any replica (dead-letter
+/// them); transient ones may succeed later (retry).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    Permanent(String),
+    #[error("{0}")]
+    Transient(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl JobError {
+    fn permanent(e: impl std::fmt::Display) -> Self {
+        JobError::Permanent(e.to_string())
+    }
+}
+
+/// A decoded case.
+pub struct CaseData {
+    pub id: String,
+    pub image: Volume<f32>,
+    pub label: Volume<u8>,
+}
+
+/// A preprocessed dataset in memory.
+pub struct Dataset {
+    pub manifest: Manifest,
+    pub train: Vec<CaseData>,
+    pub validation: Vec<CaseData>,
+}
+
+impl Dataset {
+    /// Reads the manifest and every case of `dataset_id`.
+    pub async fn load(store: &DynStore, dataset_id: &str) -> Result<Dataset, JobError> {
+        let manifest = dataprep::load_manifest(store, dataset_id)
+            .await
+            .map_err(JobError::permanent)?;
+        let mut train = Vec::new();
+        let mut validation = Vec::new();
+        for case in &manifest.cases {
+            let img = read_case(store, &case.image_key).await?;
+            let lab = read_case(store, &case.label_key).await?;
+            let label = lab.map(|v| v as u8);
+            let data = CaseData {
+                id: case.id.clone(),
+                image: img,
+                label,
+            };
+            match case.split {
+                protocol::Split::Train => train.push(data),
+                protocol::Split::Validation => validation.push(data),
+            }
+        }
+        if train.is_empty() {
+            return Err(JobError::Permanent(format!(
+                "dataset {dataset_id} has no training cases"
+            )));
+        }
+        Ok(Dataset {
+            manifest,
+            train,
+            validation,
+        })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.train[0].image.channels
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.manifest.num_classes()
+    }
+}
+
+async fn read_case(store: &DynStore, key: &str) -> Result<Volume<f32>, JobError> {
+    let bytes = storage::get(store, key).await.map_err(|e| {
+        if e.is_transient() {
+            JobError::Transient(e.to_string())
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    })?;
+    let key = key.to_string();
+    tokio::task::spawn_blocking(move || {
+        volume::read_nifti_bytes(&bytes, &key, &volume::ReadLimits::default())
+            .map(|i| i.volume)
+            .map_err(JobError::permanent)
+    })
+    .await
+    .map_err(|e| JobError::Transient(e.to_string()))?
+}
+
+/// Datasets loaded by this process, by id (a trainer loads each dataset once).
+#[derive(Default, Clone)]
+pub struct DatasetCache {
+    map: Arc<tokio::sync::Mutex<HashMap<String, Arc<Dataset>>>>,
+}
+
+impl DatasetCache {
+    pub async fn get(&self, store: &DynStore, dataset_id: &str) -> Result<Arc<Dataset>, JobError> {
+        let mut map = self.map.lock().await;
+        if let Some(d) = map.get(dataset_id) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(Dataset::load(store, dataset_id).await?);
+        map.insert(dataset_id.to_string(), d.clone());
+        Ok(d)
+    }
+}
+
+/// A strategy decoded into what training needs.
+pub struct JobSpec {
+    pub lr: f64,
+    pub pipeline: Pipeline,
+}
+
+impl JobSpec {
+    /// Every `p_*` value must be a known augmentation and lie in [0, 1]; `learning_rate`
+    /// must be positive and finite (default: the routine 1e-4); anything else is an error.
+    pub fn from_strategy(strategy: &Strategy) -> Result<JobSpec, JobError> {
+        let mut lr = ROUTINE_LR;
+        for (name, &v) in &strategy.values {
+            if name == LR_DIMENSION {
+                if !v.is_finite() || v <= 0.0 || v > 1.0 {
+                    return Err(JobError::Permanent(format!(
+                        "strategy: learning_rate = {v}, expected a value in (0, 1]"
+                    )));
+                }
+                lr = v;
+            } else if !name.starts_with("p_") {
+                return Err(JobError::Permanent(format!(
+                    "strategy: unknown dimension {name:?} (known: learning_rate and the \
+                     augmentation probabilities p_*)"
+                )));
+            }
+        }
+        let pipeline = Pipeline::from_strategy(&strategy.values, Magnitudes::default())
+            .map_err(|e| JobError::Permanent(format!("strategy: {e}")))?;
+        Ok(JobSpec { lr, pipeline })
+    }
+}
+
+/// The network of a study for a dataset.
+pub fn unet_config(training: &TrainingConfig, channels: usize, classes: usize) -> UNetConfig {
+    UNetConfig {
+        in_channels: channels,
+        num_classes: classes,
+        channels: training.channels.clone(),
+        ..UNetConfig::default()
+    }
+}
+
+/// What [`train`] reports after each epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct EpochReport {
+    pub epoch: u32,
+    pub epochs: u32,
+    pub loss: f64,
+    pub patches_per_sec: f64,
+}
+
+pub struct TrainOutput {
+    /// safetensors bytes.
+    pub checkpoint: Vec<u8>,
+    pub final_loss: f64,
+    pub seconds: f64,
+}
+
+/// Everything one training run needs besides the device.
+pub struct TrainInput<'a> {
+    pub data: &'a Dataset,
+    pub job: &'a JobSpec,
+    pub training: &'a TrainingConfig,
+    /// Seeds initialization, patch sampling and augmentation.
+    pub seed: u64,
+    /// safetensors bytes to fine-tune from.
+    pub init_checkpoint: Option<&'a [u8]>,
+}
+
+/// Trains one model. Blocking (call it from a blocking thread); `cancel` stops it between
+/// steps with [`JobError::Cancelled`].
+pub fn train(
+    input: &TrainInput<'_>,
+    device: &Device,
+    cancel: &AtomicBool,
+    mut on_epoch: impl FnMut(EpochReport),
+) -> Result<TrainOutput, JobError> {
+    let TrainInput {
+        data,
+        job,
+        training,
+        seed,
+        init_checkpoint,
+    } = *input;
+    let started = Instant::now();
+    check_training(training)?;
+    let unet = unet_config(training, data.channels(), data.num_classes());
+    let cfg = TrainConfig {
+        lr: job.lr,
+        weight_decay: 0.0,
+        loss: DiceLossConfig {
+            ce_weight: if training.dice_ce { 1.0 } else { 0.0 },
+            ..DiceLossConfig::default()
+        },
+    };
+    let mut trainer = SegTrainer::new(&unet, cfg, seed, device).map_err(JobError::permanent)?;
+    if let Some(bytes) = init_checkpoint {
+        trainer
+            .load_checkpoint(bytes)
+            .map_err(|e| JobError::Permanent(format!("init checkpoint: {e}")))?;
+    }
+    let batch = training.batch_size as usize;
+    let steps_per_epoch = (training.patches_per_epoch as usize).div_ceil(batch).max(1);
+    let epochs = training.epochs;
+    let cases: Vec<_> = data
+        .train
+        .iter()
+        .map(|c| (c.image.clone(), c.label.clone(), CaseIndex::new(&c.label)))
+        .collect();
+    let sampler = PatchSampler::new(training.patch, 1.0 / 3.0).map_err(JobError::permanent)?;
+    let rx = augment::spawn_producer(
+        Arc::new(cases),
+        sampler,
+        job.pipeline.clone(),
+        batch,
+        steps_per_epoch * epochs as usize,
+        seed,
+    )
+    .map_err(JobError::permanent)?;
+    let mut final_loss = f64::NAN;
+    for epoch in 1..=epochs {
+        let t = Instant::now();
+        let mut sum = 0.0;
+        for _ in 0..steps_per_epoch {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(JobError::Cancelled);
+            }
+            let b = rx
+                .recv()
+                .map_err(|_| JobError::Transient("augmentation thread stopped".into()))?;
+            let [x, y, z] = b.dims;
+            let images = Tensor::from_vec(b.image, (b.batch, b.channels, z, y, x), device)
+                .map_err(JobError::permanent)?;
+            let labels = Tensor::from_vec(b.label, (b.batch, z, y, x), device)
+                .and_then(|t| t.to_dtype(DType::U32))
+                .map_err(JobError::permanent)?;
+            let loss = trainer
+                .step(&images, &labels)
+                .map_err(JobError::permanent)?;
+            if !loss.is_finite() {
+                return Err(JobError::Permanent(format!(
+                    "training diverged: loss {loss} at epoch {epoch} (learning rate {})",
+                    job.lr
+                )));
+            }
+            sum += loss as f64;
+        }
+        final_loss = sum / steps_per_epoch as f64;
+        on_epoch(EpochReport {
+            epoch,
+            epochs,
+            loss: final_loss,
+            patches_per_sec: (steps_per_epoch * batch) as f64 / t.elapsed().as_secs_f64(),
+        });
+    }
+    let checkpoint = trainer.save_checkpoint().map_err(JobError::permanent)?;
+    Ok(TrainOutput {
+        checkpoint,
+        final_loss,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn check_training(t: &TrainingConfig) -> Result<(), JobError> {
+    let bad = |m: String| Err(JobError::Permanent(format!("training config: {m}")));
+    if t.channels.is_empty() || t.channels.contains(&0) {
+        return bad(format!(
+            "channels {:?}, expected positive sizes",
+            t.channels
+        ));
+    }
+    let multiple = 1usize << (t.channels.len() - 1);
+    if t.patch.iter().any(|&p| p == 0 || p % multiple != 0) {
+        return bad(format!(
+            "patch {:?} must be a positive multiple of {multiple} for a {}-level U-Net",
+            t.patch,
+            t.channels.len()
+        ));
+    }
+    if t.batch_size == 0 || t.epochs == 0 || t.patches_per_epoch == 0 {
+        return bad("batch_size, epochs and patches_per_epoch must be positive".into());
+    }
+    if !(0.0..1.0).contains(&t.overlap) {
+        return bad(format!("overlap {}, expected a value in [0, 1)", t.overlap));
+    }
+    Ok(())
+}
+
+/// The validation result of one model.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub per_case: Vec<CaseDice>,
+    /// Mean over cases of each foreground class's Dice.
+    pub per_class: Vec<f64>,
+    /// Mean over cases and foreground classes: the reward.
+    pub mean: f64,
+    pub seconds: f64,
+}
+
+/// Sliding-window validation of a checkpoint. Blocking.
+pub fn evaluate(
+    data: &Dataset,
+    training: &TrainingConfig,
+    checkpoint: &[u8],
+    device: &Device,
+) -> Result<Evaluation, JobError> {
+    let started = Instant::now();
+    check_training(training)?;
+    if data.validation.is_empty() {
+        return Err(JobError::Permanent(format!(
+            "dataset {} has no validation cases",
+            data.manifest.dataset_id
+        )));
+    }
+    let k = data.num_classes();
+    let unet = unet_config(training, data.channels(), k);
+    let varmap = VarMap::new();
+    let model = segmodel::unet3d(
+        &unet,
+        segmodel::seeded_var_builder(&varmap, 0, DType::F32, device),
+    )
+    .map_err(JobError::permanent)?;
+    segmodel::load_checkpoint(&varmap, checkpoint)
+        .map_err(|e| JobError::Permanent(format!("checkpoint: {e}")))?;
+    let sw = SlidingWindow {
+        window: training.patch,
+        overlap: training.overlap,
+        batch: 2,
+    };
+    let mut per_case = Vec::new();
+    for case in &data.validation {
+        let pred = sliding_window_predict(&model, &case.image, &sw, device)
+            .map_err(JobError::permanent)?;
+        let d = dice_per_class(&pred.data, &case.label.data, k);
+        let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
+        per_case.push(CaseDice {
+            case: case.id.clone(),
+            per_class: d,
+            mean,
+        });
+    }
+    let per_class: Vec<f64> = (0..k - 1)
+        .map(|c| per_case.iter().map(|p| p.per_class[c]).sum::<f64>() / per_case.len() as f64)
+        .collect();
+    let mean = per_case.iter().map(|p| p.mean).sum::<f64>() / per_case.len() as f64;
+    Ok(Evaluation {
+        per_case,
+        per_class,
+        mean,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `cpu`, or `cuda` / `cuda:N` when built with the `cuda` feature.
+pub fn device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        n if n == "cuda" || n.starts_with("cuda:") => {
+            let ordinal: usize = n.strip_prefix("cuda:").unwrap_or("0").parse()?;
+            if cfg!(feature = "cuda") {
+                Ok(Device::new_cuda(ordinal)?)
+            } else {
+                anyhow::bail!(
+                    "SEGTUNE_DEVICE={n}: this binary was built without the `cuda` feature"
+                )
+            }
+        }
+        n => anyhow::bail!("SEGTUNE_DEVICE={n:?}: expected cpu, cuda or cuda:N"),
+    }
+}

@@ -1,0 +1,88 @@
+//! Model checkpoints as safetensors bytes (the trainer stores them in object storage).
+//!
+//! Only the parameters are saved (not the Adam moments: candle-nn keeps them private);
+//! resuming restarts the optimizer, which is what fine-tuning from a checkpoint wants anyway.
+
+use candle_core::safetensors::Load;
+use candle_nn::VarMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint is not valid safetensors: {0}")]
+    Format(String),
+    #[error("checkpoint lacks tensor(s) the model needs: {}", .0.join(", "))]
+    MissingTensors(Vec<String>),
+    #[error("checkpoint tensor {name} has shape {found:?}, the model expects {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("checkpoint has tensor(s) the model does not know: {}", .0.join(", "))]
+    UnexpectedTensors(Vec<String>),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Serializes every variable of `varmap` (sorted by name) to safetensors bytes.
+pub fn save_checkpoint(varmap: &VarMap) -> Result<Vec<u8>, CheckpointError> {
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    let tensors: BTreeMap<&str, &candle_core::Tensor> = data
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_tensor()))
+        .collect();
+    safetensors::serialize(tensors, None).map_err(|e| CheckpointError::Format(e.to_string()))
+}
+
+/// Loads safetensors bytes into the existing variables of `varmap`, strictly: every
+/// variable must be present with its exact shape and no extra tensor may be present
+/// (dtypes are converted). Everything is checked before anything is written, so on error
+/// the model is unchanged.
+pub fn load_checkpoint(varmap: &VarMap, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| CheckpointError::Format(e.to_string()))?;
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut missing = Vec::new();
+    let mut loaded = Vec::with_capacity(names.len());
+    for name in names {
+        let var = &data[name];
+        let Ok(view) = st.tensor(name) else {
+            missing.push(name.clone());
+            continue;
+        };
+        if view.shape() != var.dims() {
+            return Err(CheckpointError::ShapeMismatch {
+                name: name.clone(),
+                expected: var.dims().to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        loaded.push((var, view));
+    }
+    if !missing.is_empty() {
+        return Err(CheckpointError::MissingTensors(missing));
+    }
+    let known: BTreeSet<&str> = data.keys().map(String::as_str).collect();
+    let extra: BTreeSet<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| !known.contains(n))
+        .map(str::to_string)
+        .collect();
+    if !extra.is_empty() {
+        return Err(CheckpointError::UnexpectedTensors(
+            extra.into_iter().collect(),
+        ));
+    }
+    let values = loaded
+        .iter()
+        .map(|(var, view)| view.load(var.device())?.to_dtype(var.dtype()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for ((var, _), value) in loaded.iter().zip(values) {
+        var.set(&value)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! Test helpers shared by this crate's tests and downstream crates.
+
+/// Defines a test module named after a `fn name(device: &Device) -> candle_core::Result<()>`
+/// that runs it on the CPU always (`name::cpu`) and on CUDA device 0 behind the `cuda`
+/// feature (`name::cuda`), like candle's `test_device!`.
+///
+/// ```ignore
+/// fn conv_matches_reference(dev: &Device) -> Result<()> { ... }
+/// segmodel::test_device!(conv_matches_reference);
+/// ```
+#[macro_export]
+macro_rules! test_device {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() -> $crate::candle_core::Result<()> {
+                super::$name(&$crate::candle_core::Device::Cpu)
+            }
+
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() -> $crate::candle_core::Result<()> {
+                super::$name(&$crate::candle_core::Device::new_cuda(0)?)
+            }
+        }
+    };
+}

@@ -1,0 +1,14 @@
+//! segmodel integration tests: every op against a naive f64 reference (forward and
+//! gradients), the U-Net, the loss, checkpoints, and a small learning run.
+
+mod act;
+mod checkpoint;
+mod conv;
+mod learn;
+mod loss;
+mod norm;
+mod pool;
+mod reference;
+mod setup;
+mod unet;
+mod up;
