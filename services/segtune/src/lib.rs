@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod job;
+pub mod study;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,9 @@ pub enum Command {
     Train(job::TrainArgs),
     /// Validation Dice of a checkpoint; prints the mean Dice as its last line.
     Eval(job::EvalArgs),
+    /// Studies: submit a study file to the controller and follow it.
+    #[command(subcommand)]
+    Study(study::StudyCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -33,5 +37,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd).await,
         Command::Train(a) => job::train(a).await,
         Command::Eval(a) => job::eval(a).await,
+        Command::Study(c) => study::run(c).await,
     }
 }
