@@ -138,27 +138,12 @@ pub async fn handle_next(
     };
     tracing::info!(request = %req.request_id, source = %req.source, "preprocessing");
 
-    let ack_wait = protocol::streams::consumer_spec(subjects::durable::PREPROCESSORS)
-        .map(|c| c.ack_wait)
-        .unwrap_or(Duration::from_secs(60));
+    let ack_wait = runtime::ack_wait(subjects::durable::PREPROCESSORS);
     let work = dataprep::preprocess(&app.store, &req.source, &req.params, &app.options);
-    tokio::pin!(work);
-    let mut ticker = tokio::time::interval(ack_wait / 3);
-    ticker.tick().await;
-    let result = loop {
-        tokio::select! {
-            r = &mut work => break r,
-            _ = ticker.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "in-progress ack failed");
-                }
-            }
-            _ = &mut shutdown => {
-                // Hand the request to another replica at once.
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                return Ok(Outcome::Interrupted);
-            }
-        }
+    let result = match runtime::work_with_progress_acks(&msg, ack_wait, work, shutdown).await {
+        runtime::Worked::Done(r) => r,
+        // Naked already: another replica takes the request at once.
+        runtime::Worked::Interrupted => return Ok(Outcome::Interrupted),
     };
 
     let outcome = match result {
