@@ -1,13 +1,36 @@
-//! Prints median wall times of the hot paths, to compare with the PyTorch figures in
-//! `notes/conv3d-cpu.md` (same shapes, f32, same machine).
+//! Prints median wall times of the hot paths, to compare with the PyTorch twin
+//! `benches/torch_reference.py` (same shapes, same network, f32, same machine).
 //!
 //! `cargo bench -p segmodel --bench bench_unet -- [conv|unet|ops|all] [reps]`
-//! (set `RAYON_NUM_THREADS` to fix the thread count; glibc users may want the malloc
-//! tunables from the note, or a binary with mimalloc).
+//! `… -- train [reps]`: the batch-2 training step alone;
+//! `… -- sliding DxHxW [reps]`: sliding-window inference over a synthetic CT-like volume.
+//! `train` and `sliding` end with one `RESULT {json}` line (median, voxels, peak RSS) that
+//! `scripts/bench-train` collects; run each in its own process so the peak RSS is its own.
+//! Set `RAYON_NUM_THREADS` to fix the thread count.
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use segmodel::infer::{SlidingWindow, sliding_window_predict};
 use segmodel::{SegTrainer, TrainConfig, UNetConfig, init_compute_threads, ops};
 use std::time::Instant;
+use volume::{Geometry, Volume};
+
+// As the services: candle allocates a fresh buffer per op, and glibc's mmap/munmap of the
+// large ones halves conv fwd+bwd speed (`notes/conv3d-cpu.md`, pitfall 6).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A `/proc/self/status` memory field in MiB (`VmHWM`: peak RSS, `VmRSS`: now; 0 where
+/// /proc is missing).
+fn status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
 
 /// User + system CPU time of this process in ms (Linux; 0 elsewhere), from /proc.
 fn cpu_ms() -> f64 {
@@ -78,15 +101,19 @@ fn conv(n: usize, reps: usize) -> Result<()> {
     Ok(())
 }
 
-fn unet(batch: usize, reps: usize) -> Result<()> {
-    let dev = Device::Cpu;
-    let cfg = UNetConfig {
+/// The benchmarked network: 1 input channel, 2 classes, 16-32-64-128 (3 downsamplings).
+fn unet_config() -> UNetConfig {
+    UNetConfig {
         in_channels: 1,
         num_classes: 2,
         channels: vec![16, 32, 64, 128],
         ..Default::default()
-    };
-    let mut t = SegTrainer::new(&cfg, TrainConfig::default(), 0, &dev)?;
+    }
+}
+
+fn unet(batch: usize, reps: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let mut t = SegTrainer::new(&unet_config(), TrainConfig::default(), 0, &dev)?;
     let x = Tensor::randn(0f32, 1.0, (batch, 1, 64, 64, 64), &dev)?;
     let y = (Tensor::rand(0f32, 1.0, (batch, 64, 64, 64), &dev)?.ge(0.8)?).to_dtype(DType::U8)?;
     let fwd = median_ms(reps, 1, || {
@@ -151,13 +178,131 @@ fn op_costs(reps: usize) -> Result<()> {
     Ok(())
 }
 
+/// The batch-2 training step (forward, soft Dice, backward, Adam) on 2×1×64³.
+fn train(reps: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let (batch, s) = (2, 64);
+    let mut t = SegTrainer::new(&unet_config(), TrainConfig::default(), 0, &dev)?;
+    let x = Tensor::randn(0f32, 1.0, (batch, 1, s, s, s), &dev)?;
+    let y = (Tensor::rand(0f32, 1.0, (batch, s, s, s), &dev)?.ge(0.8)?).to_dtype(DType::U8)?;
+    let step = median_ms(reps, 2, || {
+        t.step(&x, &y)?;
+        Ok(())
+    })?;
+    println!("train step [{batch},1,{s},{s},{s}] (fwd+Dice+bwd+Adam): {step}");
+    result("train", &step, batch * s * s * s, reps, 0);
+    Ok(())
+}
+
+/// A 1 mm CT-like volume normalized to [0, 1], `[d, h, w]` = (z, y, x): air, a body
+/// ellipse, an organ, a spine, and a deterministic ripple. `torch_reference.py` builds the
+/// same one.
+fn ct_like(d: usize, h: usize, w: usize) -> Volume<f32> {
+    let mut data = Vec::with_capacity(d * h * w);
+    let (df, hf, wf) = (d as f32, h as f32, w as f32);
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                let (xf, yf, zf) = (x as f32, y as f32, z as f32);
+                let sq = |v: f32| v * v;
+                let body = sq((xf - 0.5 * wf) / (0.42 * wf)) + sq((yf - 0.5 * hf) / (0.36 * hf));
+                let organ = sq((xf - 0.58 * wf) / (0.12 * wf))
+                    + sq((yf - 0.47 * hf) / (0.10 * hf))
+                    + sq((zf - 0.5 * df) / (0.2 * df));
+                let spine = sq((xf - 0.5 * wf) / (0.04 * wf)) + sq((yf - 0.74 * hf) / (0.04 * wf));
+                let v = if spine < 1.0 {
+                    0.9
+                } else if organ < 1.0 {
+                    0.55
+                } else if body < 1.0 {
+                    0.45
+                } else {
+                    0.0
+                };
+                data.push(v + 0.02 * (0.7 * xf + 1.3 * yf + 0.9 * zf).sin());
+            }
+        }
+    }
+    Volume::new(data, [w, h, d], 1, Geometry::identity([1.0; 3]))
+}
+
+/// Sliding-window prediction (96³ windows, overlap 0.25, Gaussian blending, 2 windows per
+/// forward as the evaluator) over a `[d, h, w]` CT-like volume with an untrained network.
+fn sliding(d: usize, h: usize, w: usize, reps: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let varmap = candle_nn::VarMap::new();
+    let model = segmodel::unet3d(
+        &unet_config(),
+        segmodel::seeded_var_builder(&varmap, 0, DType::F32, &dev),
+    )?;
+    let image = ct_like(d, h, w);
+    let sw = SlidingWindow {
+        window: [96; 3],
+        overlap: 0.25,
+        batch: 2,
+    };
+    let windows: usize = [w, h, d]
+        .iter()
+        .map(|&n| segmodel::infer::window_starts(n, 96, sw.overlap).len())
+        .product();
+    // Warm-up: one forward of a window pair (allocator, caches), not a whole volume.
+    model.forward(&Tensor::zeros((sw.batch, 1, 96, 96, 96), DType::F32, &dev)?)?;
+    let mut fg = 0;
+    let t = median_ms(reps, 0, || {
+        let pred = sliding_window_predict(&model, &image, &sw, &dev)?;
+        fg = pred.data.iter().filter(|&&l| l == 1).count();
+        Ok(())
+    })?;
+    println!("sliding window {d}x{h}x{w}, {windows} windows of 96³: {t} ({fg} voxels labelled 1)");
+    result("sliding", &t, d * h * w, reps, windows);
+    Ok(())
+}
+
+/// RSS at the start of `main`, before any tensor exists.
+static BASELINE_RSS_MIB: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// The line `scripts/bench-train` parses.
+fn result(bench: &str, t: &Timing, voxels: usize, reps: usize, windows: usize) {
+    println!(
+        "RESULT {{\"impl\": \"segtune\", \"bench\": \"{bench}\", \"median_ms\": {:.1}, \
+         \"cpu_ms\": {:.1}, \"voxels\": {voxels}, \"reps\": {reps}, \"windows\": {windows}, \
+         \"threads\": {}, \"peak_rss_mib\": {:.0}, \"baseline_rss_mib\": {:.0}}}",
+        t.wall,
+        t.cpu,
+        rayon::current_num_threads(),
+        status_mib("VmHWM"),
+        BASELINE_RSS_MIB.get().copied().unwrap_or(0.0),
+    );
+}
+
+/// Parses `DxHxW`.
+fn parse_size(s: &str) -> Option<(usize, usize, usize)> {
+    let v: Vec<usize> = s
+        .split('x')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    match v[..] {
+        [d, h, w] if d > 0 && h > 0 && w > 0 => Some((d, h, w)),
+        _ => None,
+    }
+}
+
 fn main() -> Result<()> {
+    BASELINE_RSS_MIB.get_or_init(|| status_mib("VmRSS"));
     init_compute_threads();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
     let what = args.first().map_or("all", String::as_str);
+    if what == "sliding" {
+        let Some((d, h, w)) = args.get(1).and_then(|s| parse_size(s)) else {
+            candle_core::bail!("usage: bench_unet sliding DxHxW [reps]")
+        };
+        let reps = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(3);
+        println!("threads: {}, reps: {reps}", rayon::current_num_threads());
+        return sliding(d, h, w, reps);
+    }
     let reps = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
     println!(
         "threads: {}, reps: {reps} (median after warm-up)",
@@ -173,6 +318,9 @@ fn main() -> Result<()> {
     if matches!(what, "unet" | "all") {
         unet(1, reps)?;
         unet(2, reps)?;
+    }
+    if what == "train" {
+        train(reps)?;
     }
     Ok(())
 }
