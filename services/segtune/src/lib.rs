@@ -2,6 +2,8 @@
 
 pub mod data;
 pub mod job;
+pub mod report;
+pub mod rewards;
 pub mod study;
 
 use clap::{Parser, Subcommand};

@@ -13,6 +13,10 @@ use protocol::{StudyEvent, StudyEventKind, subjects};
 pub enum StudyCommand {
     /// Submit a study file (see studies/*.toml) to the controller.
     Submit(SubmitArgs),
+    /// Write a study's report: plots (PNG + SVG), jobs.csv, best.toml, summary.md/.html.
+    Report(crate::report::ReportArgs),
+    /// Print a study's rewards (replayed from the start): a table, or JSON lines with --json.
+    Rewards(crate::rewards::RewardsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -32,6 +36,8 @@ pub struct SubmitArgs {
 pub async fn run(cmd: StudyCommand) -> anyhow::Result<()> {
     match cmd {
         StudyCommand::Submit(a) => submit(a).await,
+        StudyCommand::Report(a) => crate::report::run(a).await,
+        StudyCommand::Rewards(a) => crate::rewards::run(a).await,
     }
 }
 

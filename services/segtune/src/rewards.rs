@@ -1,0 +1,281 @@
+//! `segtune study rewards ID [--json] [--follow]`: the study's reward stream for shell users,
+//! and the replay helpers the report shares. Both streams read here (REWARDS, EVENTS) have
+//! limits retention, so an ephemeral ordered consumer with `DeliverPolicy::All` replays a
+//! study from its first message; nothing durable is left behind on the server.
+
+use std::{collections::HashSet, io::Write as _, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+    stream::LastRawMessageErrorKind,
+};
+use clap::Args;
+use futures::StreamExt;
+use protocol::{Reward, StudyEvent, StudyEventKind, subjects};
+use serde::de::DeserializeOwned;
+
+/// How long to wait for the next stored message before giving up on a replay.
+const REPLAY_STALL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+pub struct RewardsArgs {
+    /// Study id.
+    pub study: String,
+    /// One JSON object per reward (every field of the `Reward` message), one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep printing rewards as they arrive; ends when the study is done (or on Ctrl-C).
+    #[arg(long)]
+    pub follow: bool,
+    #[arg(long, env = "SEGTUNE_NATS", default_value = runtime::DEFAULT_NATS)]
+    pub nats: String,
+}
+
+/// An ordered, ephemeral consumer on `subject` that starts at the stream's first message,
+/// and the stream sequence of the last message stored on `subject` now (`None`: none yet).
+async fn open(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> anyhow::Result<(jetstream::consumer::Consumer<OrderedConfig>, Option<u64>)> {
+    let stream = js.get_stream(stream).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {subject}: this NATS server has no {stream} stream ({e}); has a \
+             segtune stack run on it?"
+        )
+    })?;
+    let last = last_sequence(&stream, subject).await?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot open a consumer on {subject}"))?;
+    Ok((consumer, last))
+}
+
+async fn last_sequence(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> anyhow::Result<Option<u64>> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some(m.sequence)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the last message on {subject}: {e}"
+        )),
+    }
+}
+
+/// Every message stored on `subject` of `stream` now, decoded, in stream order. Undecodable
+/// payloads are skipped with a warning (a newer schema must not break old readers).
+pub async fn replay<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> anyhow::Result<Vec<T>> {
+    let (consumer, last) = open(js, stream, subject).await?;
+    let Some(last) = last else {
+        return Ok(Vec::new());
+    };
+    let mut messages = consumer.messages().await?;
+    let mut out = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(REPLAY_STALL, messages.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("replaying {subject}: no message for {REPLAY_STALL:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("replaying {subject}: the consumer closed"))?
+            .with_context(|| format!("replaying {subject}"))?;
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(u64::MAX);
+        match protocol::decode::<T>(&msg.payload) {
+            Ok(v) => out.push(v),
+            Err(e) => tracing::warn!(%subject, seq, error = %e, "skipping an undecodable message"),
+        }
+        if seq >= last {
+            return Ok(out);
+        }
+    }
+}
+
+/// The study's stored rewards and events; an error when the bus has neither (unknown study).
+pub async fn replay_study(
+    js: &jetstream::Context,
+    study: &str,
+) -> anyhow::Result<(Vec<Reward>, Vec<StudyEvent>)> {
+    subjects::check_token("study id", study)?;
+    let rewards: Vec<Reward> =
+        replay(js, subjects::stream::REWARDS, &subjects::rewards(study)).await?;
+    let events: Vec<StudyEvent> =
+        replay(js, subjects::stream::EVENTS, &subjects::study_events(study)).await?;
+    if rewards.is_empty() && events.is_empty() {
+        anyhow::bail!(
+            "unknown study {study:?}: no events or rewards for it on this NATS server \
+             (check the id and SEGTUNE_NATS)"
+        );
+    }
+    Ok((rewards, events))
+}
+
+/// Connects once, failing fast: a command someone typed must not wait forever for a broker
+/// that is not there (services use `runtime::connect`, which does).
+pub async fn connect_once(url: &str, name: &str) -> anyhow::Result<jetstream::Context> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach NATS at {url} ({e}): start the stack, or point --nats / \
+                 SEGTUNE_NATS at a running server"
+            )
+        })?;
+    Ok(jetstream::new(client))
+}
+
+pub async fn run(a: RewardsArgs) -> anyhow::Result<()> {
+    subjects::check_token("study id", &a.study)?;
+    let js = connect_once(&a.nats, "segtune-rewards").await?;
+    let mut out = Printer::new(a.json);
+    if !a.follow {
+        let (rewards, _) = replay_study(&js, &a.study).await?;
+        if rewards.is_empty() && !a.json {
+            eprintln!("study {}: no rewards yet", a.study);
+        }
+        let mut seen = HashSet::new();
+        for r in rewards.iter().filter(|r| seen.insert(r.job_id.clone())) {
+            out.print(r)?;
+        }
+        return Ok(());
+    }
+    follow(&js, &a.study, &mut out).await
+}
+
+/// Prints rewards as they come until the study's `done`/`failed` event and every reward
+/// stored before it are printed, or Ctrl-C.
+async fn follow(js: &jetstream::Context, study: &str, out: &mut Printer) -> anyhow::Result<()> {
+    let rewards_subject = subjects::rewards(study);
+    let (rewards, _) = open(js, subjects::stream::REWARDS, &rewards_subject).await?;
+    let (events, last_event) =
+        open(js, subjects::stream::EVENTS, &subjects::study_events(study)).await?;
+    if last_event.is_none() {
+        anyhow::bail!(
+            "unknown study {study:?}: no events for it on this NATS server (submit it first, \
+             or check the id and SEGTUNE_NATS)"
+        );
+    }
+    let reward_stream = js.get_stream(subjects::stream::REWARDS).await?;
+    let mut rewards = rewards.messages().await?;
+    let mut events = events.messages().await?;
+    let mut printed_through = 0u64;
+    // Set when the study has ended: the stream sequence of its last reward then.
+    let mut end_at: Option<u64> = None;
+    let mut seen = HashSet::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        if end_at.is_some_and(|end| printed_through >= end) {
+            return Ok(());
+        }
+        tokio::select! {
+            m = rewards.next() => {
+                let msg = m.ok_or_else(|| anyhow::anyhow!("the reward consumer closed"))??;
+                printed_through = msg.info().map(|i| i.stream_sequence).unwrap_or(printed_through);
+                match protocol::decode::<Reward>(&msg.payload) {
+                    // A redelivered evaluation past the dedup window: the controller counts
+                    // it once, so do we.
+                    Ok(r) if seen.insert(r.job_id.clone()) => out.print(&r)?,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "skipping an undecodable reward"),
+                }
+            }
+            e = events.next(), if end_at.is_none() => {
+                let msg = e.ok_or_else(|| anyhow::anyhow!("the event consumer closed"))??;
+                let Ok(ev) = protocol::decode::<StudyEvent>(&msg.payload) else { continue };
+                if let StudyEventKind::Done { .. } | StudyEventKind::Failed { .. } = ev.event {
+                    end_at = Some(last_sequence(&reward_stream, &rewards_subject).await?.unwrap_or(0));
+                }
+            }
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
+}
+
+/// JSON lines, or a table whose columns come from the first reward's strategy.
+struct Printer {
+    json: bool,
+    columns: Option<Vec<String>>,
+}
+
+impl Printer {
+    fn new(json: bool) -> Self {
+        Self {
+            json,
+            columns: None,
+        }
+    }
+
+    fn print(&mut self, r: &Reward) -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        if self.json {
+            writeln!(stdout, "{}", serde_json::to_string(r)?)?;
+            return Ok(stdout.flush()?);
+        }
+        let columns = self.columns.get_or_insert_with(|| {
+            // Alphabetical (the map's order), the learning rate last.
+            let mut cols: Vec<String> = r.strategy.values.keys().cloned().collect();
+            cols.sort_by_key(|c| c == engine::LR_DIMENSION);
+            let mut header = format!(
+                "{:>4}  {:<24} {:>7}  {:<16}",
+                "#", "job", "Dice", "per class"
+            );
+            for c in &cols {
+                header.push_str(&format!(" {:>9}", short_name(c)));
+            }
+            let _ = writeln!(stdout, "{header}");
+            cols
+        });
+        let per_class: Vec<String> = r.per_class.iter().map(|d| format!("{d:.3}")).collect();
+        let mut line = format!(
+            "{:>4}  {:<24} {:>7.4}  {:<16}",
+            r.index,
+            r.job_id,
+            r.mean,
+            per_class.join(" ")
+        );
+        for c in columns.iter() {
+            match r.strategy.values.get(c) {
+                Some(v) => line.push_str(&format!(" {:>9}", format_value(c, *v))),
+                None => line.push_str(&format!(" {:>9}", "-")),
+            }
+        }
+        writeln!(stdout, "{line}")?;
+        Ok(stdout.flush()?)
+    }
+}
+
+/// Column header for a dimension: `p_noise` → `noise`, `learning_rate` → `lr`.
+pub fn short_name(dim: &str) -> String {
+    if dim == engine::LR_DIMENSION {
+        return "lr".into();
+    }
+    let s = dim.strip_prefix("p_").unwrap_or(dim);
+    s.chars().take(9).collect()
+}
+
+/// Probabilities with 3 decimals, small or large values (a learning rate) in scientific
+/// notation.
+pub fn format_value(dim: &str, v: f64) -> String {
+    let probability = dim.starts_with("p_");
+    if dim == engine::LR_DIMENSION
+        || (!probability && v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4))
+    {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.3}")
+    }
+}
