@@ -50,6 +50,9 @@ pub struct TrainArgs {
     pub batch: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Loss: soft Dice plus cross-entropy (default: soft Dice alone, as the paper).
+    #[arg(long)]
+    pub dice_ce: bool,
     /// Fine-tune from this checkpoint (a file written by `segtune train`).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -135,7 +138,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
         patch: a.net.patch()?,
         overlap: a.net.overlap,
         init_checkpoint: None,
-        dice_ce: false,
+        dice_ce: a.dice_ce,
     };
     let init = match &a.init {
         Some(p) => Some(

@@ -24,7 +24,6 @@ use protocol::{CaseDice, Manifest, Strategy, TrainingConfig};
 use segmodel::{
     DiceLossConfig, SegTrainer, TrainConfig, UNetConfig,
     candle_core::{DType, Device, Tensor},
-    candle_nn::VarMap,
     infer::{SlidingWindow, dice_per_class, sliding_window_predict},
 };
 use storage::DynStore;
@@ -362,13 +361,7 @@ pub fn evaluate(
     }
     let k = data.num_classes();
     let unet = unet_config(training, data.channels(), k);
-    let varmap = VarMap::new();
-    let model = segmodel::unet3d(
-        &unet,
-        segmodel::seeded_var_builder(&varmap, 0, DType::F32, device),
-    )
-    .map_err(JobError::permanent)?;
-    segmodel::load_checkpoint(&varmap, checkpoint)
+    let model = segmodel::inference_unet(&unet, checkpoint, device)
         .map_err(|e| JobError::Permanent(format!("checkpoint: {e}")))?;
     let sw = SlidingWindow {
         window: training.patch,

@@ -230,11 +230,15 @@ fn ct_like(d: usize, h: usize, w: usize) -> Volume<f32> {
 /// forward as the evaluator) over a `[d, h, w]` CT-like volume with an untrained network.
 fn sliding(d: usize, h: usize, w: usize, reps: usize) -> Result<()> {
     let dev = Device::Cpu;
+    // As the evaluator builds it: frozen weights from a checkpoint, no autograd graph.
     let varmap = candle_nn::VarMap::new();
-    let model = segmodel::unet3d(
+    segmodel::unet3d(
         &unet_config(),
         segmodel::seeded_var_builder(&varmap, 0, DType::F32, &dev),
     )?;
+    let ckpt = segmodel::save_checkpoint(&varmap).map_err(candle_core::Error::wrap)?;
+    let model =
+        segmodel::inference_unet(&unet_config(), &ckpt, &dev).map_err(candle_core::Error::wrap)?;
     let image = ct_like(d, h, w);
     let sw = SlidingWindow {
         window: [96; 3],

@@ -30,7 +30,7 @@ pub mod unet;
 pub use candle_core;
 pub use candle_nn;
 
-pub use checkpoint::{CheckpointError, load_checkpoint, save_checkpoint};
+pub use checkpoint::{CheckpointError, inference_unet, load_checkpoint, save_checkpoint};
 pub use init::seeded_var_builder;
 pub use loss::{DiceLossConfig, soft_dice_loss, soft_dice_scores};
 pub use setup::{enable_flush_denormals, flush_denormals_enabled, init_compute_threads};
