@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use futures::StreamExt;
-use protocol::{JobFailed, Reward, Strategy, TrainJob, TrainingConfig, subjects};
+use protocol::{JobFailed, Progress, Reward, Strategy, TrainJob, TrainingConfig, subjects};
 use test_support::NatsServer;
 
 fn job(study: &str, index: u32, dataset_id: &str, values: &[(&str, f64)]) -> TrainJob {
@@ -160,4 +160,285 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// Runs a trainer (named `worker`) as a task until `stop` fires.
+async fn spawn_trainer(
+    nats: &NatsServer,
+    store_url: &str,
+    worker: &str,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let mut app = trainer::App::connect(&trainer::Settings {
+        nats: nats.url(),
+        store: store_url.to_string(),
+        device: "cpu".into(),
+    })
+    .await
+    .unwrap();
+    app.worker = worker.to_string();
+    tokio::spawn(trainer::run(app, async move {
+        let _ = stop.await;
+    }))
+}
+
+async fn preprocessed(dir: &std::path::Path, store_url: &str) -> dataprep::Outcome {
+    let task = crate::support::synth_task(&dir.join("task"), 2);
+    dataprep::preprocess(
+        &storage::open(store_url).unwrap(),
+        &protocol::DatasetSource::Local {
+            path: task.display().to_string(),
+        },
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// SIGTERM (the shutdown future) mid-job: the trainer naks the job and stops within 2 s, and
+/// another replica starts the same job within 5 s (delivery attempt 2). Progress reports carry
+/// the epoch, the loss, the throughput, the worker and the attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_trainer_hands_its_job_to_another_replica_at_once() {
+    test_support::init_test_tracing();
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = dir.path().join("store").display().to_string();
+    let ds = preprocessed(dir.path(), &store_url).await;
+    let client = nats.client().await;
+    let mut progress = client
+        .subscribe(subjects::progress_all("sigterm"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let (stop_a, rx_a) = tokio::sync::oneshot::channel();
+    let a = spawn_trainer(&nats, &store_url, "trainer-a", rx_a).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut long = job("sigterm", 1, &ds.dataset_id, &[("learning_rate", 1e-3)]);
+    long.training.epochs = 500;
+    runtime::publish(
+        &js,
+        subjects::jobs("sigterm"),
+        Some(&long.job_id),
+        protocol::encode(&long).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // Trainer A is working on it.
+    let p: Progress = tokio::time::timeout(Duration::from_secs(60), progress.next())
+        .await
+        .expect("progress within 60 s")
+        .map(|m| protocol::decode(&m.payload).unwrap())
+        .unwrap();
+    assert_eq!(
+        (p.job_id.as_str(), p.worker.as_str(), p.attempt, p.epochs),
+        ("sigterm-0001", "trainer-a", 1, 500)
+    );
+    assert!(p.epoch >= 1 && p.loss.is_finite() && p.loss > 0.0, "{p:?}");
+    assert!(p.patches_per_sec > 0.0, "{p:?}");
+
+    // Replica B is idle; A is told to stop.
+    let (stop_b, rx_b) = tokio::sync::oneshot::channel();
+    let b = spawn_trainer(&nats, &store_url, "trainer-b", rx_b).await;
+    let stopped = std::time::Instant::now();
+    stop_a.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), a)
+        .await
+        .expect("trainer A stops within 2 s")
+        .unwrap()
+        .unwrap();
+    let handed_over = loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), progress.next())
+            .await
+            .expect("B reports progress on the job within 5 s of A's stop")
+            .unwrap();
+        let p: Progress = protocol::decode(&m.payload).unwrap();
+        if p.worker == "trainer-b" {
+            break p;
+        }
+    };
+    // Training starts at once; the first report comes after one epoch.
+    eprintln!(
+        "job handed over: first progress from B {:.2} s after A was stopped",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (handed_over.job_id.as_str(), handed_over.attempt),
+        ("sigterm-0001", 2)
+    );
+    // B stops too (its job is naked again; nothing else waits for it).
+    stop_b.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), b)
+        .await
+        .expect("trainer B stops within 5 s")
+        .unwrap()
+        .unwrap();
+}
+
+/// A checkpoint that is missing, of the wrong shape or not safetensors fails the job with a
+/// clear reason on a dead letter (trainer: fine-tuning from it; evaluator: scoring it), and the
+/// services go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_checkpoints_are_dead_lettered_with_the_reason() {
+    test_support::init_test_tracing();
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = dir.path().join("store").display().to_string();
+    let store = storage::open(&store_url).unwrap();
+    let ds = preprocessed(dir.path(), &store_url).await;
+    // A real checkpoint of a narrower network than the jobs use ([2, 4] vs [4, 8]).
+    let varmap = segmodel::candle_nn::VarMap::new();
+    let cfg = segmodel::UNetConfig {
+        in_channels: 1,
+        num_classes: 3,
+        channels: vec![2, 4],
+        ..Default::default()
+    };
+    segmodel::unet3d(
+        &cfg,
+        segmodel::seeded_var_builder(
+            &varmap,
+            0,
+            segmodel::candle_core::DType::F32,
+            &segmodel::candle_core::Device::Cpu,
+        ),
+    )
+    .unwrap();
+    let narrow = segmodel::save_checkpoint(&varmap).unwrap();
+    storage::put(&store, "checkpoints/other/narrow.safetensors", narrow)
+        .await
+        .unwrap();
+    storage::put(
+        &store,
+        "checkpoints/other/garbage.safetensors",
+        b"not a checkpoint".to_vec(),
+    )
+    .await
+    .unwrap();
+
+    let (stop_t, rx_t) = tokio::sync::oneshot::channel();
+    let t = spawn_trainer(&nats, &store_url, "trainer-a", rx_t).await;
+    let evaluator = evaluator::App::connect(&evaluator::Settings {
+        nats: nats.url(),
+        store: store_url.clone(),
+        device: "cpu".into(),
+    })
+    .await
+    .unwrap();
+    let (stop_e, rx_e) = tokio::sync::oneshot::channel::<()>();
+    let e = tokio::spawn(evaluator::run(evaluator, async move {
+        let _ = rx_e.await;
+    }));
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut dead = client
+        .subscribe(subjects::deadletter("ckpt"))
+        .await
+        .unwrap();
+    let mut rewards = client.subscribe(subjects::rewards("ckpt")).await.unwrap();
+    client.flush().await.unwrap();
+    // Trainer: fine-tune from a missing, a narrower and a garbage checkpoint.
+    for (i, key, expect) in [
+        (
+            1,
+            "checkpoints/other/missing.safetensors",
+            "missing.safetensors",
+        ),
+        (2, "checkpoints/other/narrow.safetensors", "shape"),
+        (3, "checkpoints/other/garbage.safetensors", "safetensors"),
+    ] {
+        let mut j = job("ckpt", i, &ds.dataset_id, &[]);
+        j.training.init_checkpoint = Some(key.to_string());
+        runtime::publish(
+            &js,
+            subjects::jobs("ckpt"),
+            Some(&j.job_id),
+            protocol::encode(&j).unwrap(),
+        )
+        .await
+        .unwrap();
+        let f = next_dead(&mut dead).await;
+        assert_eq!(f.job_id, j.job_id);
+        assert_eq!(f.original_subject, "segtune.jobs.ckpt");
+        assert!(
+            f.reason.contains("init checkpoint") && f.reason.contains(expect),
+            "job {i}: {}",
+            f.reason
+        );
+    }
+
+    // Evaluator: a trained model whose checkpoint is missing, too narrow, or garbage.
+    let good = job("ckpt", 9, &ds.dataset_id, &[]);
+    for (i, key, expect) in [
+        (
+            4,
+            "checkpoints/other/missing.safetensors",
+            "missing.safetensors",
+        ),
+        (5, "checkpoints/other/narrow.safetensors", "shape"),
+        (6, "checkpoints/other/garbage.safetensors", "safetensors"),
+    ] {
+        let trained = protocol::Trained {
+            schema: protocol::SCHEMA_VERSION,
+            study: "ckpt".into(),
+            job_id: format!("ckpt-{i:04}"),
+            index: i,
+            dataset_id: ds.dataset_id.clone(),
+            strategy: good.strategy.clone(),
+            training: good.training.clone(),
+            checkpoint_key: key.into(),
+            final_loss: 0.5,
+            train_seconds: 1.0,
+            worker: "test".into(),
+            attempt: 1,
+        };
+        runtime::publish(
+            &js,
+            subjects::trained("ckpt"),
+            Some(&trained.job_id),
+            protocol::encode(&trained).unwrap(),
+        )
+        .await
+        .unwrap();
+        let f = next_dead(&mut dead).await;
+        assert_eq!(f.job_id, trained.job_id);
+        assert_eq!(f.original_subject, "segtune.trained.ckpt");
+        assert!(
+            f.reason.contains("checkpoint") && f.reason.contains(expect),
+            "trained {i}: {}",
+            f.reason
+        );
+    }
+
+    // Both services still serve: a good job becomes a reward.
+    runtime::publish(
+        &js,
+        subjects::jobs("ckpt"),
+        Some(&good.job_id),
+        protocol::encode(&good).unwrap(),
+    )
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(120), rewards.next())
+        .await
+        .expect("reward within 120 s")
+        .unwrap();
+    let r: Reward = protocol::decode(&m.payload).unwrap();
+    assert_eq!(r.job_id, good.job_id);
+
+    stop_t.send(()).unwrap();
+    stop_e.send(()).unwrap();
+    t.await.unwrap().unwrap();
+    e.await.unwrap().unwrap();
+}
+
+async fn next_dead(dead: &mut async_nats::Subscriber) -> JobFailed {
+    let m = tokio::time::timeout(Duration::from_secs(30), dead.next())
+        .await
+        .expect("dead letter within 30 s")
+        .unwrap();
+    protocol::decode::<JobFailed>(&m.payload).unwrap()
 }

@@ -89,6 +89,11 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result
             }
         }
     }
+    // Acks and naks are queued, not sent: flush them before the connection goes away (a nak
+    // lost here would leave the job to wait out its AckWait instead of moving on at once).
+    if let Err(e) = app.js.client().flush().await {
+        tracing::warn!(error = %e, "flushing acks on shutdown failed");
+    }
     tracing::info!("preprocessor stopped");
     Ok(())
 }
