@@ -1,10 +1,14 @@
 //! The `segtune` command line: synthetic data, preprocessing, and (as they land) studies.
 
+pub mod bus;
 pub mod data;
+pub mod demo;
 pub mod job;
 pub mod report;
 pub mod rewards;
 pub mod study;
+pub mod up;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +36,12 @@ pub enum Command {
     /// Studies: submit a study file to the controller and follow it.
     #[command(subcommand)]
     Study(study::StudyCommand),
+    /// Run the local stack (nats-server, preprocessor, controller, trainers, evaluator) until
+    /// Ctrl-C; logs in DATA_DIR/logs.
+    Up(up::UpArgs),
+    /// A real search in one command: phantom data, the local stack, the demo study followed
+    /// live, the best strategy against the routine one, a report; then stops.
+    Demo(demo::DemoArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,5 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => job::train(a).await,
         Command::Eval(a) => job::eval(a).await,
         Command::Study(c) => study::run(c).await,
+        Command::Up(a) => up::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
     }
 }

@@ -1,18 +1,19 @@
 //! `segtune study submit FILE [--wait]`: hand a study to the controller over NATS and follow
-//! its events until it is done.
+//! it until it is done (with `segtune study watch`'s follower).
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use clap::{Args, Subcommand};
-use futures::StreamExt;
-use protocol::{StudyEvent, StudyEventKind, subjects};
+use protocol::subjects;
 
 #[derive(Debug, Subcommand)]
 pub enum StudyCommand {
     /// Submit a study file (see studies/*.toml) to the controller.
     Submit(SubmitArgs),
+    /// Follow a study live: running jobs, finished jobs with their Dice, best so far, ETA.
+    Watch(crate::watch::WatchArgs),
     /// Write a study's report: plots (PNG + SVG), jobs.csv, best.toml, summary.md/.html.
     Report(crate::report::ReportArgs),
     /// Print a study's rewards (replayed from the start): a table, or JSON lines with --json.
@@ -29,6 +30,9 @@ pub struct SubmitArgs {
     /// Follow the study's events until it is done or failed; exit 1 if it failed.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: write the best strategy here as a strategy file when the study is done.
+    #[arg(long, requires = "wait")]
+    pub best: Option<PathBuf>,
     #[arg(long, env = "SEGTUNE_NATS", default_value = runtime::DEFAULT_NATS)]
     pub nats: String,
 }
@@ -36,6 +40,7 @@ pub struct SubmitArgs {
 pub async fn run(cmd: StudyCommand) -> anyhow::Result<()> {
     match cmd {
         StudyCommand::Submit(a) => submit(a).await,
+        StudyCommand::Watch(a) => crate::watch::run(a).await,
         StudyCommand::Report(a) => crate::report::run(a).await,
         StudyCommand::Rewards(a) => crate::rewards::run(a).await,
     }
@@ -50,14 +55,41 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::bail!("{}: invalid study:\n{}", a.file.display(), lines.join("\n"));
     }
-    let client = runtime::connect(&a.nats, "segtune-cli").await?;
-    let js = jetstream::new(client);
-    runtime::provision_with_retry(&js).await?;
+    let (client, js) = crate::bus::connect(&a.nats).await?;
+    submit_spec(&js, &a.nats, &spec).await?;
+    if !a.wait {
+        println!("{}", spec.study);
+        return Ok(());
+    }
+    let opts = crate::watch::FollowOptions {
+        start_timeout: None,
+        output: crate::watch::Output::auto(),
+        best_file: a.best,
+    };
+    crate::watch::follow(&client, &js, &spec.study, &opts)
+        .await
+        .map(|_| ())
+}
+
+/// Hands `spec` to the controller. Refuses (instead of queueing it for nobody) when no
+/// controller is pulling submissions: each keeps a pull request open, renewed every 5 s.
+pub async fn submit_spec(
+    js: &jetstream::Context,
+    nats_url: &str,
+    spec: &protocol::StudySpec,
+) -> anyhow::Result<()> {
+    let controller = subjects::durable::CONTROLLER_SUBMISSIONS;
+    if !crate::bus::await_pullers(js, controller, 1, Duration::from_secs(7)).await? {
+        anyhow::bail!(
+            "no controller is taking submissions on {nats_url}: {}",
+            crate::bus::START_HINT
+        );
+    }
     runtime::publish(
-        &js,
+        js,
         subjects::SUBMISSIONS.to_string(),
         Some(&format!("submit-{}", spec.study)),
-        protocol::encode(&spec)?,
+        protocol::encode(spec)?,
     )
     .await
     .context("submitting the study")?;
@@ -65,68 +97,5 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
         "submitted study {} ({}, {} jobs, {} in parallel)",
         spec.study, spec.searcher, spec.max_jobs, spec.parallel
     );
-    if !a.wait {
-        println!("{}", spec.study);
-        return Ok(());
-    }
-    follow(&js, &spec.study).await
-}
-
-/// Prints the study's events (replayed from the start) until `done` or `failed`.
-pub async fn follow(js: &jetstream::Context, study: &str) -> anyhow::Result<()> {
-    let stream = js.get_stream(subjects::stream::EVENTS).await?;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::study_events(study),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let started = std::time::Instant::now();
-    while let Some(msg) = messages.next().await {
-        let msg = msg?;
-        let ev: StudyEvent = match protocol::decode(&msg.payload) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("skipping an undecodable event: {e}");
-                continue;
-            }
-        };
-        let t = started.elapsed().as_secs_f64();
-        match ev.event {
-            StudyEventKind::Started { dataset_id, .. } => {
-                eprintln!("[{t:7.1}s] started on dataset {dataset_id}")
-            }
-            StudyEventKind::Issued { job_id, .. } => eprintln!("[{t:7.1}s] issued {job_id}"),
-            StudyEventKind::Reward {
-                job_id,
-                mean,
-                rewards_so_far,
-                ..
-            } => eprintln!("[{t:7.1}s] reward {job_id}: Dice {mean:.4} ({rewards_so_far} so far)"),
-            StudyEventKind::NewBest { job_id, mean, .. } => {
-                eprintln!("[{t:7.1}s] new best {job_id}: Dice {mean:.4}")
-            }
-            StudyEventKind::JobFailed { job_id, reason } => {
-                eprintln!("[{t:7.1}s] job {job_id} failed: {reason}")
-            }
-            StudyEventKind::Done {
-                best_job_id,
-                best_mean,
-                best_strategy,
-                rewards,
-            } => {
-                eprintln!("[{t:7.1}s] done after {rewards} rewards; best {best_job_id}");
-                for (k, v) in &best_strategy.values {
-                    eprintln!("    {k:14} {v:.4}");
-                }
-                println!("{best_mean:.6}");
-                return Ok(());
-            }
-            StudyEventKind::Failed { reason } => anyhow::bail!("study {study} failed: {reason}"),
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(0)).await;
-    anyhow::bail!("the event stream ended before the study finished")
+    Ok(())
 }

@@ -1,0 +1,326 @@
+//! The product end to end, as a user runs it: `segtune up --trainers 2` starts the real
+//! binaries (nats-server, preprocessor, controller, two trainers, evaluator) as processes,
+//! `segtune study submit --wait` runs a PPO-RNN study on a tiny phantom task to the end,
+//! `segtune study report` writes the plots, and SIGTERM stops the stack cleanly.
+//!
+//! The service binaries come from this workspace: the test runs `cargo build --bins` for the
+//! five binary packages with the profile and target dir it was built with (a no-op when
+//! `cargo test --workspace` already built them, a link step or two after a change), so a
+//! stale binary is never tested.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use protocol::{Reward, subjects};
+
+const STUDY: &str = "e2e-stack";
+
+/// Where the binaries of this test's profile live: `target/<profile>/`, next to `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// Builds (or finds up to date) `segtune` and the four services; returns their folder.
+fn build_binaries() -> PathBuf {
+    let dir = profile_dir();
+    let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let target_dir = dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["build", "--quiet", "--bins"])
+        .args(["-p", "segtune", "-p", "preprocessor", "-p", "controller"])
+        .args(["-p", "trainer", "-p", "evaluator"])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile != "debug" {
+        cmd.args(["--profile", &profile]);
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build --bins failed: {status}");
+    dir
+}
+
+/// `segtune up` as a child; SIGTERM (then SIGKILL) on drop, so a failed test leaves nothing.
+struct Up {
+    child: Child,
+}
+
+impl Up {
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        sigterm(&self.child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "segtune up did not stop within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            sigterm(&self.child);
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn study_file(dir: &Path, task: &Path) -> PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[dataset]
+path = "{}"
+
+[search]
+searcher = "ppo-rnn"
+max_jobs = 6
+parallel = 2
+seed = 0
+
+[space]
+preset = "paper"
+
+[training]
+channels = [4, 8]
+patch = 16
+epochs = 2
+patches_per_epoch = 4
+batch_size = 2
+"#,
+            task.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
+    let t0 = Instant::now();
+    let bin = build_binaries();
+    let built = t0.elapsed();
+    let segtune = bin.join("segtune");
+
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("task");
+    let spec = volume::synth::SynthSpec::new(volume::synth::SynthKind::CtOrgan, 6, 24, 5);
+    volume::synth::write_task(&spec, &task).unwrap();
+    let study = study_file(dir.path(), &task);
+    let data = dir.path().join("data");
+
+    // The stack, as a user starts it.
+    let t_up = Instant::now();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let child = Command::new(&segtune)
+        .args([
+            "up",
+            "--trainers",
+            "2",
+            "--nats-port",
+            &port.to_string(),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env_remove("SEGTUNE_NATS")
+        .env_remove("SEGTUNE_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start segtune up");
+    let mut up = Up { child };
+    let stdout = up.child.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        // Keep draining so `segtune up` never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        first
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(90), banner)
+        .await
+        .expect("segtune up ready within 90 s")
+        .unwrap();
+    assert_eq!(banner, format!("segtune stack up: NATS {url}"));
+    let ready = t_up.elapsed();
+
+    // Submit and follow to the end, exporting the best strategy.
+    let t_study = Instant::now();
+    let best = dir.path().join("best.toml");
+    let out = tokio::time::timeout(
+        Duration::from_secs(150),
+        tokio::process::Command::new(&segtune)
+            .args(["study", "submit"])
+            .arg(&study)
+            .args(["--id", STUDY, "--wait", "--nats", &url, "--best"])
+            .arg(&best)
+            .output(),
+    )
+    .await
+    .expect("study done within 150 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "study submit --wait failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("study {STUDY} done: 6 rewards")),
+        "{stdout}"
+    );
+    let studied = t_study.elapsed();
+
+    // Six distinct jobs on the public reward stream, every reward a Dice.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(subjects::stream::REWARDS).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subjects::rewards(STUDY),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut rewards = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await {
+        rewards.push(protocol::decode::<Reward>(&m.unwrap().payload).unwrap());
+    }
+    let ids: BTreeSet<&str> = rewards.iter().map(|r| r.job_id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        6,
+        "distinct job ids on the reward stream: {ids:?}"
+    );
+    assert!(rewards.iter().all(|r| (0.0..=1.0).contains(&r.mean)));
+    let top = rewards
+        .iter()
+        .max_by(|a, b| a.mean.total_cmp(&b.mean))
+        .unwrap();
+
+    // The exported best strategy is a strategy file `segtune train` reads, and it is the
+    // strategy of the best reward.
+    let exported = segtune::job::load_strategy(&best).expect("best.toml is a strategy file");
+    assert_eq!(exported.values.len(), 9);
+    for (k, v) in &top.strategy.values {
+        assert!((exported.values[k] - v).abs() < 1e-12, "{k}");
+    }
+
+    // The report: valid PNG and SVG plots.
+    let report = dir.path().join("report");
+    let out = Command::new(&segtune)
+        .args(["study", "report", STUDY, "--nats", &url, "--out"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "study report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pngs = 0;
+    let mut svgs = 0;
+    for entry in std::fs::read_dir(&report).unwrap() {
+        let path = entry.unwrap().path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("png") => {
+                let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
+                let mut reader = decoder.read_info().expect("a PNG header");
+                let mut buf = vec![0; reader.output_buffer_size()];
+                let frame = reader.next_frame(&mut buf).expect("PNG pixels decode");
+                assert!(
+                    frame.width >= 100 && frame.height >= 100,
+                    "{}",
+                    path.display()
+                );
+                pngs += 1;
+            }
+            Some("svg") => {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let doc = roxmltree::Document::parse(&text).expect("SVG is XML");
+                assert_eq!(doc.root_element().tag_name().name(), "svg");
+                svgs += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        pngs >= 3 && svgs >= 3,
+        "{pngs} PNG, {svgs} SVG in {}",
+        report.display()
+    );
+
+    // Ctrl-C/SIGTERM stops everything and exits 0; every service logged to its own file.
+    let t_stop = Instant::now();
+    let status = up.terminate();
+    assert!(status.success(), "segtune up exited with {status}");
+    let stopped = t_stop.elapsed();
+    for name in [
+        "nats-server",
+        "preprocessor",
+        "controller",
+        "trainer-1",
+        "trainer-2",
+        "evaluator",
+    ] {
+        let log = data.join("logs").join(format!("{name}.log"));
+        assert!(log.is_file(), "{}", log.display());
+    }
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nats-server still listening after segtune up stopped"
+    );
+
+    let total = t0.elapsed();
+    eprintln!(
+        "e2e stack: cargo build check {:.1} s, stack up {:.1} s, 6-job study {:.1} s, \
+         stop {:.1} s, total {:.1} s",
+        built.as_secs_f64(),
+        ready.as_secs_f64(),
+        studied.as_secs_f64(),
+        stopped.as_secs_f64(),
+        total.as_secs_f64()
+    );
+    assert!(
+        total - built < Duration::from_secs(180),
+        "took {total:?} beyond the build"
+    );
+}
