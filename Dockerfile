@@ -1,14 +1,81 @@
-# CPU images of every segtune binary. The CUDA trainer/evaluator stage is added with the
-# engine's `cuda` feature (see the issues); compose.yaml selects the binary per service.
-FROM rust:1.95-bookworm AS build
+# syntax=docker/dockerfile:1
+# segtune images; compose.yaml builds both final targets:
+#   cpu   every binary (CLI, preprocessor, controller, CPU trainer and evaluator) on Debian slim
+#   cuda  segtune-trainer and segtune-evaluator built with `--features cuda` by
+#         scripts/build-cuda (NVIDIA's CUDA 13.0 wheels from PyPI; no CUDA toolkit image
+#         needed to build), on NVIDIA's CUDA 13.0 runtime image (cuBLAS, cuRAND, NVRTC).
+# Both build generic x86-64 code (no target-cpu=native): the images run on any x86-64 host.
+# The CUDA kernels are built for CUDA_COMPUTE_CAP (default 90 = H100/H200):
+#   docker compose build --build-arg CUDA_COMPUTE_CAP=89 trainer
+# and need an NVIDIA driver >= 580 (CUDA 13.0) on the host.
+
+ARG RUST_IMAGE=rust:1.95.0-bookworm
+
+# ---- CPU build: every binary of the workspace ------------------------------------------
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bins \
- && mkdir -p /out && find target/release -maxdepth 1 -type f -executable -name 'segtune*' -exec cp {} /out/ \;
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+ && mkdir -p /out \
+ && for b in segtune segtune-preprocessor segtune-controller segtune-trainer segtune-evaluator; do \
+      cp "target/release/$b" /out/ && strip "/out/$b"; \
+    done
 
-FROM debian:bookworm-slim AS runtime
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+# ---- CUDA build: the recipe of scripts/build-cuda, run as is ---------------------------
+FROM ${RUST_IMAGE} AS build-cuda
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+ARG CUDA_COMPUTE_CAP=90
+# pip --target into the cached prefix; Debian's pip wants this flag for any install.
+ENV SEGTUNE_CUDA_PREFIX=/opt/cuda13 \
+    CARGO_TARGET_DIR=/src/target/cuda \
+    PIP_BREAK_SYSTEM_PACKAGES=1
+# Own cache ids: BuildKit builds this stage and `build` at the same time.
+RUN --mount=type=cache,id=segtune-cuda-registry,target=/usr/local/cargo/registry \
+    --mount=type=cache,id=segtune-cuda-target,target=/src/target \
+    --mount=type=cache,id=segtune-cuda-wheels,target=/opt/cuda13 \
+    CUDA_COMPUTE_CAP="$CUDA_COMPUTE_CAP" CUDAFORGE_THREADS="$(nproc)" \
+      CARGO_BUILD_JOBS="$(nproc)" scripts/build-cuda \
+ && mkdir -p /out \
+ && cp target/cuda/release/segtune-trainer target/cuda/release/segtune-evaluator /out/
+
+# ---- CPU image --------------------------------------------------------------------------
+FROM debian:bookworm-slim AS cpu
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 10001 --create-home segtune \
+ && mkdir -p /data && chown segtune /data
 COPY --from=build /out/ /usr/local/bin/
+# The study files (the compose `demo` service submits studies/demo.toml).
+COPY studies/ /opt/segtune/studies/
 ENV SEGTUNE_STORE=/data/store SEGTUNE_NATS=nats://nats:4222
+USER segtune
+WORKDIR /data
 VOLUME /data
-ENTRYPOINT []
+CMD ["segtune", "--help"]
+
+# ---- CUDA image: trainer and evaluator ---------------------------------------------------
+FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04 AS cuda
+COPY --from=build-cuda /out/ /usr/local/bin/
+# Every library the binaries link must be in the image, except the driver's libcuda.so.1,
+# which the NVIDIA container toolkit mounts at run time.
+RUN missing="$(ldd /usr/local/bin/segtune-trainer /usr/local/bin/segtune-evaluator \
+      | grep 'not found' | grep -v 'libcuda\.so\.1' || true)"; \
+    if [ -n "$missing" ]; then echo "missing libraries: $missing" >&2; exit 1; fi \
+ && useradd --uid 10001 --create-home segtune \
+ && mkdir -p /data && chown segtune /data
+ENV SEGTUNE_STORE=/data/store SEGTUNE_NATS=nats://nats:4222 SEGTUNE_DEVICE=cuda \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER segtune
+WORKDIR /data
+VOLUME /data
+CMD ["segtune-trainer"]
+
+# `docker build .` without --target builds the CPU image.
+FROM cpu

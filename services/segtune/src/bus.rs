@@ -11,7 +11,9 @@ pub const START_HINT: &str =
 
 /// Connects once (no retry loop) and provisions the JetStream topology.
 pub async fn connect(url: &str) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let client = async_nats::ConnectOptions::new()
+    let (options, url) = runtime::connect_options(url)?;
+    let url = url.as_str();
+    let client = options
         .name("segtune-cli")
         .connection_timeout(Duration::from_secs(3))
         .connect(url)

@@ -123,10 +123,11 @@ pub async fn replay_study(
 /// Connects once, failing fast: a command someone typed must not wait forever for a broker
 /// that is not there (services use `runtime::connect`, which does).
 pub async fn connect_once(url: &str, name: &str) -> anyhow::Result<jetstream::Context> {
-    let client = async_nats::ConnectOptions::new()
+    let (options, url) = runtime::connect_options(url)?;
+    let client = options
         .name(name)
         .connection_timeout(Duration::from_secs(3))
-        .connect(url)
+        .connect(url.as_str())
         .await
         .map_err(|e| {
             anyhow::anyhow!(

@@ -28,10 +28,123 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Env vars this crate reads for every service, besides the service's own settings.
+pub const ENV_NATS_USER: &str = "SEGTUNE_NATS_USER";
+pub const ENV_NATS_PASSWORD: &str = "SEGTUNE_NATS_PASSWORD";
+pub const ENV_LOG: &str = "SEGTUNE_LOG";
+pub const ENV_WORKER: &str = "SEGTUNE_WORKER";
+/// All of them, for checks that a deployment sets only variables something reads.
+pub const ENV_VARS: &[&str] = &[ENV_NATS_USER, ENV_NATS_PASSWORD, ENV_LOG, ENV_WORKER];
+
+/// Broker credentials of one connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NatsCredentials {{ user: {:?}, password: \"***\" }}",
+            self.user
+        )
+    }
+}
+
+/// Splits `user:password@` off each server of a NATS URL (comma-separated list allowed;
+/// async-nats ignores credentials in URLs), returning the URL without them (safe to log) and
+/// the credentials. Without any in the URL, `SEGTUNE_NATS_USER` / `SEGTUNE_NATS_PASSWORD`
+/// (looked up with `env`) supply them.
+pub fn nats_credentials(
+    url: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<(String, Option<NatsCredentials>)> {
+    let mut creds: Option<NatsCredentials> = None;
+    let mut servers = Vec::new();
+    for server in url.split(',').map(str::trim) {
+        let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let Some((userinfo, host)) = authority.rsplit_once('@') else {
+            servers.push(server.to_string());
+            continue;
+        };
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let these = NatsCredentials {
+            user: percent_decode(user)?,
+            password: percent_decode(password)?,
+        };
+        anyhow::ensure!(
+            creds.as_ref().is_none_or(|c| *c == these),
+            "the servers of the NATS URL carry different credentials"
+        );
+        creds = Some(these);
+        let scheme = if scheme.is_empty() {
+            String::new()
+        } else {
+            format!("{scheme}://")
+        };
+        servers.push(format!("{scheme}{host}{path}"));
+    }
+    if creds.is_none()
+        && let Some(user) = env(ENV_NATS_USER).filter(|u| !u.is_empty())
+    {
+        creds = Some(NatsCredentials {
+            user,
+            password: env(ENV_NATS_PASSWORD).unwrap_or_default(),
+        });
+    }
+    Ok((servers.join(","), creds))
+}
+
+fn percent_decode(s: &str) -> anyhow::Result<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("bad percent-escape in the NATS URL's credentials")
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| anyhow::anyhow!("NATS credentials are not UTF-8"))
+}
+
+/// The inbox prefix of a role: replies to one role's requests are not readable by another
+/// (the broker's config lets each user subscribe only `_INBOX_<user>.>`).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{}", protocol::subjects::sanitize_token(user))
+}
+
+/// Connect options with the credentials of `url` or the environment (see
+/// [`nats_credentials`]) and the matching inbox prefix, and the URL to connect to (without
+/// credentials, safe to log). The CLI builds its own fail-fast connection on these.
+pub fn connect_options(url: &str) -> anyhow::Result<(async_nats::ConnectOptions, String)> {
+    let (url, creds) = nats_credentials(url, |k| std::env::var(k).ok())?;
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(c) = creds {
+        options = options
+            .custom_inbox_prefix(inbox_prefix(&c.user))
+            .user_and_password(c.user, c.password);
+    }
+    Ok((options, url))
+}
+
 /// Connects to NATS, retrying until the broker is up (services may start before it), and
-/// reconnecting forever afterwards.
+/// reconnecting forever afterwards. Credentials: see [`connect_options`].
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+    let (options, url) = connect_options(url)?;
+    let client = options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -40,10 +153,13 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                async_nats::Event::ServerError(e) => {
+                    tracing::warn!(error = %e, "NATS server error")
+                }
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         })
-        .connect(url)
+        .connect(url.as_str())
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
     Ok(client)
@@ -83,24 +199,74 @@ fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
 }
 
 /// Creates or updates every stream and durable consumer of `protocol::streams`. Idempotent:
-/// every service calls it at start, whichever starts first.
+/// every service calls it at start, whichever starts first. Reads first and writes only what
+/// is missing or differs, so once the topology is in place a role allowed only to read
+/// stream and consumer info (a worker in deploy/nats.conf) passes; before that it fails
+/// (no right to create) and [`provision_with_retry`] waits for a role that may.
 pub async fn provision(js: &jetstream::Context) -> anyhow::Result<()> {
+    use jetstream::ErrorCode;
+    use jetstream::context::GetStreamErrorKind;
     for spec in STREAMS {
-        js.create_or_update_stream(stream_config(spec))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot provision stream {}: {e}", spec.name))?;
+        let want = stream_config(spec);
+        match js.get_stream(spec.name).await {
+            Ok(s) if stream_matches(&s.cached_info().config, &want) => continue,
+            Ok(_) => js
+                .update_stream(want)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    js.create_stream(want)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                _ => Err(e.to_string()),
+            },
+        }
+        .map_err(|e| anyhow::anyhow!("cannot provision stream {}: {e}", spec.name))?;
     }
     for spec in CONSUMERS {
         let stream = js
             .get_stream(spec.stream)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", spec.stream))?;
+        let want = consumer_config(spec);
+        if let Ok(info) = stream.consumer_info(spec.durable).await
+            && consumer_matches(&info.config, &want)
+        {
+            continue;
+        }
         stream
-            .create_consumer(consumer_config(spec))
+            .create_consumer(want)
             .await
             .map_err(|e| anyhow::anyhow!("cannot provision consumer {}: {e}", spec.durable))?;
     }
     Ok(())
+}
+
+/// The fields [`stream_config`] sets (the server fills in the rest).
+fn stream_matches(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects == want.subjects
+        && have.retention == want.retention
+        && have.discard == want.discard
+        && have.storage == want.storage
+        && have.duplicate_window == want.duplicate_window
+        && have.max_messages == want.max_messages
+        && have.max_age == want.max_age
+}
+
+/// The fields [`consumer_config`] sets.
+fn consumer_matches(have: &jetstream::consumer::Config, want: &pull::Config) -> bool {
+    have.durable_name == want.durable_name
+        && have.filter_subject == want.filter_subject
+        && have.ack_policy == want.ack_policy
+        && have.ack_wait == want.ack_wait
+        && have.max_deliver == want.max_deliver
+        && have.max_ack_pending == want.max_ack_pending
 }
 
 /// [`provision`], retried until the broker answers (JetStream may still be starting).
@@ -294,4 +460,58 @@ pub fn ack_wait(durable: &str) -> Duration {
     protocol::streams::consumer_spec(durable)
         .map(|c| c.ack_wait)
         .unwrap_or(protocol::streams::WORK_ACK_WAIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn credentials_come_from_the_url_and_are_removed_from_it() {
+        let (url, c) = nats_credentials("nats://trainer:s3cr%40t@nats:4222", no_env).unwrap();
+        assert_eq!(url, "nats://nats:4222");
+        let c = c.unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.password.as_str()),
+            ("trainer", "s3cr@t")
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cr"),
+            "Debug hides the password"
+        );
+
+        let (url, c) = nats_credentials("nats://u:p@a:4222, nats://u:p@b:4223/x", no_env).unwrap();
+        assert_eq!(url, "nats://a:4222,nats://b:4223/x");
+        assert_eq!(c.unwrap().user, "u");
+        assert!(nats_credentials("nats://u:p@a,nats://v:q@b", no_env).is_err());
+        assert!(nats_credentials("nats://u:p%zz@a", no_env).is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_the_environment_when_the_url_has_none() {
+        let env = |k: &str| match k {
+            ENV_NATS_USER => Some("evaluator".to_string()),
+            ENV_NATS_PASSWORD => Some("pw".to_string()),
+            _ => None,
+        };
+        let (url, c) = nats_credentials("nats://nats:4222", env).unwrap();
+        assert_eq!(url, "nats://nats:4222");
+        assert_eq!(
+            c,
+            Some(NatsCredentials {
+                user: "evaluator".into(),
+                password: "pw".into()
+            })
+        );
+        // The URL's credentials win over the environment's.
+        let (_, c) = nats_credentials("nats://trainer:x@nats", env).unwrap();
+        assert_eq!(c.unwrap().user, "trainer");
+        // Neither: anonymous.
+        assert_eq!(nats_credentials("127.0.0.1:4222", no_env).unwrap().1, None);
+        assert_eq!(inbox_prefix("trainer"), "_INBOX_trainer");
+    }
 }
