@@ -30,6 +30,10 @@ pub const MIN_VOX_OFFSET: usize = 352;
 /// Extensions (header bytes between 352 and `vox_offset`) are skipped, never stored, but
 /// on a gzip stream skipping still means decompressing: bound that work too.
 pub const MAX_EXTENSION_BYTES: u64 = 256 << 20;
+/// Decompressed bytes a gzip stream may hold after the voxel data. They are inflated (so the
+/// CRC is always checked) but never stored; a stream that goes on longer is refused, which
+/// bounds the work a gzip bomb hidden behind a small valid image can cause.
+pub const MAX_GZIP_TRAILING_BYTES: u64 = 16 << 20;
 /// Largest extent a NIfTI-1 `dim` entry can hold.
 pub const MAX_DIM: usize = i16::MAX as usize;
 
@@ -75,9 +79,14 @@ pub enum NiftiError {
     #[error("{file}: {problem}")]
     Unsupported { file: String, problem: String },
     /// The header claims more voxels than [`ReadLimits::max_voxels`].
-    #[error("{file}: volume of {voxels} voxels exceeds the limit of {limit}")]
+    #[error(
+        "{file}: dim[1..4] = {dims}: volume of {voxels} voxels exceeds the limit of {limit} \
+         (ReadLimits::max_voxels)"
+    )]
     TooLarge {
         file: String,
+        /// The extents as written, e.g. `2048×2048×2560×1`.
+        dims: String,
         voxels: u64,
         limit: usize,
     },
@@ -320,6 +329,12 @@ fn decode_slice(bytes: &[u8], name: &str, limits: &ReadLimits) -> Result<NiftiIm
     };
     let header = parse_header(raw, name, limits)?;
     check_known_length(&header, bytes.len() as u64, name)?;
+    walk_extensions(
+        &mut &bytes[HEADER_SIZE..header.vox_offset],
+        &header,
+        name,
+        false,
+    )?;
     let data = &bytes[header.vox_offset..header.vox_offset + header.data_bytes()];
     let mut values = vec![0f32; header.values()];
     convert(&header, data, &mut values);
@@ -350,17 +365,8 @@ fn decode_stream<R: Read>(
         check_known_length(&header, len, name)?;
     }
 
-    let skip = (header.vox_offset - HEADER_SIZE) as u64;
-    reader.set_limit(skip);
-    let skipped = io::copy(&mut reader, &mut io::sink())
-        .map_err(|e| read_err(e, "header extensions", skip as usize, 0))?;
-    if skipped < skip {
-        return Err(vox_offset_past_end(
-            &header,
-            HEADER_SIZE as u64 + skipped,
-            name,
-        ));
-    }
+    reader.set_limit((header.vox_offset - HEADER_SIZE) as u64);
+    walk_extensions(&mut reader, &header, name, gzip)?;
 
     let total = header.data_bytes();
     reader.set_limit(total as u64);
@@ -396,11 +402,22 @@ fn decode_stream<R: Read>(
     })?;
 
     if gzip {
-        // One more read lets the decoder reach the trailer and check the CRC; anything after
-        // the voxel data is ignored (as nibabel does), but never decompressed further.
-        let mut inner = reader.into_inner();
-        let mut probe = [0u8; 1];
-        match inner.read(&mut probe) {
+        // Reading on to the end lets the decoder reach the trailer and check the CRC. Bytes
+        // after the voxel data are ignored (as nibabel does) up to a bound: past it the
+        // stream is refused instead of inflated further.
+        reader.set_limit(MAX_GZIP_TRAILING_BYTES + 1);
+        match io::copy(&mut reader, &mut io::sink()) {
+            Ok(n) if n > MAX_GZIP_TRAILING_BYTES => {
+                return Err(NiftiError::Invalid {
+                    file: name.to_owned(),
+                    problem: format!(
+                        "gzip stream continues past the voxel data: more than {} MiB after \
+                         vox_offset + {} data bytes (a gzip bomb?)",
+                        MAX_GZIP_TRAILING_BYTES >> 20,
+                        total
+                    ),
+                });
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(NiftiError::Invalid {
@@ -414,6 +431,122 @@ fn decode_stream<R: Read>(
         }
     }
     Ok(image(header, values))
+}
+
+/// Checks the extensions in the header bytes 348..vox_offset, reading exactly that many bytes
+/// from `reader` and storing none. The extender's first byte says whether extensions follow;
+/// each one then starts with its size `esize` (a multiple of 16, at least 16, header of 8
+/// bytes included) and must end by `vox_offset`. Zero padding after the last one is allowed.
+fn walk_extensions<R: Read>(
+    reader: &mut R,
+    header: &Header,
+    name: &str,
+    gzip: bool,
+) -> Result<(), NiftiError> {
+    let total = (header.vox_offset - HEADER_SIZE) as u64;
+    let mut walk = ExtensionWalk {
+        reader,
+        header,
+        name,
+        gzip,
+        total,
+        consumed: 0,
+    };
+    let mut extender = [0u8; 4];
+    walk.read(&mut extender)?;
+    if extender[0] != 0 {
+        let mut index = 0;
+        while walk.left() >= 8 {
+            let mut ext = [0u8; 8];
+            walk.read(&mut ext)?;
+            let word = |b: &[u8]| {
+                let b: [u8; 4] = b.try_into().expect("4 bytes");
+                if header.big_endian {
+                    i32::from_be_bytes(b)
+                } else {
+                    i32::from_le_bytes(b)
+                }
+            };
+            let (esize, ecode) = (word(&ext[..4]), word(&ext[4..]));
+            if esize == 0 && ecode == 0 {
+                break;
+            }
+            let left = walk.left() + 8;
+            if esize < 16 || esize % 16 != 0 || esize as u64 > left {
+                return Err(field(
+                    name,
+                    format!("extension[{index}].esize"),
+                    esize,
+                    format!(
+                        "a multiple of 16, at least 16 and at most the {left} bytes left \
+                         before vox_offset = {}",
+                        header.vox_offset
+                    ),
+                ));
+            }
+            walk.skip(esize as u64 - 8)?;
+            index += 1;
+        }
+    }
+    walk.skip(walk.left())
+}
+
+/// A reader positioned in the extension area, counting what it consumed.
+struct ExtensionWalk<'a, R> {
+    reader: &'a mut R,
+    header: &'a Header,
+    name: &'a str,
+    gzip: bool,
+    total: u64,
+    consumed: u64,
+}
+
+impl<R: Read> ExtensionWalk<'_, R> {
+    fn left(&self) -> u64 {
+        self.total - self.consumed
+    }
+
+    fn ran_out(&self) -> NiftiError {
+        vox_offset_past_end(self.header, HEADER_SIZE as u64 + self.consumed, self.name)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), NiftiError> {
+        let got = read_full(self.reader, buf).map_err(|(e, n)| {
+            let found = (self.consumed as usize) + n;
+            stream_error(
+                e,
+                self.name,
+                self.gzip,
+                "header extensions",
+                self.total as usize,
+                found,
+            )
+        })?;
+        self.consumed += got as u64;
+        if got < buf.len() {
+            return Err(self.ran_out());
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), NiftiError> {
+        let got = io::copy(&mut self.reader.take(n), &mut io::sink()).map_err(|e| {
+            let found = self.consumed as usize;
+            stream_error(
+                e,
+                self.name,
+                self.gzip,
+                "header extensions",
+                self.total as usize,
+                found,
+            )
+        })?;
+        self.consumed += got;
+        if got < n {
+            return Err(self.ran_out());
+        }
+        Ok(())
+    }
 }
 
 /// Fills `buf` unless the reader ends first; on error also returns the bytes read so far.
@@ -636,6 +769,11 @@ pub fn parse_header(
     if values > limits.max_voxels as u64 {
         return Err(NiftiError::TooLarge {
             file: name.to_owned(),
+            dims: extent[1..=4]
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("×"),
             voxels: values,
             limit: limits.max_voxels,
         });
@@ -700,8 +838,17 @@ pub fn parse_header(
 
     let slope = f.f32(OFF_SCL_SLOPE);
     let inter = f.f32(OFF_SCL_INTER);
-    // nibabel: a zero or non-finite slope means "not scaled".
-    let scaling = if slope == 0.0 || !slope.is_finite() {
+    // nibabel: a zero or NaN slope means "not scaled" (older nibabel wrote NaN into every
+    // unscaled file). An infinite slope is no such convention, only garbage: refused.
+    if slope.is_infinite() {
+        return Err(field(
+            name,
+            "scl_slope",
+            slope,
+            "a finite slope (0 or NaN for unscaled data)",
+        ));
+    }
+    let scaling = if slope == 0.0 || slope.is_nan() {
         None
     } else if !inter.is_finite() {
         return Err(field(
@@ -760,7 +907,20 @@ pub fn parse_header(
             q[i] = v as f64;
         }
         debug_assert_eq!(OFF_QUATERN + 12, OFF_QOFFSET);
-        let qfac = if pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+        // qfac is ±1; 0 (never set) reads as 1, like nifti_clib and nibabel. Anything else
+        // would scale the third axis by an undefined factor.
+        let qfac = match pixdim[0] {
+            -1.0 => -1.0,
+            0.0 | 1.0 => 1.0,
+            q => {
+                return Err(field(
+                    name,
+                    "pixdim[0] (qfac)",
+                    q,
+                    "-1 or 1 (0 reads as 1) when the qform is used",
+                ));
+            }
+        };
         (
             quatern_to_affine([q[0], q[1], q[2]], [q[3], q[4], q[5]], spacing, qfac),
             GeometrySource::Qform,
@@ -1576,11 +1736,132 @@ mod tests {
     }
 
     #[test]
-    fn zero_or_non_finite_slope_means_no_scaling() {
-        for slope in [0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+    fn zero_or_nan_slope_means_no_scaling() {
+        for slope in [0.0, f32::NAN] {
             let img = read(&int16_file(slope, 5.0), "noscale.nii");
             assert_eq!(img.volume.data, vec![0.0, 1.0, 2.0, -3.0], "slope {slope}");
         }
+    }
+
+    #[test]
+    fn infinite_slope_is_refused() {
+        for (slope, needle) in [
+            (f32::INFINITY, "scl_slope = inf, expected a finite slope"),
+            (f32::NEG_INFINITY, "scl_slope = -inf"),
+        ] {
+            assert_err(&int16_file(slope, 5.0), "inf.nii", needle);
+        }
+    }
+
+    #[test]
+    fn qfac_must_be_plus_or_minus_one_when_the_qform_is_used() {
+        for (qfac, z) in [(1.0, 1.0), (0.0, 1.0), (-1.0, -1.0)] {
+            let mut raw = Raw::new(&[2, 2, 2], 2, 8);
+            raw.i16(OFF_QFORM_CODE, 1).f32(OFF_PIXDIM, qfac);
+            let g = read(&raw.with_data(&[0; 8]), "qfac.nii").volume.geometry;
+            assert_eq!(g.direction[2][2], z, "qfac {qfac}");
+        }
+        for (qfac, needle) in [
+            (0.5, "pixdim[0] (qfac) = 0.5, expected -1 or 1"),
+            (-2.0, "pixdim[0] (qfac) = -2"),
+            (f32::NAN, "pixdim[0] (qfac) = NaN"),
+        ] {
+            let mut raw = Raw::new(&[2, 2, 2], 2, 8);
+            raw.i16(OFF_QFORM_CODE, 1).f32(OFF_PIXDIM, qfac);
+            assert_err(&raw.with_data(&[0; 8]), "qfac.nii", needle);
+            // Without a qform nothing reads qfac.
+            raw.i16(OFF_QFORM_CODE, 0);
+            read(&raw.with_data(&[0; 8]), "noqform.nii");
+        }
+    }
+
+    /// A header with `vox_offset` = 352 + `ext.len()`, extension flag set, then `ext`.
+    fn with_extensions(ext: &[u8], big_endian: bool) -> Vec<u8> {
+        let mut raw = Raw::with_order(&[2, 2, 2], 2, 8, big_endian);
+        raw.f32(OFF_VOX_OFFSET, (MIN_VOX_OFFSET + ext.len()) as f32);
+        raw.bytes[HEADER_SIZE] = 1;
+        let mut data = ext.to_vec();
+        data.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        raw.with_data(&data)
+    }
+
+    fn extension(esize: i32, ecode: i32, len: usize, big_endian: bool) -> Vec<u8> {
+        let word = |v: i32| {
+            if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let mut e = word(esize).to_vec();
+        e.extend_from_slice(&word(ecode));
+        e.resize(len, 0x5A);
+        e
+    }
+
+    #[test]
+    fn extension_sizes_are_checked() {
+        for be in [false, true] {
+            // Two good extensions (32 + 16 bytes), then 16 bytes of zero padding.
+            let mut ext = extension(32, 6, 32, be);
+            ext.extend(extension(16, 4, 16, be));
+            ext.extend([0; 16]);
+            let bytes = with_extensions(&ext, be);
+            for b in [bytes.clone(), gzip(&bytes)] {
+                assert_eq!(
+                    read(&b, "ext.nii").volume.data,
+                    (1..=8).map(|v| v as f32).collect::<Vec<_>>()
+                );
+            }
+            for (ext, needle) in [
+                (
+                    extension(20, 6, 32, be),
+                    "extension[0].esize = 20, expected a multiple of 16",
+                ),
+                (extension(-16, 6, 32, be), "extension[0].esize = -16"),
+                (extension(8, 6, 32, be), "extension[0].esize = 8"),
+                (
+                    extension(48, 6, 32, be),
+                    "extension[0].esize = 48, expected a multiple of 16, at least 16 and at \
+                     most the 32 bytes left before vox_offset = 384",
+                ),
+                (
+                    [
+                        extension(16, 6, 16, be),
+                        extension(i32::MAX - 15, 6, 16, be),
+                    ]
+                    .concat(),
+                    "extension[1].esize = 2147483632",
+                ),
+            ] {
+                let bytes = with_extensions(&ext, be);
+                assert_err(&bytes, "ext.nii", needle);
+                assert_err(&gzip(&bytes), "ext.nii.gz", needle);
+            }
+        }
+        // Without the extension flag the bytes before vox_offset are not looked at.
+        let mut bytes = with_extensions(&extension(20, 6, 32, false), false);
+        bytes[HEADER_SIZE] = 0;
+        read(&bytes, "noext.nii");
+    }
+
+    #[test]
+    fn gzip_stream_running_on_past_the_data_is_refused() {
+        let raw = Raw::new(&[2, 2, 2], 2, 8);
+        let mut bytes = raw.with_data(&[9; 8]);
+        bytes.resize(bytes.len() + MAX_GZIP_TRAILING_BYTES as usize + 1, 0);
+        assert_err(
+            &gzip(&bytes),
+            "bomb.nii.gz",
+            "gzip stream continues past the voxel data: more than 16 MiB after vox_offset",
+        );
+        // Up to the bound the trailing bytes are inflated, so the CRC is still checked.
+        bytes.truncate(bytes.len() - 2);
+        let mut gz = gzip(&bytes);
+        read(&gz, "tail.nii.gz");
+        let n = gz.len();
+        gz[n - 6] ^= 0xff;
+        assert_err(&gz, "tail.nii.gz", "corrupt gzip stream");
     }
 
     #[test]
