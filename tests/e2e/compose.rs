@@ -411,6 +411,78 @@ fn compose_services_run_workspace_binaries_with_settings_they_accept() {
     }
 }
 
+/// `segtune up` (the CPU stack of the README's first command) and `docker compose -f
+/// compose.yaml -f compose.cpu.yaml up` run the same topology: the same long-running
+/// binaries, one replica each by default, trainers scaled the same way, each reading the same
+/// broker and store settings.
+#[test]
+fn segtune_up_runs_the_topology_of_the_cpu_compose_stack() {
+    let store = Path::new("/data/store");
+    let up = segtune::up::plan(1, "nats://127.0.0.1:4222", store);
+    let up_bins: BTreeMap<&str, usize> = up.iter().fold(BTreeMap::new(), |mut m, s| {
+        *m.entry(s.binary).or_default() += 1;
+        m
+    });
+    let services = segtune_services(true);
+    // Long-running services: one binary each; the one-shot `demo` runs the CLI.
+    let long_running: Vec<&Service> = services
+        .iter()
+        .filter(|s| s.invocations.iter().all(|a| a[0] != "segtune"))
+        .collect();
+    let mut compose_bins: BTreeMap<&str, usize> = BTreeMap::new();
+    let all = compose(true);
+    for s in &long_running {
+        assert_eq!(s.invocations.len(), 1, "{}: one process", s.name);
+        let replicas = all[&s.name]["deploy"]["replicas"].as_u64().unwrap_or(1) as usize;
+        *compose_bins
+            .entry(s.invocations[0][0].as_str())
+            .or_default() += replicas;
+        let planned = up
+            .iter()
+            .find(|p| p.binary == s.invocations[0][0])
+            .unwrap_or_else(|| panic!("segtune up does not run {}", s.invocations[0][0]));
+        assert_eq!(
+            s.invocations[0].len(),
+            1,
+            "{}: segtune up passes no arguments to {}, compose passes {:?}",
+            s.name,
+            planned.binary,
+            &s.invocations[0][1..]
+        );
+        for (k, _) in &planned.env {
+            if k == runtime::ENV_WORKER {
+                continue; // compose replicas name themselves <hostname>-<pid>
+            }
+            assert!(
+                s.env.contains_key(k),
+                "{}: segtune up sets {k}, compose does not",
+                s.name
+            );
+        }
+        // Both run on the CPU: compose.cpu.yaml sets it, segtune up uses the default.
+        if let Some(device) = s.env.get("SEGTUNE_DEVICE") {
+            assert_eq!(device, "cpu", "{}", s.name);
+        }
+    }
+    assert_eq!(
+        up_bins, compose_bins,
+        "segtune up and the CPU compose stack run different services"
+    );
+    // `--trainers N` adds trainers and nothing else, like `--scale trainer=N`.
+    let up3 = segtune::up::plan(3, "nats://127.0.0.1:4222", store);
+    let trainers: Vec<&str> = up3
+        .iter()
+        .filter(|s| s.binary == "segtune-trainer")
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(trainers, ["trainer-1", "trainer-2", "trainer-3"]);
+    assert_eq!(up3.len(), up.len() + 2);
+    // The broker: JetStream on, its store on a volume, as `segtune up` runs it (`-js -sd`).
+    let nats = &all["nats"];
+    assert!(strings(&nats["command"]).contains(&"-sd".to_string()));
+    assert!(read("deploy/nats.conf").contains("jetstream: enabled"));
+}
+
 #[test]
 fn the_demo_service_synthesizes_the_task_where_the_demo_study_reads_it() {
     let demo = segtune_services(false)
@@ -1032,6 +1104,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         nats: url_of("controller"),
         store: store.clone(),
         ack_wait_secs: 30.0,
+        stream_replicas: 1,
     };
     let trainer_settings = trainer::Settings {
         nats: url_of("trainer"),
@@ -1079,7 +1152,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         .await
         .unwrap();
     let js = async_nats::jetstream::new(admin.clone());
-    runtime::provision(&js).await.unwrap();
+    runtime::provision(&js, None).await.unwrap();
     let mut progress = admin
         .subscribe(subjects::progress_all(&spec.study))
         .await

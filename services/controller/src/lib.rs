@@ -47,6 +47,12 @@ pub struct Settings {
     /// reward the controller received but did not acknowledge (it died) comes back.
     #[arg(long, env = "SEGTUNE_CONTROLLER_ACK_WAIT", default_value_t = 30.0)]
     pub ack_wait_secs: f64,
+    /// JetStream replicas of every stream: 1 on one nats-server; 3 (or 5) in a NATS cluster,
+    /// so that the jobs, rewards and study events survive the loss of a node. Existing
+    /// streams are scaled to it.
+    #[arg(long, env = "SEGTUNE_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 impl Settings {
@@ -93,7 +99,7 @@ impl App {
         let store = storage::open(&settings.store)?;
         let client = runtime::connect(&settings.nats, "segtune-controller").await?;
         let js = jetstream::new(client);
-        runtime::provision_with_retry(&js).await?;
+        runtime::provision_with_retry(&js, Some(usize::from(settings.stream_replicas))).await?;
         Ok(Self::new(
             js,
             store,

@@ -43,7 +43,7 @@ impl App {
         let store = storage::open(&settings.store)?;
         let client = runtime::connect(&settings.nats, "segtune-evaluator").await?;
         let js = jetstream::new(client);
-        runtime::provision_with_retry(&js).await?;
+        runtime::provision_with_retry(&js, None).await?;
         Ok(Self {
             js,
             store,

@@ -45,7 +45,7 @@ impl App {
         let store = storage::open(&settings.store)?;
         let client = runtime::connect(&settings.nats, "segtune-preprocessor").await?;
         let js = jetstream::new(client);
-        runtime::provision_with_retry(&js).await?;
+        runtime::provision_with_retry(&js, None).await?;
         Ok(Self {
             js,
             store,

@@ -16,11 +16,11 @@ pub async fn connect(url: &str) -> anyhow::Result<(async_nats::Client, jetstream
     let client = options
         .name("segtune-cli")
         .connection_timeout(Duration::from_secs(3))
-        .connect(url)
+        .connect(runtime::servers(url))
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach NATS at {url} ({e}): {START_HINT}"))?;
     let js = jetstream::new(client.clone());
-    tokio::time::timeout(Duration::from_secs(15), runtime::provision(&js))
+    tokio::time::timeout(Duration::from_secs(15), runtime::provision(&js, None))
         .await
         .map_err(|_| {
             anyhow::anyhow!(

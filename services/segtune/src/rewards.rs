@@ -127,7 +127,7 @@ pub async fn connect_once(url: &str, name: &str) -> anyhow::Result<jetstream::Co
     let client = options
         .name(name)
         .connection_timeout(Duration::from_secs(3))
-        .connect(url.as_str())
+        .connect(runtime::servers(&url))
         .await
         .map_err(|e| {
             anyhow::anyhow!(

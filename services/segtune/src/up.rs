@@ -52,6 +52,47 @@ pub struct StackConfig {
     pub nats_port: u16,
 }
 
+/// One long-running service of the local stack, as `segtune up` starts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedService {
+    /// Process name in logs (`trainer-2`), also the worker id of a trainer.
+    pub name: String,
+    /// The workspace binary it runs, without arguments.
+    pub binary: &'static str,
+    /// Its environment (on top of the inherited one).
+    pub env: Vec<(String, String)>,
+}
+
+/// The services `segtune up --trainers N` starts after the broker, in start order. The
+/// compose files run the same topology (tests/e2e/compose.rs checks it).
+pub fn plan(trainers: u32, nats_url: &str, store: &Path) -> Vec<PlannedService> {
+    let env = |worker: Option<String>| {
+        let mut v = vec![
+            ("SEGTUNE_NATS".to_string(), nats_url.to_string()),
+            ("SEGTUNE_STORE".to_string(), store.display().to_string()),
+        ];
+        if let Some(w) = worker {
+            v.push((runtime::ENV_WORKER.to_string(), w));
+        }
+        v
+    };
+    let service = |name: &str, binary, worker: Option<String>| PlannedService {
+        name: name.to_string(),
+        binary,
+        env: env(worker),
+    };
+    let mut plan = vec![
+        service("preprocessor", "segtune-preprocessor", None),
+        service("controller", "segtune-controller", None),
+    ];
+    for i in 1..=trainers {
+        let name = format!("trainer-{i}");
+        plan.push(service(&name, "segtune-trainer", Some(name.clone())));
+    }
+    plan.push(service("evaluator", "segtune-evaluator", None));
+    plan
+}
+
 /// The running local stack.
 pub struct Stack {
     pub nats_url: String,
@@ -228,28 +269,14 @@ impl Booting {
         let (client, js) = await_broker(nats, nats_url, cfg.nats_port).await?;
         let logs = data_dir.join("logs");
         let store = data_dir.join("store");
-        let env = |worker: Option<String>| {
-            let mut v = vec![
-                ("SEGTUNE_NATS".to_string(), nats_url.to_string()),
-                ("SEGTUNE_STORE".to_string(), store.display().to_string()),
-            ];
-            if let Some(w) = worker {
-                v.push(("SEGTUNE_WORKER".to_string(), w));
-            }
-            v
-        };
-        let mut plan = vec![
-            ("preprocessor".to_string(), &bins.preprocessor, env(None)),
-            ("controller".to_string(), &bins.controller, env(None)),
-        ];
-        for i in 1..=cfg.trainers {
-            let name = format!("trainer-{i}");
-            plan.push((name.clone(), &bins.trainer, env(Some(name))));
-        }
-        plan.push(("evaluator".to_string(), &bins.evaluator, env(None)));
-        for (name, bin, env) in plan {
-            self.services
-                .push(Service::spawn(&name, bin, &[], &env, &logs)?);
+        for svc in plan(cfg.trainers, nats_url, &store) {
+            self.services.push(Service::spawn(
+                &svc.name,
+                bins.path(svc.binary),
+                &[],
+                &svc.env,
+                &logs,
+            )?);
         }
         self.await_services(&js, cfg.trainers as usize).await?;
         Ok((client, js))
@@ -529,6 +556,18 @@ impl ServiceBins {
             trainer: find("segtune-trainer")?,
             evaluator: find("segtune-evaluator")?,
         })
+    }
+}
+
+impl ServiceBins {
+    fn path(&self, binary: &str) -> &Path {
+        match binary {
+            "segtune-preprocessor" => &self.preprocessor,
+            "segtune-controller" => &self.controller,
+            "segtune-trainer" => &self.trainer,
+            "segtune-evaluator" => &self.evaluator,
+            other => unreachable!("plan() names no binary {other}"),
+        }
     }
 }
 

@@ -51,7 +51,7 @@ impl App {
         let store = storage::open(&settings.store)?;
         let client = runtime::connect(&settings.nats, "segtune-trainer").await?;
         let js = jetstream::new(client.clone());
-        runtime::provision_with_retry(&js).await?;
+        runtime::provision_with_retry(&js, None).await?;
         Ok(Self {
             js,
             client,

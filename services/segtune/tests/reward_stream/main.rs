@@ -215,7 +215,7 @@ async fn setup() -> (NatsServer, jetstream::Context) {
     test_support::init_test_tracing();
     let nats = NatsServer::start();
     let js = jetstream::new(nats.client().await);
-    runtime::provision(&js).await.unwrap();
+    runtime::provision(&js, None).await.unwrap();
     (nats, js)
 }
 
