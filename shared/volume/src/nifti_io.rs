@@ -274,11 +274,11 @@ pub fn read_nifti(path: &Path, limits: &ReadLimits) -> Result<NiftiImage, NiftiE
     // The first fill of a regular file holds min(file size, capacity) bytes.
     let gzip = is_gzip(reader.fill_buf().map_err(|e| io_err("cannot read", e))?);
     if gzip {
-        decode_stream(MultiGzDecoder::new(reader), &file, None, true, limits)
+        decode_stream(MultiGzDecoder::new(reader), &file, None, Some(len), limits)
     } else if ends_with_gz(&file) {
         Err(not_gzip(&file))
     } else {
-        decode_stream(reader, &file, Some(len), false, limits)
+        decode_stream(reader, &file, Some(len), None, limits)
     }
 }
 
@@ -290,7 +290,8 @@ pub fn read_nifti_bytes(
     limits: &ReadLimits,
 ) -> Result<NiftiImage, NiftiError> {
     if is_gzip(bytes) {
-        decode_stream(MultiGzDecoder::new(bytes), name, None, true, limits)
+        let len = bytes.len() as u64;
+        decode_stream(MultiGzDecoder::new(bytes), name, None, Some(len), limits)
     } else if ends_with_gz(name) {
         Err(not_gzip(name))
     } else {
@@ -342,14 +343,16 @@ fn decode_slice(bytes: &[u8], name: &str, limits: &ReadLimits) -> Result<NiftiIm
 }
 
 /// Reads header, skips extensions, then decodes the voxel data chunk by chunk, never reading
-/// past `vox_offset + data bytes`.
+/// past `vox_offset + data bytes`. `known_len` is the length of plain data, `gzip_len` that
+/// of a gzip stream.
 fn decode_stream<R: Read>(
     reader: R,
     name: &str,
     known_len: Option<u64>,
-    gzip: bool,
+    gzip_len: Option<u64>,
     limits: &ReadLimits,
 ) -> Result<NiftiImage, NiftiError> {
+    let gzip = gzip_len.is_some();
     let read_err = |e: io::Error, what: &'static str, expected: usize, found: usize| {
         stream_error(e, name, gzip, what, expected, found)
     };
@@ -363,6 +366,9 @@ fn decode_stream<R: Read>(
     let header = parse_header(&raw, name, limits)?;
     if let Some(len) = known_len {
         check_known_length(&header, len, name)?;
+    }
+    if let Some(len) = gzip_len {
+        check_inflatable(&header, len, name)?;
     }
 
     reader.set_limit((header.vox_offset - HEADER_SIZE) as u64);
@@ -607,6 +613,27 @@ fn vox_offset_past_end(header: &Header, len: u64, name: &str) -> NiftiError {
         header.vox_offset,
         format!("an offset within the data ({len} bytes)"),
     )
+}
+
+/// Deflate turns one bit into at most 258 bytes: no gzip stream inflates to more than 1032
+/// times its size.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Refuses, before allocating, a header claiming more bytes than its gzip stream can hold:
+/// this bounds the voxel buffer of a gzip input by ~4000 times the input's size.
+fn check_inflatable(header: &Header, gzip_len: u64, name: &str) -> Result<(), NiftiError> {
+    let claimed = (header.vox_offset + header.data_bytes()) as u64;
+    let max = gzip_len.saturating_mul(MAX_DEFLATE_RATIO);
+    if claimed > max {
+        return Err(NiftiError::Invalid {
+            file: name.to_owned(),
+            problem: format!(
+                "truncated gzip stream or lying dim/bitpix: {gzip_len} bytes of gzip inflate to \
+                 at most {max} bytes, the header claims {claimed} (vox_offset + voxel data)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// With the total length known, refuse short data before allocating anything.
@@ -1843,6 +1870,19 @@ mod tests {
         let mut bytes = with_extensions(&extension(20, 6, 32, false), false);
         bytes[HEADER_SIZE] = 0;
         read(&bytes, "noext.nii");
+    }
+
+    #[test]
+    fn gzip_too_small_for_the_claimed_data_is_refused_before_allocating() {
+        let raw = Raw::new(&[1024, 1024, 4], 2, 8);
+        assert_err(
+            &gzip(&raw.with_data(&[0; 64])),
+            "lying.nii.gz",
+            "bytes of gzip inflate to at most",
+        );
+        // Real all-zero data compresses less than 1032x and reads.
+        let zeros = gzip(&raw.with_data(&vec![0; 1 << 22]));
+        assert_eq!(read(&zeros, "zeros.nii.gz").volume.dims, [1024, 1024, 4]);
     }
 
     #[test]

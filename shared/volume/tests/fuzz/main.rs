@@ -1,0 +1,433 @@
+//! Byte-mutation fuzzing of the NIfTI reader on stable Rust (issue #6 item 14), driven by
+//! proptest: valid small files (plain and gzipped, with and without extensions, every
+//! geometry source) are mutated (bytes set, bits flipped, header fields set to edge values,
+//! ranges inserted, removed or cut) and read from bytes and from a file with the default
+//! limits. Each case must return (never panic), within 1 s, with no single allocation over
+//! 1 GiB nor over what the input can justify (4 × 1032 × its size for gzip: deflate expands
+//! at most 1032×, output is f32), and any error must be typed, non-I/O and name the file.
+//!
+//! Runs `PROPTEST_CASES` cases (default 1000, about a second) in the normal test suite;
+//! `SEGTUNE_FUZZ_SECS=600 cargo test -p volume --test fuzz -- --nocapture` runs for ten
+//! minutes and prints the number of cases. A failure prints the minimal input as hex: add
+//! it to `regressions` below.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use volume::{Geometry, NiftiError, ReadLimits, Volume, read_nifti, read_nifti_bytes};
+
+/// Records the largest single allocation since the last reset.
+struct Counting;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const GIB: usize = 1 << 30;
+const TIME_LIMIT: Duration = Duration::from_secs(1);
+
+/// Offsets and widths of the header fields the reader interprets.
+const FIELDS: &[(usize, usize)] = &[
+    (0, 4),   // sizeof_hdr
+    (40, 2),  // dim[0]
+    (42, 2),  // dim[1]
+    (44, 2),  // dim[2]
+    (46, 2),  // dim[3]
+    (48, 2),  // dim[4]
+    (50, 2),  // dim[5]
+    (70, 2),  // datatype
+    (72, 2),  // bitpix
+    (76, 4),  // pixdim[0] (qfac)
+    (80, 4),  // pixdim[1]
+    (88, 4),  // pixdim[3]
+    (108, 4), // vox_offset
+    (112, 4), // scl_slope
+    (116, 4), // scl_inter
+    (252, 2), // qform_code
+    (254, 2), // sform_code
+    (256, 4), // quatern_b
+    (280, 4), // srow_x[0]
+    (348, 4), // extension flag
+    (352, 4), // first extension's esize (when present)
+];
+
+/// Values that sit on the edges of what the fields allow.
+fn edge_values() -> Vec<[u8; 4]> {
+    let ints = [
+        0i32,
+        1,
+        -1,
+        2,
+        7,
+        8,
+        9,
+        16,
+        348,
+        352,
+        540,
+        32767,
+        -32768,
+        i32::MAX,
+        i32::MIN,
+    ];
+    let floats = [
+        0.0f32,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        352.0,
+        352.5,
+        1e12,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE,
+        f32::MAX,
+    ];
+    let mut v: Vec<[u8; 4]> = ints.iter().map(|i| i.to_le_bytes()).collect();
+    v.extend(
+        ints.iter()
+            .map(|&i| (i as i16).to_le_bytes())
+            .map(|b| [b[0], b[1], 0, 0]),
+    );
+    v.extend(floats.iter().map(|f| f.to_le_bytes()));
+    v.extend(floats.iter().map(|f| f.to_be_bytes()));
+    v
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Set(Index, u8),
+    Flip(Index, u8),
+    Field(Index, Index),
+    Insert(Index, Vec<u8>),
+    Remove(Index, usize),
+    Truncate(Index),
+    Append(Vec<u8>),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+        3 => (any::<Index>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, b)),
+        4 => (any::<Index>(), any::<Index>()).prop_map(|(f, v)| Mutation::Field(f, v)),
+        1 => (any::<Index>(), prop::collection::vec(any::<u8>(), 1..64))
+            .prop_map(|(i, b)| Mutation::Insert(i, b)),
+        1 => (any::<Index>(), 1usize..128).prop_map(|(i, n)| Mutation::Remove(i, n)),
+        1 => any::<Index>().prop_map(Mutation::Truncate),
+        1 => prop::collection::vec(any::<u8>(), 1..256).prop_map(Mutation::Append),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, m: &Mutation, edges: &[[u8; 4]]) {
+    if bytes.is_empty() {
+        if let Mutation::Append(b) | Mutation::Insert(_, b) = m {
+            bytes.extend_from_slice(b);
+        }
+        return;
+    }
+    let len = bytes.len();
+    match m {
+        Mutation::Set(i, b) => bytes[i.index(len)] = *b,
+        Mutation::Flip(i, bit) => bytes[i.index(len)] ^= 1 << bit,
+        Mutation::Field(f, v) => {
+            let (offset, width) = FIELDS[f.index(FIELDS.len())];
+            let value = edges[v.index(edges.len())];
+            if offset + width <= len {
+                bytes[offset..offset + width].copy_from_slice(&value[..width]);
+            }
+        }
+        Mutation::Insert(i, b) => {
+            let at = i.index(len + 1);
+            bytes.splice(at..at, b.iter().copied());
+        }
+        Mutation::Remove(i, n) => {
+            let at = i.index(len);
+            bytes.drain(at..(at + n).min(len));
+        }
+        Mutation::Truncate(i) => bytes.truncate(i.index(len)),
+        Mutation::Append(b) => bytes.extend_from_slice(b),
+    }
+}
+
+/// How the mutated bytes reach the reader.
+#[derive(Debug, Clone, Copy)]
+enum Packing {
+    /// Mutate the plain file.
+    Plain,
+    /// Mutate the plain file, then gzip it (header mutations behind a valid stream).
+    GzipAfter,
+    /// Mutate the gzip stream itself.
+    GzipBytes,
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// Valid small files covering every datatype family, both geometry sources and extensions.
+fn seeds() -> Vec<Vec<u8>> {
+    let ramp = |n: usize| (0..n).map(|i| (i % 251) as f32).collect::<Vec<_>>();
+    let mut rotated = Geometry::identity([0.8, 1.2, 2.5]);
+    rotated.direction = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]];
+    rotated.origin = [-10.0, 4.0, 7.5];
+    let mut out = vec![
+        volume::write_nifti_bytes(
+            &Volume::new(vec![3u8; 24], [4, 3, 2], 1, Geometry::identity([1.0; 3])),
+            false,
+        ),
+        volume::write_nifti_bytes(
+            &Volume::new(
+                (0..60).map(|i| i as i16 - 30).collect(),
+                [5, 4, 3],
+                1,
+                rotated,
+            ),
+            false,
+        ),
+        volume::write_nifti_bytes(
+            &Volume::new(ramp(54), [3, 3, 3], 2, Geometry::identity([2.0; 3])),
+            false,
+        ),
+    ];
+    // The first file again with a 32-byte extension before the data.
+    let mut ext = out[0].clone();
+    ext[108..112].copy_from_slice(&384f32.to_le_bytes());
+    ext[348] = 1;
+    let mut extension = 32i32.to_le_bytes().to_vec();
+    extension.extend_from_slice(&6i32.to_le_bytes());
+    extension.resize(32, b'x');
+    ext.splice(352..352, extension);
+    out.push(ext);
+    out
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    seed: Index,
+    packing: Packing,
+    mutations: Vec<Mutation>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let packing = prop_oneof![
+        Just(Packing::Plain),
+        Just(Packing::GzipAfter),
+        Just(Packing::GzipBytes)
+    ];
+    (
+        any::<Index>(),
+        packing,
+        prop::collection::vec(mutation(), 1..8),
+    )
+        .prop_map(|(seed, packing, mutations)| Case {
+            seed,
+            packing,
+            mutations,
+        })
+}
+
+fn build(case: &Case, seeds: &[Vec<u8>], edges: &[[u8; 4]]) -> (Vec<u8>, &'static str) {
+    let seed = &seeds[case.seed.index(seeds.len())];
+    let mut bytes = match case.packing {
+        Packing::GzipBytes => gzip(seed),
+        Packing::Plain | Packing::GzipAfter => seed.clone(),
+    };
+    for m in &case.mutations {
+        apply(&mut bytes, m, edges);
+    }
+    match case.packing {
+        Packing::Plain => (bytes, "fuzz.nii"),
+        Packing::GzipAfter => (gzip(&bytes), "fuzz.nii.gz"),
+        Packing::GzipBytes => (bytes, "fuzz.nii.gz"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads `bytes` from memory and from `file`; checks time, allocation and error shape.
+fn check(bytes: &[u8], name: &str, file: &std::path::Path) -> Result<(), String> {
+    let limits = ReadLimits::default();
+    let gz = bytes.starts_with(&[0x1f, 0x8b]);
+    let justified = if gz {
+        4 * 1032 * bytes.len() + (4 << 20)
+    } else {
+        4 * bytes.len() + (4 << 20)
+    };
+    let bound = justified.min(GIB);
+    std::fs::write(file, bytes).map_err(|e| e.to_string())?;
+    for from_file in [false, true] {
+        LARGEST.store(0, Ordering::Relaxed);
+        let start = Instant::now();
+        let result = if from_file {
+            read_nifti(file, &limits)
+        } else {
+            read_nifti_bytes(bytes, name, &limits)
+        };
+        let elapsed = start.elapsed();
+        let largest = LARGEST.load(Ordering::Relaxed);
+        let how = if from_file { "file" } else { "bytes" };
+        if elapsed > TIME_LIMIT {
+            return Err(format!("{how}: took {elapsed:?}"));
+        }
+        if largest > bound {
+            return Err(format!(
+                "{how}: allocated {largest} bytes at once (bound {bound})"
+            ));
+        }
+        match result {
+            Ok(img) => {
+                let v = &img.volume;
+                let n = v.dims.iter().product::<usize>() * v.channels;
+                if v.data.len() != n {
+                    return Err(format!(
+                        "{how}: {} values for dims {:?}",
+                        v.data.len(),
+                        v.dims
+                    ));
+                }
+            }
+            Err(e) => check_error(&e, how)?,
+        }
+    }
+    Ok(())
+}
+
+fn check_error(e: &NiftiError, how: &str) -> Result<(), String> {
+    let msg = e.to_string();
+    if e.is_io() {
+        return Err(format!(
+            "{how}: I/O error on in-memory or local data: {msg}"
+        ));
+    }
+    if !msg.starts_with(&format!("{}: ", e.file())) {
+        return Err(format!(
+            "{how}: message does not start with the file: {msg}"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `PROPTEST_CASES` cases (default `default_cases`), or batches of them until
+/// `SEGTUNE_FUZZ_SECS` have passed; returns the number of cases run.
+fn run_fuzz<S: Strategy>(
+    what: &str,
+    default_cases: u32,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) -> u64 {
+    let secs: Option<u64> = std::env::var("SEGTUNE_FUZZ_SECS")
+        .ok()
+        .map(|s| s.parse().expect("SEGTUNE_FUZZ_SECS is a number of seconds"));
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .map(|s| s.parse().expect("PROPTEST_CASES is a number"))
+        .unwrap_or(default_cases);
+    let deadline = secs.map(|s| Instant::now() + Duration::from_secs(s));
+    let start = Instant::now();
+    let mut total = 0u64;
+    loop {
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        match runner.run(&strategy, &test) {
+            Ok(()) => total += cases as u64,
+            Err(TestError::Fail(why, _)) => panic!("{what}: {why}"),
+            Err(TestError::Abort(why)) => panic!("{what}: aborted: {why}"),
+        }
+        if deadline.is_none_or(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    println!(
+        "{what}: {total} cases in {:.1} s, no failure",
+        start.elapsed().as_secs_f64()
+    );
+    total
+}
+
+#[test]
+fn mutated_nifti_never_panics_hangs_or_over_allocates() {
+    let seeds = seeds();
+    let edges = edge_values();
+    for (i, s) in seeds.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        check(s, "seed.nii", &dir.path().join("seed.nii")).unwrap();
+        let img = read_nifti_bytes(s, "seed.nii", &ReadLimits::default());
+        assert!(img.is_ok(), "seed {i} must read: {:?}", img.err());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    run_fuzz("nifti", 1000, case(), |case| {
+        let (bytes, name) = build(&case, &seeds, &edges);
+        let file = dir.path().join(name);
+        check(&bytes, name, &file)
+            .map_err(|e| TestCaseError::fail(format!("{e}\ninput ({name}): {}", hex(&bytes))))
+    });
+}
+
+/// Inputs the fuzzer (or its design) singled out, kept as named cases.
+mod regressions {
+    use super::*;
+
+    fn run(hex: &str, name: &str) -> Result<(), String> {
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        check(&bytes, name, &dir.path().join(name))
+    }
+
+    /// A 40-byte gzip whose header claims 1024×1024×1024 uint8: refused before the 4 GiB
+    /// output buffer is allocated (deflate cannot inflate 40 bytes to 1 GiB).
+    #[test]
+    fn tiny_gzip_claiming_a_gigavoxel() {
+        let mut raw = vec![0u8; 352];
+        raw[0..4].copy_from_slice(&348i32.to_le_bytes());
+        for (i, v) in [3i16, 1024, 1024, 1024, 1, 1, 1, 1].iter().enumerate() {
+            raw[40 + 2 * i..42 + 2 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        raw[70..72].copy_from_slice(&2i16.to_le_bytes());
+        raw[72..74].copy_from_slice(&8i16.to_le_bytes());
+        for i in 0..8 {
+            raw[76 + 4 * i..80 + 4 * i].copy_from_slice(&1f32.to_le_bytes());
+        }
+        raw[108..112].copy_from_slice(&352f32.to_le_bytes());
+        raw[344..348].copy_from_slice(b"n+1\0");
+        let gz = gzip(&raw);
+        assert_eq!(run(&hex(&gz), "giga.nii.gz"), Ok(()));
+        let e = read_nifti_bytes(&gz, "giga.nii.gz", &ReadLimits::default()).unwrap_err();
+        assert!(e.to_string().contains("inflate to at most"), "{e}");
+    }
+}
