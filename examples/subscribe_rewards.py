@@ -14,7 +14,9 @@ async def main(study):
     async for msg in sub.messages:
         r = msgpack.unpackb(msg.data)  # a dict: the Reward fields by name
         values = " ".join(f"{k}={v:.4g}" for k, v in r["strategy"]["values"].items())
-        print(f"#{r['index']} {r['job_id']} dice={r['mean']:.4f} {values}", flush=True)
+        who = r.get("trainer") or "?"  # absent from rewards of an older evaluator
+        print(f"#{r['index']} {r['job_id']} dice={r['mean']:.4f} trainer={who} {values}",
+              flush=True)
 
 
 asyncio.run(main(sys.argv[1]))

@@ -231,6 +231,26 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
         "distinct job ids on the reward stream: {ids:?}"
     );
     assert!(rewards.iter().all(|r| (0.0..=1.0).contains(&r.mean)));
+    // Every reward names the replica that trained it: `segtune up --trainers 2` starts
+    // trainer-1 and trainer-2 (SEGTUNE_WORKER).
+    const TRAINERS: [&str; 2] = ["trainer-1", "trainer-2"];
+    for r in &rewards {
+        assert!(
+            TRAINERS.contains(&r.trainer.as_str()),
+            "{}: trainer {:?}",
+            r.job_id,
+            r.trainer
+        );
+        assert!(r.attempt >= 1, "{}: attempt {}", r.job_id, r.attempt);
+        assert!(
+            r.train_seconds > 0.0 && r.eval_seconds > 0.0 && r.final_loss.is_finite(),
+            "{}: train {} s, eval {} s, loss {}",
+            r.job_id,
+            r.train_seconds,
+            r.eval_seconds,
+            r.final_loss
+        );
+    }
     let top = rewards
         .iter()
         .max_by(|a, b| a.mean.total_cmp(&b.mean))
@@ -287,6 +307,32 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
         "{pngs} PNG, {svgs} SVG in {}",
         report.display()
     );
+    // jobs.csv: one row per job, its trainer one of the two replicas, with its times.
+    let csv = std::fs::read_to_string(report.join("jobs.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column in jobs.csv: {header:?}"))
+    };
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 6, "{csv}");
+    for row in &rows {
+        assert!(TRAINERS.contains(&row[col("trainer")]), "{csv}");
+        let train: f64 = row[col("train_seconds")].parse().unwrap();
+        let eval: f64 = row[col("eval_seconds")].parse().unwrap();
+        assert!(train > 0.0 && eval > 0.0, "{csv}");
+        assert!(row[col("attempt")].parse::<u64>().unwrap() >= 1, "{csv}");
+        let r = rewards
+            .iter()
+            .find(|r| r.job_id == row[col("job_id")])
+            .unwrap();
+        assert_eq!(row[col("trainer")], r.trainer, "{csv}");
+    }
+    let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    assert!(summary.contains("| trainer | train s |"), "{summary}");
 
     // Ctrl-C/SIGTERM stops everything and exits 0; every service logged to its own file.
     let t_stop = Instant::now();

@@ -55,13 +55,15 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let trainer = trainer::App::connect(&trainer::Settings {
+    let mut trainer = trainer::App::connect(&trainer::Settings {
         nats: nats.url(),
         store: store_url.clone(),
         device: "cpu".into(),
     })
     .await
     .unwrap();
+    // As `SEGTUNE_WORKER` names it; the reward must carry it.
+    trainer.worker = "trainer-e2e".into();
     let evaluator = evaluator::App::connect(&evaluator::Settings {
         nats: nats.url(),
         store: store_url.clone(),
@@ -135,6 +137,12 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         "{}",
         r.mean
     );
+    // Who trained it and how long training and evaluation took.
+    assert_eq!(r.trainer, "trainer-e2e");
+    assert_eq!(r.attempt, 1);
+    assert!(r.train_seconds > 0.0 && r.train_seconds < 120.0, "{r:?}");
+    assert!(r.eval_seconds > 0.0 && r.eval_seconds < 120.0, "{r:?}");
+    assert!(r.final_loss.is_finite() && r.final_loss > 0.0, "{r:?}");
     assert_eq!(
         msg.headers
             .as_ref()
@@ -428,6 +436,7 @@ async fn bad_checkpoints_are_dead_lettered_with_the_reason() {
         .unwrap();
     let r: Reward = protocol::decode(&m.payload).unwrap();
     assert_eq!(r.job_id, good.job_id);
+    assert_eq!((r.trainer.as_str(), r.attempt), ("trainer-a", 1));
 
     stop_t.send(()).unwrap();
     stop_e.send(()).unwrap();

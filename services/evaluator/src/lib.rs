@@ -1,7 +1,8 @@
 //! The evaluator service: consumes `Trained` from the durable consumer `evaluators`, runs
 //! sliding-window inference of the checkpoint over the dataset's validation cases, and
-//! publishes the `Reward` (Dice per case and class, and their mean) on
-//! `segtune.rewards.<study>` with `Nats-Msg-Id` = job id, then acks.
+//! publishes the `Reward` (Dice per case and class and their mean; which trainer trained the
+//! job and how long training and evaluation took) on `segtune.rewards.<study>` with
+//! `Nats-Msg-Id` = job id, then acks.
 
 use std::{future::Future, time::Duration};
 
@@ -169,6 +170,7 @@ pub async fn handle_next(
 }
 
 async fn score(app: &App, t: &Trained) -> Result<Reward, JobError> {
+    let started = std::time::Instant::now();
     let data = app.cache.get(&app.store, &t.dataset_id).await?;
     let ckpt = storage::get(&app.store, &t.checkpoint_key)
         .await
@@ -195,5 +197,10 @@ async fn score(app: &App, t: &Trained) -> Result<Reward, JobError> {
         per_class: eval.per_class,
         mean: eval.mean,
         checkpoint_key: t.checkpoint_key.clone(),
+        trainer: t.worker.clone(),
+        attempt: t.attempt,
+        train_seconds: t.train_seconds,
+        final_loss: t.final_loss,
+        eval_seconds: started.elapsed().as_secs_f64(),
     })
 }

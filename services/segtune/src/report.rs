@@ -61,6 +61,33 @@ pub struct JobRow {
     /// Wall seconds from the job's issue to its reward (from the study events): queueing,
     /// training and evaluation together. `None` when either event is missing.
     pub seconds: Option<f64>,
+    /// Who trained the job and how long it took; `None` for a reward from an evaluator that
+    /// did not report it (older than these fields: `attempt` 0 on the wire).
+    pub run: Option<JobRun>,
+}
+
+/// The training run behind a reward, as the evaluator reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRun {
+    /// The trainer replica (`SEGTUNE_WORKER`, e.g. `trainer-2` under `segtune up`).
+    pub trainer: String,
+    /// Delivery attempt of the training job (1 = first; more after a replica stopped).
+    pub attempt: u64,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub final_loss: f64,
+}
+
+impl JobRun {
+    fn of(r: &Reward) -> Option<Self> {
+        (r.attempt > 0).then(|| Self {
+            trainer: r.trainer.clone(),
+            attempt: r.attempt,
+            train_seconds: r.train_seconds,
+            eval_seconds: r.eval_seconds,
+            final_loss: r.final_loss,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +156,7 @@ impl StudyRecord {
                     (Some(a), Some(b)) if b >= a => Some(b - a),
                     _ => None,
                 },
+                run: JobRun::of(r),
             })
             .collect();
         rows.sort_by(|a, b| (a.index, &a.job_id).cmp(&(b.index, &b.job_id)));
@@ -322,14 +350,26 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// One row per rewarded job: index, job_id, each dimension (real units), each class's Dice,
-/// mean, seconds from issue to reward (empty when unknown).
+/// mean, seconds from issue to reward, then the training run: trainer, attempt,
+/// train_seconds, eval_seconds, final_loss. Unknown cells are empty.
 pub fn jobs_csv(rec: &StudyRecord) -> String {
     let dims = rec.dimensions();
     let classes = rec.classes();
     let mut header = vec!["index".to_string(), "job_id".to_string()];
     header.extend(dims.iter().map(|d| d.name.clone()));
     header.extend((1..=classes).map(|c| format!("dice_class_{c}")));
-    header.extend(["mean".to_string(), "seconds".to_string()]);
+    header.extend(
+        [
+            "mean",
+            "seconds",
+            "trainer",
+            "attempt",
+            "train_seconds",
+            "eval_seconds",
+            "final_loss",
+        ]
+        .map(String::from),
+    );
     let mut s = header.join(",") + "\n";
     for r in &rec.rows {
         let mut cells = vec![r.index.to_string(), r.job_id.clone()];
@@ -343,10 +383,30 @@ pub fn jobs_csv(rec: &StudyRecord) -> String {
             .extend((0..classes).map(|c| r.per_class.get(c).map_or(String::new(), f64::to_string)));
         cells.push(r.mean.to_string());
         cells.push(r.seconds.map_or(String::new(), |s| format!("{s:.1}")));
+        match &r.run {
+            Some(run) => cells.extend([
+                csv_field(&run.trainer),
+                run.attempt.to_string(),
+                format!("{:.3}", run.train_seconds),
+                format!("{:.3}", run.eval_seconds),
+                run.final_loss.to_string(),
+            ]),
+            None => cells.extend(std::iter::repeat_n(String::new(), 5)),
+        }
         s.push_str(&cells.join(","));
         s.push('\n');
     }
     s
+}
+
+/// A CSV cell, quoted when it holds a comma, a quote or a line break (a trainer name is
+/// whatever `SEGTUNE_WORKER` says).
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_string()
+    }
 }
 
 /// The best strategy as a strategy file (`name = value`, real units), which
@@ -423,7 +483,8 @@ pub fn summary_markdown(rec: &StudyRecord) -> String {
     s.push_str(
         "\n## Plots\n\n![Reward per job](rewards.png)\n\n![Strategy over the study](strategy.png)\
          \n\n![Best strategy](best.png)\n\n(SVG versions next to them; all jobs in \
-         [jobs.csv](jobs.csv).)\n\n## Jobs\n\n",
+         [jobs.csv](jobs.csv).)\n\n## Jobs\n\n`train s`: seconds the trainer spent training the job; \
+         `s`: seconds from issue to reward (queueing, training and evaluation).\n\n",
     );
     let best_id = rec.best().map(|b| b.job_id.as_str());
     let mut header = vec!["#".to_string(), "job".into(), "Dice".into()];
@@ -431,7 +492,7 @@ pub fn summary_markdown(rec: &StudyRecord) -> String {
         header.push("per class".into());
     }
     header.extend(dims.iter().map(|d| short_name(&d.name)));
-    header.push("s".into());
+    header.extend(["trainer".into(), "train s".into(), "s".into()]);
     let _ = writeln!(s, "| {} |", header.join(" | "));
     let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
     for r in &rec.rows {
@@ -455,6 +516,8 @@ pub fn summary_markdown(rec: &StudyRecord) -> String {
                 .get(&d.name)
                 .map_or("-".into(), |v| format_value(&d.name, *v))
         }));
+        cells.push(trainer_text(r).replace('|', "\\|"));
+        cells.push(train_seconds_text(r));
         cells.push(r.seconds.map_or("-".into(), |t| format!("{t:.0}")));
         let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
@@ -465,6 +528,22 @@ pub fn summary_markdown(rec: &StudyRecord) -> String {
         }
     }
     s
+}
+
+/// The trainer, with the attempt when the job was retried (`trainer-2 (attempt 2)`).
+fn trainer_text(r: &JobRow) -> String {
+    match &r.run {
+        Some(run) if run.trainer.is_empty() => "-".into(),
+        Some(run) if run.attempt > 1 => format!("{} (attempt {})", run.trainer, run.attempt),
+        Some(run) => run.trainer.clone(),
+        None => "-".into(),
+    }
+}
+
+fn train_seconds_text(r: &JobRow) -> String {
+    r.run
+        .as_ref()
+        .map_or("-".into(), |run| format!("{:.1}", run.train_seconds))
 }
 
 fn esc(s: &str) -> String {
@@ -539,13 +618,17 @@ pub fn summary_html(rec: &StudyRecord, svgs: &[(&str, &str, String)]) -> String 
             esc(title)
         );
     }
-    s.push_str("<h2>Jobs</h2>\n<p>Also as <a href=\"jobs.csv\">jobs.csv</a>.</p>\n<table><tr>");
+    s.push_str(
+        "<h2>Jobs</h2>\n<p>Also as <a href=\"jobs.csv\">jobs.csv</a>. <i>train seconds</i>: \
+         the trainer's time on the job; <i>seconds</i>: from issue to reward (queueing, \
+         training and evaluation).</p>\n<table><tr>",
+    );
     let mut header = vec!["#".to_string(), "job".into(), "Dice".into()];
     if rec.classes() > 1 {
         header.push("per class".into());
     }
     header.extend(dims.iter().map(|d| d.name.clone()));
-    header.push("seconds".into());
+    header.extend(["trainer".into(), "train seconds".into(), "seconds".into()]);
     for h in &header {
         let _ = write!(s, "<th>{}</th>", esc(h));
     }
@@ -577,7 +660,12 @@ pub fn summary_html(rec: &StudyRecord, svgs: &[(&str, &str, String)]) -> String 
             let _ = write!(s, "<td>{v}</td>");
         }
         let t = r.seconds.map_or("-".into(), |t| format!("{t:.0}"));
-        let _ = writeln!(s, "<td>{t}</td></tr>");
+        let _ = writeln!(
+            s,
+            "<td style=\"text-align:left\">{}</td><td>{}</td><td>{t}</td></tr>",
+            esc(&trainer_text(r)),
+            train_seconds_text(r)
+        );
     }
     s.push_str("</table>\n");
     if !rec.failed_jobs.is_empty() {
@@ -1230,6 +1318,12 @@ mod tests {
             per_class: vec![mean],
             mean,
             checkpoint_key: format!("studies/demo/jobs/demo-{i:04}/model.safetensors"),
+            trainer: format!("trainer-{}", i % 2 + 1),
+            // Job 5 was handed over to another replica.
+            attempt: if i == 5 { 2 } else { 1 },
+            train_seconds: 10.0 + i as f64 / 4.0,
+            final_loss: 0.5 - mean / 2.0,
+            eval_seconds: 2.125,
         }
     }
 
@@ -1347,7 +1441,19 @@ mod tests {
         assert_eq!(header[1], "job_id");
         assert_eq!(&header[2..10], &PROBS);
         assert_eq!(header[10], "learning_rate");
-        assert_eq!(&header[11..], &["dice_class_1", "mean", "seconds"]);
+        assert_eq!(
+            &header[11..],
+            &[
+                "dice_class_1",
+                "mean",
+                "seconds",
+                "trainer",
+                "attempt",
+                "train_seconds",
+                "eval_seconds",
+                "final_loss"
+            ]
+        );
         for (line, row) in lines[1..].iter().zip(&rec.rows) {
             let cells: Vec<&str> = line.split(',').collect();
             assert_eq!(cells.len(), header.len());
@@ -1355,7 +1461,51 @@ mod tests {
             assert_eq!(cells[12].parse::<f64>().unwrap(), row.mean);
             let lr: f64 = cells[10].parse().unwrap();
             assert_eq!(lr, row.strategy.values["learning_rate"], "full precision");
+            let i = row.index;
+            assert_eq!(cells[14], format!("trainer-{}", i % 2 + 1));
+            assert_eq!(cells[15], if i == 5 { "2" } else { "1" });
+            assert_eq!(cells[16], format!("{:.3}", 10.0 + i as f64 / 4.0));
+            assert_eq!(cells[17], "2.125");
+            assert_eq!(cells[18].parse::<f64>().unwrap(), 0.5 - row.mean / 2.0);
         }
+    }
+
+    #[test]
+    fn rewards_without_the_training_run_leave_its_cells_empty() {
+        // An evaluator older than `trainer`/`attempt`/...: the fields decode as empty / 0.
+        let mut old = reward(1, 0.5);
+        old.trainer = String::new();
+        old.attempt = 0;
+        old.train_seconds = 0.0;
+        old.final_loss = 0.0;
+        old.eval_seconds = 0.0;
+        let rec = StudyRecord::from_messages("demo", &[old, reward(2, 0.6)], &[]);
+        assert_eq!(rec.rows[0].run, None);
+        assert_eq!(rec.rows[1].run.as_ref().unwrap().trainer, "trainer-1");
+        let csv = jobs_csv(&rec);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[1].ends_with(",,,,,"), "{}", lines[1]);
+        assert!(
+            lines[2].ends_with(",trainer-1,1,10.500,2.125,0.2"),
+            "{}",
+            lines[2]
+        );
+        let md = summary_markdown(&rec);
+        assert!(md.contains("| - | - | - |"), "{md}");
+    }
+
+    #[test]
+    fn csv_quotes_a_trainer_name_with_a_comma() {
+        let mut r = reward(1, 0.5);
+        r.trainer = "gpu \"a\",1".into();
+        let csv = jobs_csv(&StudyRecord::from_messages("demo", &[r], &[]));
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .contains(",\"gpu \"\"a\"\",1\",1,"),
+            "{csv}"
+        );
     }
 
     #[test]
@@ -1377,6 +1527,10 @@ mod tests {
         assert!(md.contains("12 rewarded of max_jobs 12 (2 in parallel); 1 failed"));
         assert!(md.contains("mean Dice **0.6120**"));
         assert!(md.contains("| 9 ★ | `demo-0009` | 0.6120 |"));
+        // Trainer and training time at the end of each job's row, before issue-to-reward.
+        assert!(md.contains("| trainer | train s | s |"), "{md}");
+        assert!(md.contains("| trainer-2 | 12.2 | 18 |"), "{md}");
+        assert!(md.contains("| trainer-2 (attempt 2) | 11.2 | 18 |"), "{md}");
         assert!(md.contains("diverged: loss is NaN"));
         let svgs: Vec<(&str, &str, String)> = ["rewards", "strategy", "best"]
             .iter()
@@ -1386,6 +1540,11 @@ mod tests {
         assert_eq!(html.matches("<svg").count(), 3);
         assert_eq!(html.matches("<tr").count(), 5 + 10 + 13 + 2);
         assert!(html.contains("class=\"best\""));
+        assert!(html.contains("<th>trainer</th><th>train seconds</th><th>seconds</th>"));
+        assert!(
+            html.contains("<td style=\"text-align:left\">trainer-2</td><td>12.2</td><td>18</td>"),
+            "{html}"
+        );
     }
 
     #[test]

@@ -256,6 +256,9 @@ struct JobView {
     stage: Stage,
     dice: Option<f64>,
     per_class: Vec<f64>,
+    /// The trainer replica that trained it (from its reward; empty until then, or when the
+    /// evaluator did not say).
+    trainer: String,
 }
 
 /// Everything known about the study, and how it was last drawn.
@@ -271,6 +274,8 @@ struct View {
     events: u64,
     jobs: BTreeMap<u32, JobView>,
     index_of: HashMap<String, u32>,
+    /// Rewards read before their job's `issued` event (the two streams replay independently).
+    early_rewards: HashMap<String, Reward>,
     rewards: u32,
     best: Option<(u32, f64)>,
     /// Lines of the last live frame (erased before the next).
@@ -290,6 +295,7 @@ impl View {
             events: 0,
             jobs: BTreeMap::new(),
             index_of: HashMap::new(),
+            early_rewards: HashMap::new(),
             rewards: 0,
             best: None,
             drawn: 0,
@@ -331,7 +337,7 @@ impl View {
                 strategy,
             } => {
                 let text = format!("job {index} issued: {}", self.compact(&strategy));
-                self.index_of.insert(job_id, index);
+                self.index_of.insert(job_id.clone(), index);
                 self.jobs.insert(
                     index,
                     JobView {
@@ -339,8 +345,12 @@ impl View {
                         stage: Stage::Queued,
                         dice: None,
                         per_class: Vec::new(),
+                        trainer: String::new(),
                     },
                 );
+                if let Some(r) = self.early_rewards.remove(&job_id) {
+                    self.reward(r);
+                }
                 self.line(at, &text);
             }
             StudyEventKind::Reward {
@@ -406,9 +416,13 @@ impl View {
     }
 
     fn reward(&mut self, r: Reward) {
-        let index = self.index_of.get(&r.job_id).copied().unwrap_or(r.index);
+        let Some(&index) = self.index_of.get(&r.job_id) else {
+            self.early_rewards.entry(r.job_id.clone()).or_insert(r);
+            return;
+        };
         if let Some(j) = self.jobs.get_mut(&index) {
             j.per_class = r.per_class;
+            j.trainer = r.trainer;
             j.dice.get_or_insert(r.mean);
         }
     }
@@ -505,12 +519,27 @@ impl View {
         }
     }
 
+    /// Width of the trainer column: the longest trainer name seen (at least "trainer").
+    fn trainer_width(&self) -> usize {
+        self.jobs
+            .values()
+            .map(|j| j.trainer.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max("trainer".len())
+    }
+
     fn table_header(&self) -> String {
         let mut s = format!("  {:>4}", "job");
         for (name, _) in self.dims() {
             let _ = write!(s, " {:>7}", short(&name));
         }
-        s.push_str("    Dice  per class");
+        let _ = write!(
+            s,
+            "    Dice  {:<w$}  per class",
+            "trainer",
+            w = self.trainer_width()
+        );
         s
     }
 
@@ -529,7 +558,12 @@ impl View {
                 let _ = write!(s, "  failed: {reason}");
             }
             (_, Some(d)) => {
-                let _ = write!(s, "  {d:.4}");
+                let trainer = if j.trainer.is_empty() {
+                    "-"
+                } else {
+                    &j.trainer
+                };
+                let _ = write!(s, "  {d:.4}  {trainer:<w$}", w = self.trainer_width());
                 if !j.per_class.is_empty() {
                     let pc: Vec<String> = j.per_class.iter().map(|c| format!("{c:.2}")).collect();
                     let _ = write!(s, "  {}", pc.join(" "));
@@ -769,6 +803,81 @@ mod tests {
         assert_eq!(bar(9, 4, 4), "[####]");
         assert_eq!(duration(75.0), "1m15s");
         assert_eq!(duration(3.2), "3s");
+    }
+
+    fn issued(job_id: &str, index: u32) -> StudyEvent {
+        StudyEvent {
+            schema: protocol::SCHEMA_VERSION,
+            study: "s".into(),
+            time_unix: index as f64,
+            event: StudyEventKind::Issued {
+                job_id: job_id.into(),
+                index,
+                strategy: Strategy {
+                    values: [("p_flip".to_string(), 0.5)].into_iter().collect(),
+                    unit: BTreeMap::new(),
+                },
+            },
+        }
+    }
+
+    fn rewarded(job_id: &str, index: u32, mean: f64) -> StudyEvent {
+        StudyEvent {
+            event: StudyEventKind::Reward {
+                job_id: job_id.into(),
+                index,
+                mean,
+                rewards_so_far: index,
+            },
+            ..issued(job_id, index)
+        }
+    }
+
+    fn reward(job_id: &str, index: u32, mean: f64, trainer: &str) -> Reward {
+        Reward {
+            schema: protocol::SCHEMA_VERSION,
+            study: "s".into(),
+            job_id: job_id.into(),
+            index,
+            strategy: Strategy::default(),
+            per_case: Vec::new(),
+            per_class: vec![mean],
+            mean,
+            checkpoint_key: String::new(),
+            trainer: trainer.into(),
+            attempt: 1,
+            train_seconds: 3.0,
+            final_loss: 0.4,
+            eval_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn finished_jobs_show_their_trainer() {
+        let mut view = View::new("s", Output::Quiet);
+        view.event(issued("s-0001", 1));
+        view.reward(reward("s-0001", 1, 0.5, "trainer-12"));
+        view.event(rewarded("s-0001", 1, 0.5));
+        // The reward stream can run ahead of the events: a reward before its `issued`.
+        view.reward(reward("s-0002", 2, 0.25, "trainer-1"));
+        view.event(issued("s-0002", 2));
+        view.event(rewarded("s-0002", 2, 0.25));
+        // A reward from an older evaluator names no trainer.
+        view.event(issued("s-0003", 3));
+        view.reward(reward("s-0003", 3, 0.75, ""));
+        view.event(rewarded("s-0003", 3, 0.75));
+
+        let header = view.table_header();
+        assert_eq!(header, "   job    flip    Dice  trainer     per class");
+        let rows: Vec<String> = (1..=3).map(|i| view.table_row(i, &view.jobs[&i])).collect();
+        assert_eq!(rows[0], "     1    0.50  0.5000  trainer-12  0.50");
+        assert_eq!(rows[1], "     2    0.50  0.2500  trainer-1   0.25");
+        assert_eq!(rows[2], "     3    0.50  0.7500  -           0.75");
+        let at = header.find("per class").unwrap();
+        assert!(
+            rows.iter().all(|r| r[at..].starts_with("0.")),
+            "aligned: {rows:?}"
+        );
     }
 
     #[test]

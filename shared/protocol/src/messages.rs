@@ -244,6 +244,24 @@ pub struct Reward {
     /// Mean Dice over cases and foreground classes: the reward.
     pub mean: f64,
     pub checkpoint_key: String,
+    /// The trainer replica that trained the job (`Trained::worker`). This field and the four
+    /// after it came after the first release: a reward from an older evaluator lacks them and
+    /// reads as empty / 0, so `attempt == 0` marks "not reported".
+    #[serde(default)]
+    pub trainer: String,
+    /// JetStream delivery attempt of the training job that produced the checkpoint (1 = first).
+    #[serde(default)]
+    pub attempt: u64,
+    /// Wall seconds the trainer spent training (`Trained::train_seconds`).
+    #[serde(default)]
+    pub train_seconds: f64,
+    /// Training loss of the last epoch (`Trained::final_loss`).
+    #[serde(default)]
+    pub final_loss: f64,
+    /// Wall seconds the evaluator spent on the job: loading the dataset and the checkpoint,
+    /// and the sliding-window inference over the validation cases.
+    #[serde(default)]
+    pub eval_seconds: f64,
 }
 
 /// `segtune.deadletter.<study>`: a job that will not be retried, and why.

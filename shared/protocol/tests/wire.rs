@@ -54,6 +54,11 @@ fn reward() -> Reward {
         per_class: vec![0.9, 0.5],
         mean: 0.7,
         checkpoint_key: "studies/demo/jobs/demo-0003/model.safetensors".into(),
+        trainer: "trainer-2".into(),
+        attempt: 2,
+        train_seconds: 41.5,
+        final_loss: 0.3125,
+        eval_seconds: 6.25,
     }
 }
 
@@ -192,6 +197,11 @@ fn every_message_round_trips_as_named_map() {
             "per_case",
             "per_class",
             "mean",
+            "trainer",
+            "attempt",
+            "train_seconds",
+            "final_loss",
+            "eval_seconds",
         ],
     );
     check(
@@ -304,6 +314,71 @@ fn old_messages_without_new_fields_still_decode() {
     let req: PreprocessRequest = decode(&bytes).unwrap();
     assert_eq!(req.schema, SCHEMA_VERSION);
     assert_eq!(req.params, PreprocessParams::default());
+}
+
+/// A reward from an evaluator older than `trainer`, `attempt`, `train_seconds`, `final_loss`
+/// and `eval_seconds` still decodes, with those fields at their defaults. The golden file is
+/// the exact `reward.msgpack` checked in before the fields were added, not re-encoded.
+#[test]
+fn rewards_from_an_older_evaluator_still_decode() {
+    let path = format!(
+        "{}/tests/golden/reward_before_run_fields.msgpack",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let old_bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let v: rmpv::Value = rmpv::decode::read_value(&mut &old_bytes[..]).unwrap();
+    let keys: Vec<&str> = v
+        .as_map()
+        .unwrap()
+        .iter()
+        .filter_map(|(k, _)| k.as_str())
+        .collect();
+    assert!(
+        !keys.contains(&"trainer") && !keys.contains(&"eval_seconds"),
+        "{keys:?}"
+    );
+
+    let r: Reward = decode(&old_bytes).unwrap();
+    let want = Reward {
+        trainer: String::new(),
+        attempt: 0,
+        train_seconds: 0.0,
+        final_loss: 0.0,
+        eval_seconds: 0.0,
+        ..reward()
+    };
+    assert_eq!(r, want);
+
+    // The same from a minimal writer that only knows the original fields.
+    #[derive(serde::Serialize)]
+    struct OldReward<'a> {
+        study: &'a str,
+        job_id: &'a str,
+        index: u32,
+        strategy: Strategy,
+        per_case: Vec<CaseDice>,
+        per_class: Vec<f64>,
+        mean: f64,
+        checkpoint_key: &'a str,
+    }
+    let bytes = rmp_serde::to_vec_named(&OldReward {
+        study: "demo",
+        job_id: "demo-0001",
+        index: 1,
+        strategy: strategy(),
+        per_case: Vec::new(),
+        per_class: vec![0.5],
+        mean: 0.5,
+        checkpoint_key: "k",
+    })
+    .unwrap();
+    let r: Reward = decode(&bytes).unwrap();
+    assert_eq!(r.schema, SCHEMA_VERSION);
+    assert_eq!((r.trainer.as_str(), r.attempt), ("", 0));
+    assert_eq!(
+        (r.train_seconds, r.final_loss, r.eval_seconds),
+        (0.0, 0.0, 0.0)
+    );
 }
 
 #[test]

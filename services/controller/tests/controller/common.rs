@@ -265,6 +265,11 @@ pub fn reward(job: &TrainJob) -> Reward {
         per_class: vec![mean],
         mean,
         checkpoint_key: storage::keys::checkpoint(&job.study, &job.job_id),
+        trainer: "fake-trainer".into(),
+        attempt: 1,
+        train_seconds: 0.5,
+        final_loss: 0.25,
+        eval_seconds: 0.1,
     }
 }
 

@@ -76,7 +76,21 @@ fn reward(study: &str, i: u32) -> Reward {
         per_class,
         mean,
         checkpoint_key: format!("studies/{study}/jobs/{study}-{i:04}/model.safetensors"),
+        trainer: trainer(i),
+        attempt: 1,
+        train_seconds: train_seconds(i),
+        final_loss: 0.25 + i as f64 / 100.0,
+        eval_seconds: 1.5,
     }
+}
+
+/// Two replicas, as `segtune up --trainers 2` names them.
+fn trainer(i: u32) -> String {
+    format!("trainer-{}", 2 - i % 2)
+}
+
+fn train_seconds(i: u32) -> f64 {
+    20.0 + i as f64 * 1.25
 }
 
 fn event(study: &str, t: f64, event: StudyEventKind) -> StudyEvent {
@@ -380,6 +394,14 @@ async fn write_report_from_the_streams() {
             assert_eq!(row[col(k)].parse::<f64>().unwrap(), *v, "{k}");
         }
         assert_eq!(row[col("seconds")], format!("{:.1}", 10.0 + r.index as f64));
+        assert_eq!(row[col("trainer")], trainer(r.index));
+        assert_eq!(row[col("attempt")], "1");
+        assert_eq!(
+            row[col("train_seconds")].parse::<f64>().unwrap(),
+            train_seconds(r.index)
+        );
+        assert_eq!(row[col("eval_seconds")].parse::<f64>().unwrap(), 1.5);
+        assert_eq!(row[col("final_loss")].parse::<f64>().unwrap(), r.final_loss);
     }
 
     let best = segtune::job::load_strategy(&out.join("best.toml")).unwrap();
@@ -388,8 +410,11 @@ async fn write_report_from_the_streams() {
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("5 rewarded of max_jobs 5"), "{md}");
     assert!(md.contains("| 4 ★ | `rpt-0004` | 0.6340 |"), "{md}");
+    // Job 4: trainer-2, 25.0 s of training, 14 s from issue to reward.
+    assert!(md.contains("| trainer-2 | 25.0 | 14 |"), "{md}");
     let html = std::fs::read_to_string(out.join("summary.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 3);
+    assert!(html.contains(">trainer-1</td><td>21.2</td>"), "{html}");
     assert!(html.contains("best so far"));
 }
 
@@ -432,9 +457,18 @@ async fn rewards_command_prints_json_lines_and_a_table() {
         "per_class",
         "mean",
         "checkpoint_key",
+        "trainer",
+        "attempt",
+        "train_seconds",
+        "final_loss",
+        "eval_seconds",
     ] {
         assert!(first.get(k).is_some(), "{k} missing: {first}");
     }
+    assert_eq!(first["trainer"], "trainer-1");
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["train_seconds"], 21.25);
+    assert_eq!(first["eval_seconds"], 1.5);
 
     let out = segtune(&url)
         .args(["study", "rewards", "rw"])
@@ -598,5 +632,6 @@ async fn python_subscriber_prints_the_rewards() {
             "{line}"
         );
         assert!(line.contains("learning_rate="), "{line}");
+        assert!(line.contains(&format!(" trainer={} ", r.trainer)), "{line}");
     }
 }
