@@ -152,7 +152,7 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         "rewards are deduplicated by job id"
     );
     assert!(
-        storage::exists(&store, &storage::keys::checkpoint("e2e", "e2e-0003"))
+        storage::exists(&store, &storage::keys::checkpoint("e2e", "e2e-0003").unwrap())
             .await
             .unwrap()
     );

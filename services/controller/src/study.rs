@@ -120,7 +120,7 @@ pub async fn read_state(
     store: &storage::DynStore,
     study: &str,
 ) -> anyhow::Result<Option<StudyState>> {
-    let key = storage::keys::controller_state(study);
+    let key = storage::keys::controller_state(study)?;
     match storage::get(store, &key).await {
         Ok(bytes) => Ok(Some(
             StudyState::decode(&bytes).with_context(|| format!("reading {key}"))?,
@@ -276,17 +276,14 @@ impl Study {
             return Ok(true);
         }
         let answer = match self.state.spec.dataset.clone() {
-            DatasetRef::Id { id } => {
-                let key = storage::keys::manifest(&id);
-                if storage::exists(&self.app.store, &key).await? {
-                    Ok(id)
-                } else {
-                    Err(format!(
-                        "dataset {id} is not in the store (no {key}); preprocess it first \
+            DatasetRef::Id { id } => match storage::keys::manifest(&id) {
+                Err(e) => Err(e.to_string()),
+                Ok(key) if storage::exists(&self.app.store, &key).await? => Ok(id),
+                Ok(key) => Err(format!(
+                    "dataset {id} is not in the store (no {key}); preprocess it first \
                          (segtune data preprocess) or give the study a dataset path"
-                    ))
-                }
-            }
+                )),
+            },
             DatasetRef::Source { source, params } => {
                 let request = PreprocessRequest {
                     schema: SCHEMA_VERSION,
@@ -759,7 +756,7 @@ impl Study {
     pub async fn commit(&mut self) -> anyhow::Result<()> {
         self.state.searcher = self.searcher.save().into();
         self.state.updated_unix = now_unix();
-        let key = storage::keys::controller_state(self.id());
+        let key = storage::keys::controller_state(self.id())?;
         storage::put(&self.app.store, &key, self.state.encode()?)
             .await
             .with_context(|| format!("saving {key}"))?;

@@ -157,7 +157,7 @@ pub async fn handle_next(
                 schema: SCHEMA_VERSION,
                 request_id: req.request_id.clone(),
                 dataset_id: o.dataset_id.clone(),
-                manifest_key: storage::keys::manifest(&o.dataset_id),
+                manifest_key: storage::keys::manifest(&o.dataset_id)?,
                 train_cases: o.manifest.train_cases().count() as u32,
                 validation_cases: o.manifest.validation_cases().count() as u32,
                 reused: o.reused,

@@ -124,9 +124,12 @@ pub async fn preprocess(
         })
         .collect();
     let cases = ds.cases();
+    check_case_names(&cases)?;
 
     let dataset_id = dataset_id(&src, &ds, &json_bytes, &cases, params).await?;
-    let manifest_key = keys::manifest(&dataset_id);
+    let bad_id = |e: keys::KeyError| Failure::one(None, "", msd::DATASET_JSON, e);
+    let manifest_key = keys::manifest(&dataset_id).map_err(bad_id)?;
+    let dataset_prefix = keys::dataset_prefix(&dataset_id).map_err(bad_id)?;
     if let Ok(bytes) = storage::get(store, &manifest_key).await {
         if let Ok(manifest) = protocol::decode::<Manifest>(&bytes) {
             tracing::info!(%dataset_id, "dataset already preprocessed; reusing it");
@@ -159,8 +162,7 @@ pub async fn preprocess(
             failure.dataset_id = Some(dataset_id.clone());
             // Nothing of a failed run stays behind (no manifest was written, so no reader
             // could have used these files).
-            if let Err(e) = storage::delete_prefix(store, &keys::dataset_prefix(&dataset_id)).await
-            {
+            if let Err(e) = storage::delete_prefix(store, &dataset_prefix).await {
                 tracing::warn!(%dataset_id, error = %e, "could not clean up a failed dataset");
             }
             return Err(failure);
@@ -201,7 +203,7 @@ pub async fn preprocess(
 
 /// Reads a dataset's manifest.
 pub async fn load_manifest(store: &DynStore, dataset_id: &str) -> anyhow::Result<Manifest> {
-    let key = keys::manifest(dataset_id);
+    let key = keys::manifest(dataset_id)?;
     let bytes = storage::get(store, &key).await.map_err(|e| match e {
         storage::StorageError::NotFound { .. } => anyhow::anyhow!(
             "dataset {dataset_id} not found in the store (no {key}); preprocess it first"
@@ -209,6 +211,32 @@ pub async fn load_manifest(store: &DynStore, dataset_id: &str) -> anyhow::Result
         e => anyhow::anyhow!(e),
     })?;
     Ok(protocol::decode(&bytes)?)
+}
+
+/// Case names (image file names in `dataset.json`) become object-key segments: refuse every
+/// one that could leave its prefix or is otherwise unusable, all at once, before any file is
+/// read or anything written.
+fn check_case_names(cases: &[Case]) -> Result<(), Failure> {
+    let errors: Vec<CaseError> = cases
+        .iter()
+        .filter_map(|case| {
+            keys::check_name("case name", &case.id)
+                .err()
+                .map(|e| CaseError {
+                    case: e.value.clone(),
+                    file: msd::DATASET_JSON.to_string(),
+                    reason: format!("image {:?}: {e}", case.image),
+                })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            dataset_id: None,
+            errors,
+        })
+    }
 }
 
 fn strip_file(msg: &str) -> String {
@@ -658,8 +686,10 @@ async fn process_case(
         .await
         .map_err(|e| (case.image.clone(), format!("internal error: {e}")))??;
 
-    let image_key = keys::case_image(&ctx.dataset_id, &case.id);
-    let label_key = keys::case_label(&ctx.dataset_id, &case.id);
+    let image_key = keys::case_image(&ctx.dataset_id, &case.id)
+        .map_err(|e| (case.image.clone(), e.to_string()))?;
+    let label_key = keys::case_label(&ctx.dataset_id, &case.id)
+        .map_err(|e| (case.label.clone(), e.to_string()))?;
     storage::put(&ctx.store, &image_key, processed.image_nii)
         .await
         .map_err(|e| (image_key.clone(), e.to_string()))?;

@@ -222,3 +222,85 @@ async fn bad_parameters_are_refused_by_name() {
         .unwrap_err();
     assert!(err.summary().contains("dataset.json"), "{}", err.summary());
 }
+
+/// Case names come from the image file names in a user's dataset.json and become object-key
+/// segments: hostile ones are refused, all named, before anything is read or written.
+#[tokio::test]
+async fn hostile_case_names_are_refused_and_nothing_is_written() {
+    let store = storage::open("memory://").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let long = "a".repeat(200);
+    let write = |images: &[&str]| {
+        let training: Vec<String> = images
+            .iter()
+            .map(|i| format!(r#"{{"image": "{i}", "label": "./labelsTr/x.nii.gz"}}"#))
+            .collect();
+        let json = format!(
+            r#"{{"name": "t", "modality": {{"0": "CT"}}, "labels": {{"0": "bg", "1": "fg"}},
+                "training": [{}]}}"#,
+            training.join(",")
+        );
+        std::fs::write(dir.path().join("dataset.json"), json).unwrap();
+    };
+    let src = DatasetSource::Local {
+        path: dir.path().display().to_string(),
+    };
+    let long_image = format!("./imagesTr/{long}.nii.gz");
+    write(&[
+        "./imagesTr/ctrl\\u0001name.nii.gz",
+        "./imagesTr/nul\\u0000.nii.gz",
+        "./imagesTr/with space.nii.gz",
+        "./imagesTr/.hidden.nii.gz",
+        "./imagesTr/semi;colon.nii.gz",
+        &long_image,
+    ]);
+    let err = dataprep::preprocess(&store, &src, &Default::default(), &Default::default())
+        .await
+        .unwrap_err();
+    let summary = err.summary();
+    assert_eq!(err.errors.len(), 6, "{summary}");
+    for (case, problem) in [
+        ("ctrl\u{1}name", "control character '\\u{1}'"),
+        ("nul\0", "control character '\\0'"),
+        ("with space", "contains ' '"),
+        (".hidden", "starts with '.'"),
+        ("semi;colon", "contains ';'"),
+        (&format!("{}...", &long[..64]), "it is 200 bytes long"),
+    ] {
+        let e = err
+            .errors
+            .iter()
+            .find(|e| e.case == case)
+            .unwrap_or_else(|| {
+                panic!("no error for case {case:?}:\n{summary}");
+            });
+        assert_eq!(e.file, "dataset.json");
+        assert!(e.reason.contains("case name"), "{}", e.reason);
+        assert!(e.reason.contains(problem), "{}", e.reason);
+        assert!(
+            e.reason.contains("allowed: 1 to 128 characters"),
+            "{}",
+            e.reason
+        );
+    }
+    assert!(err.dataset_id.is_none());
+
+    // Traversal through the path itself is refused by dataset.json validation.
+    for image in [
+        "../../etc/x.nii.gz",
+        "/etc/x.nii.gz",
+        "imagesTr\\\\..\\\\..\\\\x.nii.gz",
+    ] {
+        write(&[image]);
+        let err = dataprep::preprocess(&store, &src, &Default::default(), &Default::default())
+            .await
+            .unwrap_err();
+        let summary = err.summary();
+        assert!(summary.contains("dataset.json"), "{summary}");
+        assert!(
+            summary.contains("leaves the task folder") || summary.contains("is absolute"),
+            "{image}: {summary}"
+        );
+    }
+    assert!(storage::list(&store, "").await.unwrap().is_empty());
+}

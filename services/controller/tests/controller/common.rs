@@ -76,9 +76,13 @@ impl Env {
 
     /// Marks `id` as a preprocessed dataset (the controller only checks the manifest exists).
     pub async fn put_dataset(&self, id: &str) {
-        storage::put(&self.store, &storage::keys::manifest(id), b"test".to_vec())
-            .await
-            .unwrap();
+        storage::put(
+            &self.store,
+            &storage::keys::manifest(id).unwrap(),
+            b"test".to_vec(),
+        )
+        .await
+        .unwrap();
     }
 
     pub async fn submit(&self, spec: &StudySpec) {
@@ -264,7 +268,7 @@ pub fn reward(job: &TrainJob) -> Reward {
         per_case: Vec::new(),
         per_class: vec![mean],
         mean,
-        checkpoint_key: storage::keys::checkpoint(&job.study, &job.job_id),
+        checkpoint_key: storage::keys::checkpoint(&job.study, &job.job_id).unwrap(),
         trainer: "fake-trainer".into(),
         attempt: 1,
         train_seconds: 0.5,

@@ -54,7 +54,7 @@ async fn a_source_study_waits_for_preprocessing_then_runs() {
         panic!("{:#?}", events.iter().map(brief).collect::<Vec<_>>());
     };
     assert!(
-        storage::exists(&env.store, &storage::keys::manifest(dataset_id))
+        storage::exists(&env.store, &storage::keys::manifest(dataset_id).unwrap())
             .await
             .unwrap(),
         "the dataset the study runs on is in the store"
