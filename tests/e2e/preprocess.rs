@@ -92,9 +92,27 @@ fn set_i16(b: &mut [u8], off: usize, v: i16) {
 fn set_f32(b: &mut [u8], off: usize, v: f32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
+fn set_i32(b: &mut [u8], off: usize, v: i32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
 // NIfTI-1 header offsets.
 const DIM: usize = 40;
+const DATATYPE: usize = 70;
+const BITPIX: usize = 72;
 const PIXDIM: usize = 76;
+const VOX_OFFSET: usize = 108;
+const SCL_SLOPE: usize = 112;
+const SFORM_CODE: usize = 254;
+const MAGIC: usize = 344;
+
+/// Replaces the case's image path in dataset.json (every occurrence) with `to`.
+fn rename_image(dir: &Path, case: &str, to: &str) {
+    let p = dir.join("dataset.json");
+    let json = std::fs::read_to_string(&p).unwrap();
+    let from = format!("\"./imagesTr/{case}.nii.gz\"");
+    assert!(json.contains(&from), "{json}");
+    std::fs::write(&p, json.replace(&from, &format!("\"{to}\""))).unwrap();
+}
 
 fn copy_dir(from: &Path, to: &Path) {
     for (rel, bytes) in tree(from) {
@@ -124,6 +142,9 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
         panic!("the good dataset must preprocess")
     };
     let snapshot = tree(Path::new(&stack.store_url));
+    // The store's parent: a key escaping the store would land here.
+    let outside = Path::new(&stack.store_url).parent().unwrap().to_path_buf();
+    let outside_snapshot = tree(&outside);
 
     let case = "ctorgan_000";
     let img = format!("imagesTr/{case}.nii.gz");
@@ -224,6 +245,115 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
         ("missing file", "labelsTr", &["missing"], |d, c| {
             std::fs::remove_file(d.join(format!("labelsTr/{c}.nii.gz"))).unwrap();
         }),
+        // The rest of the malformed-NIfTI corpus (shared/volume/tests/corpus) that the rows
+        // above do not cover, one row per kind of check, through the bus.
+        ("sizeof_hdr", "imagesTr", &["sizeof_hdr = 1234"], |d, c| {
+            patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                set_i32(b, 0, 1234)
+            })
+        }),
+        (
+            "NIfTI-2",
+            "imagesTr",
+            &["NIfTI-2 is not supported"],
+            |d, c| {
+                patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                    set_i32(b, 0, 540)
+                })
+            },
+        ),
+        ("bad magic", "labelsTr", &["magic"], |d, c| {
+            patch_header(&d.join(format!("labelsTr/{c}.nii.gz")), |b| {
+                b[MAGIC..MAGIC + 4].copy_from_slice(b"abc\x01")
+            })
+        }),
+        ("bitpix", "imagesTr", &["bitpix = 3"], |d, c| {
+            patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                set_i16(b, BITPIX, 3)
+            })
+        }),
+        (
+            "unknown datatype",
+            "imagesTr",
+            &["datatype = 999"],
+            |d, c| {
+                patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                    set_i16(b, DATATYPE, 999)
+                })
+            },
+        ),
+        (
+            "NaN vox_offset",
+            "imagesTr",
+            &["vox_offset = NaN"],
+            |d, c| {
+                patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                    set_f32(b, VOX_OFFSET, f32::NAN)
+                })
+            },
+        ),
+        (
+            "extension esize",
+            "imagesTr",
+            &["extension[0].esize = 20"],
+            |d, c| {
+                patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                    set_f32(b, VOX_OFFSET, 384.0);
+                    b[348] = 1;
+                    let mut ext = 20i32.to_le_bytes().to_vec();
+                    ext.extend_from_slice(&6i32.to_le_bytes());
+                    ext.resize(32, 0);
+                    b.splice(352..352, ext);
+                })
+            },
+        ),
+        ("qfac", "imagesTr", &["pixdim[0] (qfac) = 0.5"], |d, c| {
+            patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                set_i16(b, SFORM_CODE, 0);
+                set_f32(b, PIXDIM, 0.5)
+            })
+        }),
+        (
+            "infinite scl_slope",
+            "imagesTr",
+            &["scl_slope = inf"],
+            |d, c| {
+                patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                    set_f32(b, SCL_SLOPE, f32::INFINITY)
+                })
+            },
+        ),
+        ("gzip CRC", "labelsTr", &["corrupt gzip stream"], |d, c| {
+            let p = d.join(format!("labelsTr/{c}.nii.gz"));
+            let mut b = std::fs::read(&p).unwrap();
+            let n = b.len();
+            b[n - 8] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+        }),
+        (
+            "gzip bomb",
+            "imagesTr",
+            &["gzip stream continues past the voxel data"],
+            |d, c| {
+                // A valid image followed by 64 MiB of zeros in the same stream (64 KB).
+                patch_header(&d.join(format!("imagesTr/{c}.nii.gz")), |b| {
+                    b.resize(b.len() + (64 << 20), 0)
+                })
+            },
+        ),
+        // Case names become object-key segments (storage::keys).
+        (
+            "traversing case name",
+            "dataset.json",
+            &["leaves the task folder"],
+            |d, c| rename_image(d, c, "../../etc/x.nii.gz"),
+        ),
+        (
+            "case name with a control character",
+            "dataset.json",
+            &["case name \"evil\\u{1}\" cannot be used in an object key"],
+            |d, c| rename_image(d, c, "./imagesTr/evil\\u0001.nii.gz"),
+        ),
         (
             "malformed dataset.json",
             "dataset.json",
@@ -268,6 +398,11 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
             snapshot,
             tree(Path::new(&stack.store_url)),
             "{name}: the store changed (a dataset was written, or an existing one touched)"
+        );
+        assert_eq!(
+            outside_snapshot,
+            tree(&outside),
+            "{name}: something was written next to the store"
         );
     }
     stack.stop().await;
