@@ -30,6 +30,7 @@ async fn a_study_survives_losing_the_job_streams_leader_in_a_3_node_cluster() {
         nats: cluster.url_from(0),
         store: store.clone(),
         ack_wait_secs: 30.0,
+        job_ack_wait_secs: 60.0,
         stream_replicas: 3,
     })
     .await

@@ -1104,6 +1104,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         nats: url_of("controller"),
         store: store.clone(),
         ack_wait_secs: 30.0,
+        job_ack_wait_secs: 60.0,
         stream_replicas: 1,
     };
     let trainer_settings = trainer::Settings {

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod compose;
+mod faults;
 mod preprocess;
 mod stack;
 mod support;

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use protocol::{JobFailed, Progress, Reward, Strategy, TrainJob, TrainingConfig, subjects};
 use test_support::NatsServer;
 
-fn job(study: &str, index: u32, dataset_id: &str, values: &[(&str, f64)]) -> TrainJob {
+pub(crate) fn job(study: &str, index: u32, dataset_id: &str, values: &[(&str, f64)]) -> TrainJob {
     TrainJob {
         schema: protocol::SCHEMA_VERSION,
         study: study.into(),
@@ -152,9 +152,12 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         "rewards are deduplicated by job id"
     );
     assert!(
-        storage::exists(&store, &storage::keys::checkpoint("e2e", "e2e-0003").unwrap())
-            .await
-            .unwrap()
+        storage::exists(
+            &store,
+            &storage::keys::checkpoint("e2e", "e2e-0003").unwrap()
+        )
+        .await
+        .unwrap()
     );
 
     stop_tx.send(true).unwrap();
@@ -190,7 +193,7 @@ async fn spawn_trainer(
     }))
 }
 
-async fn preprocessed(dir: &std::path::Path, store_url: &str) -> dataprep::Outcome {
+pub(crate) async fn preprocessed(dir: &std::path::Path, store_url: &str) -> dataprep::Outcome {
     let task = crate::support::synth_task(&dir.join("task"), 2);
     dataprep::preprocess(
         &storage::open(store_url).unwrap(),

@@ -47,6 +47,12 @@ pub struct Settings {
     /// reward the controller received but did not acknowledge (it died) comes back.
     #[arg(long, env = "SEGTUNE_CONTROLLER_ACK_WAIT", default_value_t = 30.0)]
     pub ack_wait_secs: f64,
+    /// AckWait of the trainers' and evaluators' consumers, in seconds: how long the job of a
+    /// worker that died (kill -9, lost host) waits before another replica gets it. Live workers
+    /// keep their job however long it runs with in-progress acks every third of it, so keep
+    /// it short (30-120 s). Set on the consumers whenever the controller starts.
+    #[arg(long, env = "SEGTUNE_JOB_ACK_WAIT", default_value_t = 60.0)]
+    pub job_ack_wait_secs: f64,
     /// JetStream replicas of every stream: 1 on one nats-server; 3 (or 5) in a NATS cluster,
     /// so that the jobs, rewards and study events survive the loss of a node. Existing
     /// streams are scaled to it.
@@ -61,6 +67,12 @@ impl Settings {
             self.ack_wait_secs.is_finite() && self.ack_wait_secs >= 0.1,
             "--ack-wait-secs (SEGTUNE_CONTROLLER_ACK_WAIT) must be at least 0.1, got {}",
             self.ack_wait_secs
+        );
+        anyhow::ensure!(
+            self.job_ack_wait_secs.is_finite()
+                && (1.0..=86_400.0).contains(&self.job_ack_wait_secs),
+            "--job-ack-wait-secs (SEGTUNE_JOB_ACK_WAIT) must be between 1 and 86400, got {}",
+            self.job_ack_wait_secs
         );
         Ok(())
     }
@@ -99,7 +111,12 @@ impl App {
         let store = storage::open(&settings.store)?;
         let client = runtime::connect(&settings.nats, "segtune-controller").await?;
         let js = jetstream::new(client);
-        runtime::provision_with_retry(&js, Some(usize::from(settings.stream_replicas))).await?;
+        runtime::provision_with_ack_wait_retry(
+            &js,
+            Some(usize::from(settings.stream_replicas)),
+            Some(Duration::from_secs_f64(settings.job_ack_wait_secs)),
+        )
+        .await?;
         Ok(Self::new(
             js,
             store,

@@ -123,7 +123,8 @@ pub async fn handle_next(
         }
     };
     tracing::info!(job = %trained.job_id, "evaluating");
-    let ack_wait = runtime::ack_wait(subjects::durable::EVALUATORS);
+    // The consumer's AckWait (the controller's `--job-ack-wait-secs`) times the progress acks.
+    let ack_wait = runtime::consumer_ack_wait(consumer).await;
     let work = score(app, &trained);
     let result = match runtime::work_with_progress_acks(&msg, ack_wait, work, shutdown).await {
         Worked::Done(r) => r,

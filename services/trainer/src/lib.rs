@@ -2,8 +2,13 @@
 //! every replica; it pulls only when idle, so `--scale trainer=N` spreads jobs), trains a
 //! U-Net with the job's strategy, stores the checkpoint, publishes `Trained`, then acks.
 //!
-//! - In-progress acks every AckWait/3 keep a long job from being redelivered while alive;
-//!   a trainer that dies leaves its job to another replica after AckWait.
+//! - In-progress acks every AckWait/3 (the consumer's AckWait, set by the controller's
+//!   `--job-ack-wait-secs`) keep a long job from being redelivered while alive; a trainer that
+//!   dies leaves its job to another replica after AckWait.
+//! - Fencing: each delivery records its attempt in the store when it starts. A trainer that
+//!   finds a later attempt recorded (it was paused or cut off past AckWait and the job moved
+//!   on) abandons the job without acking, storing or publishing anything, and pulls again;
+//!   it checks at every progress tick and once more before storing the checkpoint.
 //! - Permanent failures (undecodable job, invalid strategy, missing dataset or checkpoint,
 //!   divergence) are dead-lettered with the reason and terminated; transient ones (store
 //!   unavailable) are naked with a delay and retried.
@@ -19,7 +24,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind};
 use engine::{DatasetCache, JobError, JobSpec};
 use protocol::{JobFailed, Progress, SCHEMA_VERSION, TrainJob, Trained, subjects};
-use runtime::Worked;
+use runtime::Leased;
 use storage::DynStore;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -43,6 +48,23 @@ pub struct App {
     pub device: segmodel::candle_core::Device,
     pub cache: DatasetCache,
     pub worker: String,
+    pub options: Options,
+}
+
+/// Knobs that are not settings: for tests only.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// In-progress acks while training. Always on in the service; tests turn them off to show
+    /// that a job outliving AckWait is then redelivered (the negative control).
+    pub progress_acks: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            progress_acks: true,
+        }
+    }
 }
 
 impl App {
@@ -59,6 +81,7 @@ impl App {
             device,
             cache: DatasetCache::default(),
             worker: runtime::worker_name("trainer"),
+            options: Options::default(),
         })
     }
 }
@@ -66,9 +89,20 @@ impl App {
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     Idle,
-    Trained { job_id: String },
-    DeadLettered { job_id: String },
-    Retried { job_id: String },
+    Trained {
+        job_id: String,
+    },
+    DeadLettered {
+        job_id: String,
+    },
+    Retried {
+        job_id: String,
+    },
+    /// The job was redelivered to another trainer while this one was paused: dropped here.
+    Superseded {
+        job_id: String,
+        attempt: u64,
+    },
     Interrupted,
 }
 
@@ -132,20 +166,39 @@ pub async fn handle_next(
         }
     };
     tracing::info!(job = %job.job_id, attempt, "training");
-    let ack_wait = runtime::ack_wait(subjects::durable::TRAINERS);
+    let lease = runtime::Lease {
+        ack_wait: runtime::consumer_ack_wait(consumer).await,
+        progress_acks: app.options.progress_acks,
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let work = run_job(app, &job, attempt, cancel.clone());
-    let result = match runtime::work_with_progress_acks(&msg, ack_wait, work, shutdown).await {
-        Worked::Done(r) => r,
-        Worked::Interrupted => {
+    let still_live = || is_live_delivery(app, &job, attempt);
+    let superseded = |cancel: &AtomicBool| {
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            job = %job.job_id,
+            attempt,
+            "job superseded: it was redelivered to another trainer while this one was stalled; \
+             abandoning it (nothing stored, published or acked)"
+        );
+        Ok(Outcome::Superseded {
+            job_id: job.job_id.clone(),
+            attempt,
+        })
+    };
+    let result = match runtime::work_under_lease(&msg, lease, still_live, work, shutdown).await {
+        Leased::Done(r) => r,
+        Leased::Interrupted => {
             cancel.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(Outcome::Interrupted);
         }
+        Leased::Superseded => return superseded(&cancel),
     };
     match result {
-        Ok(trained) => {
+        Ok(None) => superseded(&cancel),
+        Ok(Some(trained)) => {
             let payload = protocol::encode(&trained)?;
-            runtime::publish(
+            let ack = runtime::publish(
                 &app.js,
                 subjects::trained(&job.study),
                 Some(&job.job_id),
@@ -153,6 +206,11 @@ pub async fn handle_next(
             )
             .await
             .context("publishing Trained")?;
+            if ack.duplicate {
+                // Another attempt committed first (it was live when it checked): its result,
+                // with its own checkpoint, is the one downstream sees.
+                tracing::warn!(job = %job.job_id, attempt, "another attempt's result was accepted first; this one is dropped");
+            }
             msg.double_ack()
                 .await
                 .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
@@ -174,15 +232,57 @@ pub async fn handle_next(
     }
 }
 
+/// Where delivery `attempt` of a job records itself (an empty object; the largest attempt
+/// under [`deliveries_prefix`] is the live one).
+fn delivery_key(job: &TrainJob, attempt: u64) -> String {
+    format!("{}/{attempt:06}", deliveries_prefix(job))
+}
+
+fn deliveries_prefix(job: &TrainJob) -> String {
+    format!("studies/{}/jobs/{}/deliveries", job.study, job.job_id)
+}
+
+/// The checkpoint key of one delivery: the first keeps the plain key; a redelivery writes its
+/// own, so two attempts that both finish (one of them stale) never overwrite each other's
+/// weights and the accepted `Trained` always names its own.
+fn checkpoint_key(job: &TrainJob, attempt: u64) -> Result<String, JobError> {
+    let key = storage::keys::checkpoint(&job.study, &job.job_id)
+        .map_err(|e| JobError::Permanent(e.to_string()))?;
+    Ok(if attempt <= 1 {
+        key
+    } else {
+        key.replace(
+            "/model.safetensors",
+            &format!("/model.attempt-{attempt}.safetensors"),
+        )
+    })
+}
+
+/// Whether no later delivery of `job` than `attempt` has recorded itself.
+async fn is_live_delivery(app: &App, job: &TrainJob, attempt: u64) -> anyhow::Result<bool> {
+    let keys = storage::list(&app.store, &deliveries_prefix(job)).await?;
+    let latest = keys
+        .iter()
+        .filter_map(|k| k.rsplit('/').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    Ok(latest <= attempt)
+}
+
+/// Trains the job and stores its checkpoint; `None` if a later delivery of the job turned up
+/// before the checkpoint was stored (this delivery is stale and commits nothing).
 async fn run_job(
     app: &App,
     job: &TrainJob,
     attempt: u64,
     cancel: Arc<AtomicBool>,
-) -> Result<Trained, JobError> {
+) -> Result<Option<Trained>, JobError> {
     protocol::subjects::check_token("study", &job.study)
         .and_then(|_| protocol::subjects::check_token("job_id", &job.job_id))
         .map_err(|e| JobError::Permanent(e.to_string()))?;
+    storage::put(&app.store, &delivery_key(job, attempt), app.worker.clone())
+        .await
+        .map_err(|e| JobError::Transient(format!("recording the delivery: {e}")))?;
     let spec = JobSpec::from_strategy(&job.strategy)?;
     let data = app.cache.get(&app.store, &job.dataset_id).await?;
     let init = match &job.training.init_checkpoint {
@@ -235,11 +335,17 @@ async fn run_job(
     let out = handle
         .await
         .map_err(|e| JobError::Transient(format!("training task: {e}")))??;
-    let key = storage::keys::checkpoint(&job.study, &job.job_id);
+    // The fence: a stale delivery stops here, before it writes or publishes anything.
+    match is_live_delivery(app, job, attempt).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => return Err(JobError::Transient(format!("checking the delivery: {e:#}"))),
+    }
+    let key = checkpoint_key(job, attempt)?;
     storage::put(&app.store, &key, out.checkpoint)
         .await
         .map_err(|e| JobError::Transient(format!("storing the checkpoint: {e}")))?;
-    Ok(Trained {
+    Ok(Some(Trained {
         schema: SCHEMA_VERSION,
         study: job.study.clone(),
         job_id: job.job_id.clone(),
@@ -252,5 +358,5 @@ async fn run_job(
         train_seconds: out.seconds,
         worker: app.worker.clone(),
         attempt,
-    })
+    }))
 }

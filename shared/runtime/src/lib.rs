@@ -187,12 +187,12 @@ fn stream_config(spec: &StreamSpec, replicas: usize) -> stream::Config {
     }
 }
 
-fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
+fn consumer_config(spec: &ConsumerSpec, ack_wait: Duration) -> pull::Config {
     pull::Config {
         durable_name: Some(spec.durable.to_string()),
         filter_subject: spec.filter_subject.to_string(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: spec.ack_wait,
+        ack_wait,
         max_deliver: spec.max_deliver,
         max_ack_pending: spec.max_ack_pending,
         ..Default::default()
@@ -209,6 +209,27 @@ fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
 /// a 3-node cluster). `None` (the workers): create with 1 and keep what an existing stream
 /// has; the controller passes its `--stream-replicas` and scales existing streams to it.
 pub async fn provision(js: &jetstream::Context, replicas: Option<usize>) -> anyhow::Result<()> {
+    provision_with(js, replicas, None).await
+}
+
+/// The durable consumers of jobs (`trainers`) and of trained models (`evaluators`): their
+/// AckWait is the controller's `--job-ack-wait-secs`, not a constant (see [`provision_with`]).
+pub const JOB_CONSUMERS: &[&str] = &[
+    protocol::subjects::durable::TRAINERS,
+    protocol::subjects::durable::EVALUATORS,
+];
+
+/// [`provision`], and the AckWait of the [`JOB_CONSUMERS`]: `Some` (the controller) sets it
+/// (how long a dead worker's job waits before another replica gets it; progress acks keep a
+/// live worker's job); `None` (the workers) creates them with `protocol::streams`' default
+/// and keeps what an existing consumer has, so a worker starting never undoes the
+/// controller's setting. Workers read the AckWait back from the consumer
+/// ([`consumer_ack_wait`]) to time their progress acks.
+pub async fn provision_with(
+    js: &jetstream::Context,
+    replicas: Option<usize>,
+    job_ack_wait: Option<Duration>,
+) -> anyhow::Result<()> {
     use jetstream::ErrorCode;
     use jetstream::context::GetStreamErrorKind;
     for spec in STREAMS {
@@ -249,8 +270,16 @@ pub async fn provision(js: &jetstream::Context, replicas: Option<usize>) -> anyh
             .get_stream(spec.stream)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", spec.stream))?;
-        let want = consumer_config(spec);
-        if let Ok(info) = stream.consumer_info(spec.durable).await
+        let existing = stream.consumer_info(spec.durable).await.ok();
+        let ack_wait = match job_ack_wait {
+            Some(d) if JOB_CONSUMERS.contains(&spec.durable) => d,
+            None if JOB_CONSUMERS.contains(&spec.durable) => existing
+                .as_ref()
+                .map_or(spec.ack_wait, |i| i.config.ack_wait),
+            _ => spec.ack_wait,
+        };
+        let want = consumer_config(spec, ack_wait);
+        if let Some(info) = &existing
             && consumer_matches(&info.config, &want)
         {
             continue;
@@ -299,10 +328,19 @@ pub async fn provision_with_retry(
     js: &jetstream::Context,
     replicas: Option<usize>,
 ) -> anyhow::Result<()> {
+    provision_with_ack_wait_retry(js, replicas, None).await
+}
+
+/// [`provision_with`], retried until the broker answers (JetStream may still be starting).
+pub async fn provision_with_ack_wait_retry(
+    js: &jetstream::Context,
+    replicas: Option<usize>,
+    job_ack_wait: Option<Duration>,
+) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     let mut last = None;
     for _ in 0..30 {
-        match provision(js, replicas).await {
+        match provision_with(js, replicas, job_ack_wait).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "JetStream not ready; retrying");
@@ -330,6 +368,18 @@ pub async fn consumer(
         .get_consumer(durable)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open consumer {durable}: {e}"))
+}
+
+/// The AckWait `consumer` has now on the server (the controller may have changed it since
+/// this worker started); what it had when opened if the server does not answer.
+pub async fn consumer_ack_wait(consumer: &jetstream::consumer::Consumer<pull::Config>) -> Duration {
+    match consumer.get_info().await {
+        Ok(info) => info.config.ack_wait,
+        Err(e) => {
+            tracing::warn!(error = %e, "consumer info failed; using the AckWait read at start");
+            consumer.cached_info().config.ack_wait
+        }
+    }
 }
 
 /// Pulls at most one message, waiting up to `wait`. Never prefetches: a worker asks for its
@@ -426,16 +476,75 @@ pub async fn work_with_progress_acks<T>(
     work: impl std::future::Future<Output = T>,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Worked<T> {
+    let lease = Lease {
+        ack_wait,
+        progress_acks: true,
+    };
+    let always_live = || async { Ok(true) };
+    match work_under_lease(msg, lease, always_live, work, shutdown).await {
+        Leased::Done(r) => Worked::Done(r),
+        Leased::Interrupted => Worked::Interrupted,
+        Leased::Superseded => unreachable!("an always-live lease is never superseded"),
+    }
+}
+
+/// How [`work_under_lease`] keeps a message's delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    /// The consumer's AckWait ([`consumer_ack_wait`]): liveness is checked and progress acked
+    /// every third of it.
+    pub ack_wait: Duration,
+    /// Off only in tests (the negative control that shows a job is redelivered without them).
+    pub progress_acks: bool,
+}
+
+/// How a piece of work bounded by [`work_under_lease`] ended.
+pub enum Leased<T> {
+    Done(T),
+    /// Shutdown was requested; the message has been naked so another replica takes it now.
+    Interrupted,
+    /// The message was redelivered to another worker (this one was paused or cut off past
+    /// AckWait): `work` was dropped and the message left alone, since any ack, nak or
+    /// progress sent now would act on the other worker's live delivery (JetStream acks name
+    /// the stream sequence, not the delivery).
+    Superseded,
+}
+
+/// Runs `work` while, every third of the AckWait, asking `still_live` whether this delivery
+/// is still the live one and then sending an in-progress ack. A `false` ends the work as
+/// [`Leased::Superseded`]; an error is logged and counts as live (the check is repeated, and
+/// the caller checks again before committing a result). The first check runs one tick in,
+/// and a worker resumed after a pause (SIGSTOP, VM freeze) checks at once.
+pub async fn work_under_lease<T, F, Fut>(
+    msg: &jetstream::Message,
+    lease: Lease,
+    mut still_live: F,
+    work: impl std::future::Future<Output = T>,
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Leased<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
     use jetstream::AckKind;
     tokio::pin!(work);
     let mut shutdown = shutdown;
-    let mut ticker = tokio::time::interval(ack_wait / 3);
+    let mut ticker = tokio::time::interval(lease.ack_wait / 3);
+    // After a pause, one check now rather than a burst of missed ticks.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         tokio::select! {
-            r = &mut work => return Worked::Done(r),
+            r = &mut work => return Leased::Done(r),
             _ = ticker.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                match still_live().await {
+                    Ok(true) => {}
+                    Ok(false) => return Leased::Superseded,
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "lease check failed"),
+                }
+                if lease.progress_acks
+                    && let Err(e) = msg.ack_with(AckKind::Progress).await
+                {
                     tracing::warn!(error = %e, "in-progress ack failed");
                 }
             }
@@ -443,7 +552,7 @@ pub async fn work_with_progress_acks<T>(
                 if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
                     tracing::warn!(error = %e, "nak on shutdown failed");
                 }
-                return Worked::Interrupted;
+                return Leased::Interrupted;
             }
         }
     }
@@ -483,7 +592,8 @@ pub fn delivery_attempt(msg: &jetstream::Message) -> u64 {
     msg.info().map(|i| i.delivered as u64).unwrap_or(1)
 }
 
-/// AckWait of a durable consumer from `protocol::streams`.
+/// AckWait of a durable consumer from `protocol::streams` (its default: the work consumers'
+/// is set by the controller, see [`consumer_ack_wait`]).
 pub fn ack_wait(durable: &str) -> Duration {
     protocol::streams::consumer_spec(durable)
         .map(|c| c.ack_wait)

@@ -1,0 +1,859 @@
+//! Worker faults against a real nats-server, each printing its figures (docs/reliability.md,
+//! "Worker faults", explains them): a trainer process killed (-9) 30 % into a job; a job
+//! lasting 10x AckWait kept by progress acks, and redelivered without them (the negative
+//! control); no prefetch with three trainers and twelve jobs; a stale trainer (SIGSTOP past
+//! AckWait) fenced by its delivery attempt.
+//!
+//! AckWait is a few seconds here, set the way the controller's `--job-ack-wait-secs` sets it
+//! (`runtime::provision_with`). Jobs are the tiny synthetic task made long by epochs, sized
+//! from an epoch time measured once. The tests take turns: they time things on a shared CPU.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use protocol::{Progress, Reward, TrainJob, Trained, subjects};
+use test_support::NatsServer;
+
+use crate::train::{job, preprocessed};
+
+/// One fault test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Seconds per epoch of a [`long_job`] on one trainer alone, measured once.
+static EPOCH_SECS: tokio::sync::OnceCell<f64> = tokio::sync::OnceCell::const_new();
+
+/// The preprocessed synthetic task in a file store.
+struct Data {
+    _dir: tempfile::TempDir,
+    store_url: String,
+    dataset_id: String,
+}
+
+async fn data() -> Data {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = dir.path().join("store").display().to_string();
+    let ds = preprocessed(dir.path(), &store_url).await;
+    Data {
+        _dir: dir,
+        store_url,
+        dataset_id: ds.dataset_id,
+    }
+}
+
+/// A job of `epochs` epochs of 4 patches.
+fn long_job(study: &str, index: u32, data: &Data, epochs: u32) -> TrainJob {
+    let mut j = job(study, index, &data.dataset_id, &[("learning_rate", 1e-3)]);
+    j.training.epochs = epochs;
+    j
+}
+
+/// Epochs for a job of about `secs` on one trainer alone.
+async fn epochs_for(data: &Data, secs: f64) -> u32 {
+    let epoch = *EPOCH_SECS
+        .get_or_init(|| async {
+            // One trainer alone, a job of 8 epochs.
+            let bus = Bus::start(Duration::from_secs(30)).await;
+            let watch = Watch::start(&bus.client, "calibrate").await;
+            let t = TrainerTask::start(&bus, data, "trainer-cal", true).await;
+            bus.publish(&long_job("calibrate", 1, data, 8)).await;
+            let trained = watch
+                .trained("calibrate-0001", Duration::from_secs(120))
+                .await;
+            t.stop().await;
+            let epoch = trained.train_seconds / 8.0;
+            eprintln!("calibration: {epoch:.3} s per epoch (4 patches of 16^3, channels [4, 8])");
+            epoch
+        })
+        .await;
+    ((secs / epoch).ceil() as u32).clamp(3, 20_000)
+}
+
+/// A broker with the topology provisioned as the controller provisions it with
+/// `--job-ack-wait-secs`.
+struct Bus {
+    nats: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Bus {
+    async fn start(ack_wait: Duration) -> Self {
+        let nats = NatsServer::start();
+        let client = nats.client().await;
+        let js = jetstream::new(client.clone());
+        runtime::provision_with(&js, None, Some(ack_wait))
+            .await
+            .unwrap();
+        // A worker's own provisioning keeps the controller's AckWait.
+        runtime::provision(&js, None).await.unwrap();
+        let bus = Self { nats, client, js };
+        for durable in runtime::JOB_CONSUMERS {
+            let c = runtime::consumer(&bus.js, durable).await.unwrap();
+            assert_eq!(runtime::consumer_ack_wait(&c).await, ack_wait, "{durable}");
+        }
+        bus
+    }
+
+    async fn trainers(&self) -> PullConsumer {
+        runtime::consumer(&self.js, subjects::durable::TRAINERS)
+            .await
+            .unwrap()
+    }
+
+    async fn trainers_info(&self) -> jetstream::consumer::Info {
+        self.trainers().await.get_info().await.unwrap()
+    }
+
+    async fn publish(&self, j: &TrainJob) {
+        runtime::publish(
+            &self.js,
+            subjects::jobs(&j.study),
+            Some(&j.job_id),
+            protocol::encode(j).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Waits until the trainers' consumer has made `n` deliveries; when it made the n-th
+    /// (to within the 20 ms poll).
+    async fn delivered(&self, n: u64, timeout: Duration) -> Instant {
+        let consumer = self.trainers().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = consumer.get_info().await.unwrap();
+            if info.delivered.consumer_sequence >= n {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "delivery {n} did not happen within {timeout:?}: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every reward of `study` in the REWARDS stream (not a subscription: what a replay sees).
+    async fn rewards_in_stream(&self, study: &str) -> Vec<Reward> {
+        let mut stream = self.js.get_stream(subjects::stream::REWARDS).await.unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await
+                && m.subject.as_str() == subjects::rewards(study)
+            {
+                out.push(protocol::decode(&m.payload).unwrap());
+            }
+        }
+        out
+    }
+
+    /// Waits for the reward of `job_id`, then gives a duplicate 1 s to show up; returns every
+    /// reward of the job in the stream.
+    async fn rewards_of(&self, study: &str, job_id: &str, timeout: Duration) -> Vec<Reward> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let of_job = |all: Vec<Reward>| -> Vec<Reward> {
+                all.into_iter().filter(|r| r.job_id == job_id).collect()
+            };
+            if !of_job(self.rewards_in_stream(study).await).is_empty() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return of_job(self.rewards_in_stream(study).await);
+            }
+            assert!(Instant::now() < deadline, "no reward for {job_id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A service run as a task of this process until stopped.
+struct ServiceTask {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServiceTask {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("service stops within 15 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+struct TrainerTask;
+
+impl TrainerTask {
+    /// A trainer named `name`; `progress_acks: false` is the negative control's trainer.
+    async fn start(bus: &Bus, data: &Data, name: &str, progress_acks: bool) -> ServiceTask {
+        let mut app = trainer::App::connect(&trainer::Settings {
+            nats: bus.nats.url(),
+            store: data.store_url.clone(),
+            device: "cpu".into(),
+        })
+        .await
+        .unwrap();
+        app.worker = name.to_string();
+        app.options.progress_acks = progress_acks;
+        let (stop, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(trainer::run(app, async move {
+            let _ = rx.await;
+        }));
+        ServiceTask { stop, handle }
+    }
+}
+
+async fn evaluator_task(bus: &Bus, data: &Data) -> ServiceTask {
+    let app = evaluator::App::connect(&evaluator::Settings {
+        nats: bus.nats.url(),
+        store: data.store_url.clone(),
+        device: "cpu".into(),
+    })
+    .await
+    .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(evaluator::run(app, async move {
+        let _ = rx.await;
+    }));
+    ServiceTask { stop, handle }
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Progress(Progress),
+    /// Every `Trained` published, duplicates included (a core subscription, not the stream).
+    Trained(Trained),
+}
+
+impl Event {
+    fn job_worker(&self) -> (&str, &str) {
+        match self {
+            Event::Progress(p) => (&p.job_id, &p.worker),
+            Event::Trained(t) => (&t.job_id, &t.worker),
+        }
+    }
+}
+
+type Events = Arc<Mutex<Vec<(Instant, Event)>>>;
+
+/// Progress reports and `Trained` publishes of one study, timestamped on arrival.
+struct Watch {
+    events: Events,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    async fn start(client: &async_nats::Client, study: &str) -> Self {
+        let mut progress = client
+            .subscribe(subjects::progress_all(study))
+            .await
+            .unwrap();
+        let mut trained = client.subscribe(subjects::trained(study)).await.unwrap();
+        client.flush().await.unwrap();
+        let events = Events::default();
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    Some(m) = progress.next() => Event::Progress(protocol::decode(&m.payload).unwrap()),
+                    Some(m) = trained.next() => Event::Trained(protocol::decode(&m.payload).unwrap()),
+                    else => return,
+                };
+                sink.lock().unwrap().push((Instant::now(), event));
+            }
+        });
+        Self {
+            events,
+            _task: task,
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(Instant, Event)> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `found` picks something from the events.
+    async fn until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        found: impl Fn(&[(Instant, Event)]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = found(&self.snapshot()) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The first progress report matching `f`, with its arrival time.
+    async fn progress(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Progress) -> bool,
+    ) -> (Instant, Progress) {
+        self.until(what, timeout, |evs| {
+            evs.iter().find_map(|(t, e)| match e {
+                Event::Progress(p) if f(p) => Some((*t, p.clone())),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn trained(&self, job_id: &str, timeout: Duration) -> Trained {
+        self.until(&format!("Trained for {job_id}"), timeout, |evs| {
+            evs.iter().find_map(|(_, e)| match e {
+                Event::Trained(t) if t.job_id == job_id => Some(t.clone()),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    fn trained_of(&self, job_id: &str) -> Vec<Trained> {
+        self.snapshot()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                Event::Trained(t) if t.job_id == job_id => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Where the binaries of this test's profile live: `target/<profile>/`, next to `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// Builds (or finds up to date) `segtune-trainer` with this test's profile; returns its path.
+fn trainer_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = profile_dir();
+            let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .args(["build", "--quiet", "--bins", "-p", "trainer"])
+                .arg("--target-dir")
+                .arg(dir.parent().unwrap());
+            if profile != "debug" {
+                cmd.args(["--profile", &profile]);
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build -p trainer failed: {status}");
+            dir.join("segtune-trainer")
+        })
+        .clone()
+}
+
+/// A `segtune-trainer` process, its stderr lines timestamped; SIGKILLed on drop.
+struct TrainerProcess {
+    child: Child,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl TrainerProcess {
+    fn start(bus: &Bus, data: &Data, name: &str) -> Self {
+        let mut child = Command::new(trainer_binary())
+            .env("SEGTUNE_NATS", bus.nats.url())
+            .env("SEGTUNE_STORE", &data.store_url)
+            .env("SEGTUNE_WORKER", name)
+            .env("SEGTUNE_DEVICE", "cpu")
+            .env("SEGTUNE_LOG", "info,async_nats=warn")
+            .env("NO_COLOR", "1")
+            .env_remove("SEGTUNE_NATS_USER")
+            .env_remove("SEGTUNE_NATS_PASSWORD")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start segtune-trainer");
+        let log: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        let echo = std::env::var_os("TEST_LOG").is_some();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("[{name}] {line}");
+                }
+                sink.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Self { child, log }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// When the process first logged a line containing `needle`.
+    fn logged(&self, needle: &str) -> Option<Instant> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+    }
+
+    async fn wait_logged(&self, needle: &str, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.logged(needle) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the trainer did not log {needle:?} within {timeout:?}; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let status = self.child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+}
+
+impl Drop for TrainerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGCONT);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+const TRAINER_READY: &str = "trainer ready";
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Fault 1: a trainer process killed with SIGKILL 30 % into a job. Nothing tells the broker
+/// (no nak, the connection just drops), so the job comes back when its AckWait runs out
+/// after the last progress ack: between 2/3 AckWait and AckWait after the kill. Another
+/// replica trains it (attempt 2) and exactly one reward exists for the job id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_30_percent_redelivers_after_ack_wait_to_another_trainer_one_reward() {
+    let _serial = SERIAL.lock().await;
+    test_support::init_test_tracing();
+    let data = data().await;
+    let ack_wait = Duration::from_secs(2);
+    let epochs = epochs_for(&data, 5.0 * secs(ack_wait)).await;
+    let bus = Bus::start(ack_wait).await;
+    let study = "kill9";
+    let watch = Watch::start(&bus.client, study).await;
+    let evaluator = evaluator_task(&bus, &data).await;
+    let mut a = TrainerProcess::start(&bus, &data, "trainer-a");
+    a.wait_logged(TRAINER_READY, Duration::from_secs(120)).await;
+    let j = long_job(study, 1, &data, epochs);
+    bus.publish(&j).await;
+    watch
+        .progress("A trains the job", Duration::from_secs(60), |p| {
+            p.worker == "trainer-a"
+        })
+        .await;
+    // An idle replica, pulling before the kill.
+    let mut b = TrainerProcess::start(&bus, &data, "trainer-b");
+    b.wait_logged(TRAINER_READY, Duration::from_secs(60)).await;
+    let at = (epochs * 3).div_ceil(10);
+    watch
+        .progress("A 30 % into the job", Duration::from_secs(120), |p| {
+            p.worker == "trainer-a" && p.epoch >= at
+        })
+        .await;
+    a.kill9();
+    let killed = Instant::now();
+
+    let redelivered = bus
+        .delivered(2, ack_wait * 3 + Duration::from_secs(10))
+        .await
+        .duration_since(killed);
+    let (_, p) = watch
+        .progress("B trains the job", Duration::from_secs(60), |p| {
+            p.worker == "trainer-b"
+        })
+        .await;
+    assert_eq!((p.job_id.as_str(), p.attempt), (j.job_id.as_str(), 2));
+    let rewards = bus
+        .rewards_of(study, &j.job_id, Duration::from_secs(180))
+        .await;
+    eprintln!(
+        "kill -9 at epoch {at}/{epochs}: redelivered {:.2} s after the kill (AckWait {:.1} s), \
+         rewards for the job: {}",
+        secs(redelivered),
+        secs(ack_wait),
+        rewards.len()
+    );
+    // Not at the disconnect: when the last progress ack's AckWait runs out.
+    assert!(
+        redelivered >= ack_wait / 2 && redelivered <= ack_wait + Duration::from_millis(1500),
+        "redelivered {redelivered:?} after the kill, AckWait {ack_wait:?}"
+    );
+    assert_eq!(rewards.len(), 1, "{rewards:?}");
+    assert_eq!(
+        (rewards[0].trainer.as_str(), rewards[0].attempt),
+        ("trainer-b", 2)
+    );
+    assert_eq!(watch.trained_of(&j.job_id).len(), 1);
+    let info = bus.trainers_info().await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+    assert!(b.running());
+    evaluator.stop().await;
+}
+
+/// Fault 2: a job lasting over 10x AckWait keeps its one delivery with progress acks
+/// (attempt 1, nothing redelivered); the negative control, the same trainer with progress
+/// acks off, loses its job to an idle replica after one AckWait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_lasting_10x_ack_wait_keeps_one_delivery_and_without_progress_acks_is_redelivered() {
+    let _serial = SERIAL.lock().await;
+    test_support::init_test_tracing();
+    let data = data().await;
+    let ack_wait = Duration::from_millis(1500);
+
+    // Negative control: no progress acks.
+    let epochs = epochs_for(&data, 6.0 * secs(ack_wait)).await;
+    let bus = Bus::start(ack_wait).await;
+    let watch = Watch::start(&bus.client, "noprogress").await;
+    let a = TrainerTask::start(&bus, &data, "trainer-a", false).await;
+    let j = long_job("noprogress", 1, &data, epochs);
+    bus.publish(&j).await;
+    let first = bus.delivered(1, Duration::from_secs(30)).await;
+    let b = TrainerTask::start(&bus, &data, "trainer-b", true).await;
+    let second = bus
+        .delivered(2, ack_wait * 2 + Duration::from_secs(10))
+        .await;
+    let (_, p) = watch
+        .progress(
+            "B trains the redelivered job",
+            Duration::from_secs(60),
+            |p| p.worker == "trainer-b",
+        )
+        .await;
+    assert_eq!(p.attempt, 2);
+    let without = second.duration_since(first);
+    a.stop().await;
+    b.stop().await;
+    drop(bus);
+
+    // Progress acks on: a job of over 10x AckWait.
+    let epochs = epochs_for(&data, 15.0 * secs(ack_wait)).await;
+    let bus = Bus::start(ack_wait).await;
+    let watch = Watch::start(&bus.client, "progress").await;
+    let t = TrainerTask::start(&bus, &data, "trainer-p", true).await;
+    // An idle replica that would take the job if it were ever redelivered.
+    let idle = TrainerTask::start(&bus, &data, "trainer-idle", true).await;
+    let j = long_job("progress", 1, &data, epochs);
+    // Give both a pull in flight; whichever gets the job keeps it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bus.publish(&j).await;
+    let delivered = bus.delivered(1, Duration::from_secs(30)).await;
+    let trained = watch
+        .trained(&j.job_id, Duration::from_secs(15 * 4) + ack_wait * 40)
+        .await;
+    let held = delivered.elapsed();
+    let info = bus.trainers_info().await;
+    t.stop().await;
+    idle.stop().await;
+    eprintln!(
+        "AckWait {:.1} s: without progress acks redelivered after {:.2} s; with them a job of \
+         {epochs} epochs held its delivery {:.1} s = {:.1}x AckWait (training {:.1} s), \
+         attempt {}, deliveries {}, redelivered {}",
+        secs(ack_wait),
+        secs(without),
+        secs(held),
+        held.as_secs_f64() / secs(ack_wait),
+        trained.train_seconds,
+        trained.attempt,
+        info.delivered.consumer_sequence,
+        info.num_redelivered,
+    );
+    assert!(
+        without >= ack_wait - Duration::from_millis(250)
+            && without <= ack_wait + Duration::from_millis(1500),
+        "without progress acks redelivered after {without:?}, AckWait {ack_wait:?}"
+    );
+    assert!(
+        held >= ack_wait * 10,
+        "the job took only {held:?}, not 10x AckWait: it proves nothing (the CPU got faster \
+         than the calibration said?)"
+    );
+    assert_eq!(trained.attempt, 1);
+    assert_eq!(watch.trained_of(&j.job_id).len(), 1);
+    assert_eq!(
+        (info.delivered.consumer_sequence, info.num_redelivered),
+        (1, 0),
+        "{info:?}"
+    );
+}
+
+/// Fault 3: no prefetch. Three trainers, twelve jobs of over AckWait each, the consumer's
+/// state sampled every 100 ms: it never has more jobs out than trainers without a pull
+/// waiting (each idle trainer has exactly one pull for one message out; a busy one none),
+/// no trainer ever works on two jobs at once, and nothing is redelivered (a prefetched job
+/// would sit in a busy trainer's buffer without progress acks until its AckWait ran out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_trainers_twelve_jobs_never_hold_more_jobs_than_busy_trainers() {
+    let _serial = SERIAL.lock().await;
+    test_support::init_test_tracing();
+    let data = data().await;
+    let ack_wait = Duration::from_millis(1500);
+    let epochs = epochs_for(&data, 1.5 * secs(ack_wait)).await;
+    let bus = Bus::start(ack_wait).await;
+    let study = "prefetch";
+    let watch = Watch::start(&bus.client, study).await;
+    let mut trainers = Vec::new();
+    for i in 0..3 {
+        trainers.push(TrainerTask::start(&bus, &data, &format!("trainer-{i}"), true).await);
+    }
+    let consumer = bus.trainers().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.get_info().await.unwrap().num_waiting < 3 {
+        assert!(Instant::now() < deadline, "three pulls waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    for i in 1..=12 {
+        bus.publish(&long_job(study, i, &data, epochs)).await;
+    }
+    // (num_ack_pending, num_waiting) every 100 ms until the twelfth `Trained`.
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let info = consumer.get_info().await.unwrap();
+        samples.push((info.num_ack_pending, info.num_waiting));
+        let trained = watch
+            .snapshot()
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Trained(_)))
+            .count();
+        if trained >= 12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "twelve jobs within 600 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = started.elapsed();
+    let info = consumer.get_info().await.unwrap();
+    for t in trainers {
+        t.stop().await;
+    }
+
+    let events = watch.snapshot();
+    let mut per_worker: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, e) in &events {
+        let (job_id, worker) = e.job_worker();
+        let seq = per_worker.entry(worker.to_string()).or_default();
+        if seq.last().map(String::as_str) != Some(job_id) {
+            seq.push(job_id.to_string());
+        }
+    }
+    let max_pending = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    let over = samples.iter().filter(|(p, w)| p + w > 3).count();
+    let busy_3 = samples.iter().filter(|(p, _)| *p == 3).count();
+    eprintln!(
+        "no prefetch: 3 trainers, 12 jobs of {epochs} epochs in {:.1} s (AckWait {:.1} s); \
+         {} samples: max jobs pending ack {max_pending}, samples with pending + waiting > 3: \
+         {over}, with all three busy: {busy_3}; jobs per trainer {:?}; redelivered {}",
+        secs(wall),
+        secs(ack_wait),
+        samples.len(),
+        per_worker
+            .iter()
+            .map(|(w, jobs)| (w.as_str(), jobs.len()))
+            .collect::<Vec<_>>(),
+        info.num_redelivered,
+    );
+    assert!(samples.len() >= 20, "too few samples to mean anything");
+    assert_eq!(
+        over, 0,
+        "jobs pending ack beyond the busy trainers: {samples:?}"
+    );
+    assert!(max_pending <= 3);
+    // One job at a time per trainer: a worker's reports never go back to an earlier job.
+    for (worker, jobs) in &per_worker {
+        let mut seen = std::collections::BTreeSet::new();
+        for j in jobs {
+            assert!(seen.insert(j), "{worker} interleaved jobs: {jobs:?}");
+        }
+    }
+    let trained: Vec<&Trained> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Trained(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(trained.len(), 12);
+    assert!(trained.iter().all(|t| t.attempt == 1), "{trained:?}");
+    assert_eq!(
+        (info.delivered.consumer_sequence, info.num_redelivered),
+        (12, 0),
+        "{info:?}"
+    );
+    assert!(per_worker.len() >= 2, "the jobs spread: {per_worker:?}");
+}
+
+/// Fault 6: a stale trainer. Trainer A is stopped (SIGSTOP) 30 % into a job until the job has
+/// moved to trainer B (past AckWait), then continued (SIGCONT). Each delivery records its
+/// attempt in the store when it starts; A sees attempt 2 at its first lease check after
+/// resuming, abandons the job without storing, publishing or acking anything, and pulls
+/// again (it takes the next job). Only B's result exists: one `Trained` (attempt 2), one
+/// reward, B's checkpoint only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_past_ack_wait_the_stale_trainer_abandons_and_one_result_is_accepted() {
+    let _serial = SERIAL.lock().await;
+    test_support::init_test_tracing();
+    let data = data().await;
+    let ack_wait = Duration::from_secs(2);
+    let epochs = epochs_for(&data, 5.0 * secs(ack_wait)).await;
+    let bus = Bus::start(ack_wait).await;
+    let study = "stale";
+    let watch = Watch::start(&bus.client, study).await;
+    let evaluator = evaluator_task(&bus, &data).await;
+    let mut a = TrainerProcess::start(&bus, &data, "trainer-a");
+    a.wait_logged(TRAINER_READY, Duration::from_secs(120)).await;
+    let j = long_job(study, 1, &data, epochs);
+    bus.publish(&j).await;
+    watch
+        .progress("A trains the job", Duration::from_secs(60), |p| {
+            p.worker == "trainer-a"
+        })
+        .await;
+    let mut b = TrainerProcess::start(&bus, &data, "trainer-b");
+    b.wait_logged(TRAINER_READY, Duration::from_secs(60)).await;
+    let at = (epochs * 3).div_ceil(10);
+    watch
+        .progress("A 30 % into the job", Duration::from_secs(120), |p| {
+            p.worker == "trainer-a" && p.epoch >= at
+        })
+        .await;
+    a.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+
+    // B gets the job after AckWait and starts it (its delivery is recorded before training).
+    let (moved, p) = watch
+        .progress(
+            "B trains the job",
+            ack_wait * 3 + Duration::from_secs(60),
+            |p| p.worker == "trainer-b",
+        )
+        .await;
+    assert_eq!((p.job_id.as_str(), p.attempt), (j.job_id.as_str(), 2));
+    let moved = moved.duration_since(stopped);
+    a.signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    let abandoned = a
+        .wait_logged("job superseded", ack_wait + Duration::from_secs(10))
+        .await
+        .duration_since(resumed);
+
+    // A is back to pulling: with B busy, the next job is A's.
+    let next = job(study, 2, &data.dataset_id, &[]);
+    bus.publish(&next).await;
+    let t2 = watch.trained(&next.job_id, Duration::from_secs(120)).await;
+    assert_eq!((t2.worker.as_str(), t2.attempt), ("trainer-a", 1));
+
+    let rewards = bus
+        .rewards_of(study, &j.job_id, Duration::from_secs(240))
+        .await;
+    let trained = watch.trained_of(&j.job_id);
+    // A's reports on the job after it abandoned it (allowing for the ones in flight).
+    let cutoff = resumed + abandoned + Duration::from_millis(500);
+    let late = watch
+        .snapshot()
+        .iter()
+        .filter(|(t, e)| {
+            *t > cutoff
+                && matches!(e, Event::Progress(p) if p.worker == "trainer-a" && p.job_id == j.job_id)
+        })
+        .count();
+    eprintln!(
+        "stale trainer: A stopped at epoch {at}/{epochs}, job on B {:.2} s later (AckWait \
+         {:.1} s); A abandoned it {:.2} s after SIGCONT; Trained for the job: {} ({:?}); rewards \
+         for it: {}",
+        secs(moved),
+        secs(ack_wait),
+        secs(abandoned),
+        trained.len(),
+        trained
+            .iter()
+            .map(|t| (t.worker.as_str(), t.attempt))
+            .collect::<Vec<_>>(),
+        rewards.len()
+    );
+    assert!(moved >= ack_wait / 2, "the job moved after {moved:?}");
+    assert!(
+        abandoned <= ack_wait + Duration::from_secs(1),
+        "A abandoned the job {abandoned:?} after resuming"
+    );
+    assert_eq!(late, 0, "A kept reporting progress on the abandoned job");
+    assert_eq!(trained.len(), 1, "{trained:?}");
+    assert_eq!(
+        (trained[0].worker.as_str(), trained[0].attempt),
+        ("trainer-b", 2)
+    );
+    assert_eq!(rewards.len(), 1, "{rewards:?}");
+    assert_eq!(
+        (rewards[0].trainer.as_str(), rewards[0].attempt),
+        ("trainer-b", 2)
+    );
+    // Only B's weights were stored, under its attempt's key; the reward names them.
+    let store = storage::open(&data.store_url).unwrap();
+    let first = storage::keys::checkpoint(study, &j.job_id).unwrap();
+    assert!(!storage::exists(&store, &first).await.unwrap());
+    assert!(
+        storage::exists(&store, &rewards[0].checkpoint_key)
+            .await
+            .unwrap()
+    );
+    assert_ne!(rewards[0].checkpoint_key, first);
+    assert!(a.running() && b.running());
+    evaluator.stop().await;
+}
