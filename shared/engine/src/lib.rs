@@ -341,6 +341,10 @@ pub struct Evaluation {
     pub per_class: Vec<f64>,
     /// Mean over cases and foreground classes: the reward.
     pub mean: f64,
+    /// The same mean before post-processing (small components removed), for comparison.
+    pub raw_mean: f64,
+    /// Voxels relabelled by post-processing, over all validation cases.
+    pub postprocessed_voxels: usize,
     pub seconds: f64,
 }
 
@@ -368,10 +372,27 @@ pub fn evaluate(
         overlap: training.overlap,
         batch: 2,
     };
+    // Components smaller than half the smallest one of their class in the training labels
+    // are noise, not structures (segmodel::postprocess).
+    let min_sizes = segmodel::postprocess::min_component_sizes(
+        data.train.iter().map(|c| {
+            (
+                &c.label.data[..c.label.dims.iter().product::<usize>()],
+                c.label.dims,
+            )
+        }),
+        k,
+    );
     let mut per_case = Vec::new();
+    let mut raw_sum = 0.0;
+    let mut postprocessed_voxels = 0;
     for case in &data.validation {
-        let pred = sliding_window_predict(&model, &case.image, &sw, device)
+        let mut pred = sliding_window_predict(&model, &case.image, &sw, device)
             .map_err(JobError::permanent)?;
+        let raw = dice_per_class(&pred.data, &case.label.data, k);
+        raw_sum += raw.iter().sum::<f64>() / raw.len().max(1) as f64;
+        postprocessed_voxels +=
+            segmodel::postprocess::remove_small_components(&mut pred.data, pred.dims, &min_sizes);
         let d = dice_per_class(&pred.data, &case.label.data, k);
         let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
         per_case.push(CaseDice {
@@ -385,6 +406,8 @@ pub fn evaluate(
         .collect();
     let mean = per_case.iter().map(|p| p.mean).sum::<f64>() / per_case.len() as f64;
     Ok(Evaluation {
+        raw_mean: raw_sum / per_case.len() as f64,
+        postprocessed_voxels,
         per_case,
         per_class,
         mean,

@@ -124,7 +124,8 @@ async fn training_from_scratch_reaches_dice_0_7_on_a_tiny_ct_task() {
     eprintln!(
         "learning: {} train / {} validation cases of {dims:?} voxels, {} epochs x {} patches of \
          32³, channels {:?}: train {:.1} s, eval {:.1} s, total {seconds:.1} s; loss {:.3} -> {:.3}; \
-         validation mean Dice {:.4} (per class {:?})",
+         validation mean Dice {:.4} (per class {:?}; {:.4} before post-processing changed {} \
+         voxels)",
         data.train.len(),
         data.validation.len(),
         training.epochs,
@@ -135,7 +136,9 @@ async fn training_from_scratch_reaches_dice_0_7_on_a_tiny_ct_task() {
         first_loss.unwrap(),
         last_loss,
         ev.mean,
-        ev.per_class
+        ev.per_class,
+        ev.raw_mean,
+        ev.postprocessed_voxels
     );
     assert!(
         last_loss < first_loss.unwrap(),

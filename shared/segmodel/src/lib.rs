@@ -22,6 +22,7 @@ pub mod init;
 pub mod loss;
 pub mod nn;
 pub mod ops;
+pub mod postprocess;
 pub mod setup;
 pub mod testing;
 pub mod train;
