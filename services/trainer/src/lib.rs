@@ -232,36 +232,11 @@ pub async fn handle_next(
     }
 }
 
-/// Where delivery `attempt` of a job records itself (an empty object; the largest attempt
-/// under [`deliveries_prefix`] is the live one).
-fn delivery_key(job: &TrainJob, attempt: u64) -> String {
-    format!("{}/{attempt:06}", deliveries_prefix(job))
-}
-
-fn deliveries_prefix(job: &TrainJob) -> String {
-    format!("studies/{}/jobs/{}/deliveries", job.study, job.job_id)
-}
-
-/// The checkpoint key of one delivery: the first keeps the plain key; a redelivery writes its
-/// own, so two attempts that both finish (one of them stale) never overwrite each other's
-/// weights and the accepted `Trained` always names its own.
-fn checkpoint_key(job: &TrainJob, attempt: u64) -> Result<String, JobError> {
-    let key = storage::keys::checkpoint(&job.study, &job.job_id)
-        .map_err(|e| JobError::Permanent(e.to_string()))?;
-    Ok(if attempt <= 1 {
-        key
-    } else {
-        key.replace(
-            "/model.safetensors",
-            &format!("/model.attempt-{attempt}.safetensors"),
-        )
-    })
-}
-
 /// Whether no later delivery of `job` than `attempt` has recorded itself.
 async fn is_live_delivery(app: &App, job: &TrainJob, attempt: u64) -> anyhow::Result<bool> {
-    let keys = storage::list(&app.store, &deliveries_prefix(job)).await?;
-    let latest = keys
+    let prefix = storage::keys::deliveries(&job.study, &job.job_id)?;
+    let latest = storage::list(&app.store, &prefix)
+        .await?
         .iter()
         .filter_map(|k| k.rsplit('/').next()?.parse::<u64>().ok())
         .max()
@@ -280,7 +255,9 @@ async fn run_job(
     protocol::subjects::check_token("study", &job.study)
         .and_then(|_| protocol::subjects::check_token("job_id", &job.job_id))
         .map_err(|e| JobError::Permanent(e.to_string()))?;
-    storage::put(&app.store, &delivery_key(job, attempt), app.worker.clone())
+    let delivery = storage::keys::delivery(&job.study, &job.job_id, attempt)
+        .map_err(|e| JobError::Permanent(e.to_string()))?;
+    storage::put(&app.store, &delivery, app.worker.clone())
         .await
         .map_err(|e| JobError::Transient(format!("recording the delivery: {e}")))?;
     let spec = JobSpec::from_strategy(&job.strategy)?;
@@ -341,7 +318,8 @@ async fn run_job(
         Ok(false) => return Ok(None),
         Err(e) => return Err(JobError::Transient(format!("checking the delivery: {e:#}"))),
     }
-    let key = checkpoint_key(job, attempt)?;
+    let key = storage::keys::checkpoint_of_attempt(&job.study, &job.job_id, attempt)
+        .map_err(|e| JobError::Permanent(e.to_string()))?;
     storage::put(&app.store, &key, out.checkpoint)
         .await
         .map_err(|e| JobError::Transient(format!("storing the checkpoint: {e}")))?;

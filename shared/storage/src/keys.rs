@@ -86,6 +86,28 @@ pub fn checkpoint(study: &str, job: &str) -> Result<String, KeyError> {
     check_name("job id", job)?;
     Ok(format!("studies/{study}/jobs/{job}/model.safetensors"))
 }
+/// The checkpoint of delivery `attempt` of a job: the first keeps [`checkpoint`]; a
+/// redelivery writes its own, so a stale attempt that also finishes never overwrites the
+/// weights the accepted result names.
+pub fn checkpoint_of_attempt(study: &str, job: &str, attempt: u64) -> Result<String, KeyError> {
+    let first = checkpoint(study, job)?;
+    Ok(if attempt <= 1 {
+        first
+    } else {
+        format!("studies/{study}/jobs/{job}/model.attempt-{attempt}.safetensors")
+    })
+}
+/// Where each delivery of a job records itself (the trainers' fence: the largest attempt
+/// under it is the live delivery).
+pub fn deliveries(study: &str, job: &str) -> Result<String, KeyError> {
+    check_name("study", study)?;
+    check_name("job id", job)?;
+    Ok(format!("studies/{study}/jobs/{job}/deliveries"))
+}
+/// The record of delivery `attempt` of a job; zero-padded so keys sort by attempt.
+pub fn delivery(study: &str, job: &str, attempt: u64) -> Result<String, KeyError> {
+    Ok(format!("{}/{attempt:06}", deliveries(study, job)?))
+}
 pub fn controller_state(study: &str) -> Result<String, KeyError> {
     check_name("study", study)?;
     Ok(format!("studies/{study}/controller/state.msgpack"))
@@ -102,6 +124,19 @@ mod tests {
 
     #[test]
     fn layout_matches_design() {
+        assert_eq!(
+            checkpoint_of_attempt("s", "j", 1).unwrap(),
+            "studies/s/jobs/j/model.safetensors"
+        );
+        assert_eq!(
+            checkpoint_of_attempt("s", "j", 2).unwrap(),
+            "studies/s/jobs/j/model.attempt-2.safetensors"
+        );
+        assert_eq!(
+            delivery("s", "j", 3).unwrap(),
+            "studies/s/jobs/j/deliveries/000003"
+        );
+        assert!(delivery("s", "../j", 3).is_err());
         assert_eq!(
             case_image("task-1", "spleen_12").unwrap(),
             "datasets/task-1/cases/spleen_12/image.nii"
