@@ -332,14 +332,30 @@ pub async fn provision_with_retry(
 }
 
 /// [`provision_with`], retried until the broker answers (JetStream may still be starting).
+/// While the client is not connected (a service started before its broker) it waits for the
+/// connection however long that takes, checking every 100 ms so it provisions as soon as
+/// the broker is up; only failures while connected count towards giving up.
 pub async fn provision_with_ack_wait_retry(
     js: &jetstream::Context,
     replicas: Option<usize>,
     job_ack_wait: Option<Duration>,
 ) -> anyhow::Result<()> {
+    use async_nats::connection::State;
     let mut delay = Duration::from_millis(200);
     let mut last = None;
-    for _ in 0..30 {
+    let mut attempts = 0;
+    let mut waiting_since: Option<std::time::Instant> = None;
+    while attempts < 30 {
+        if js.client().connection_state() != State::Connected {
+            let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= Duration::from_secs(10) {
+                tracing::warn!("no NATS server yet; still waiting for one");
+                waiting_since = Some(std::time::Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        attempts += 1;
         match provision_with(js, replicas, job_ack_wait).await {
             Ok(()) => return Ok(()),
             Err(e) => {

