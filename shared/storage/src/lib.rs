@@ -3,12 +3,18 @@
 //! | URL | store |
 //! |---|---|
 //! | `file:///abs/dir` or a plain path (`./segtune-data/store`) | local files (created if missing) |
-//! | `s3://bucket/prefix` | S3 or MinIO, configured from the usual `AWS_*` env vars (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP` for MinIO) |
+//! | `s3://bucket/prefix` | S3 or MinIO, configured from the usual `AWS_*` env vars (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP` for MinIO), or explicitly with [`open_with`] |
 //! | `memory://` | in-process, for tests |
 //!
 //! Every `put` of object_store is atomic (local files are written to a temporary name and
 //! renamed; S3 objects appear whole), so a reader never sees half an object. Completeness of
 //! a multi-object artefact (a dataset) is marked by writing its manifest last.
+//!
+//! Failures: every operation is retried [`RETRIES`] times in all with a doubling backoff from
+//! 100 ms (sleeps 0.1 + 0.2 + 0.4 + 0.8 s); an S3 request is also retried inside object_store
+//! ([`s3_retry`]: 2 retries, at most 5 s per request). What still fails is a
+//! [`StorageError`] whose [`StorageError::is_transient`] tells a worker to nak (retry later)
+//! rather than dead-letter.
 
 pub mod keys;
 
@@ -16,8 +22,12 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use object_store::{
-    ObjectStore, ObjectStoreExt, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem,
-    memory::InMemory, path::Path, prefix::PrefixStore,
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    local::LocalFileSystem,
+    memory::InMemory,
+    path::Path,
+    prefix::PrefixStore,
 };
 
 pub use object_store;
@@ -61,10 +71,41 @@ impl StorageError {
 
 /// Opens the store named by `url` (see the module docs for the accepted forms).
 pub fn open(url: &str) -> Result<DynStore, StorageError> {
+    open_with(url, [] as [(&str, &str); 0])
+}
+
+/// The retry policy of S3 requests inside object_store. Its default (10 retries within 3 min)
+/// would hold a worker for minutes on an endpoint that is down, on top of this crate's own
+/// retries; a short one surfaces the outage as a transient error the job queue retries later.
+pub fn s3_retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(5),
+    }
+}
+
+/// [`open`] with explicit S3 options that win over the `AWS_*` env vars: object_store's
+/// `AmazonS3ConfigKey` names or aliases (`aws_endpoint`, `aws_allow_http`,
+/// `aws_access_key_id`, `aws_secret_access_key`, `aws_region`, ...). Lets a test or a tool
+/// point at a given server without touching the process environment. Other schemes take no
+/// options.
+pub fn open_with<K: AsRef<str>, V: Into<String>>(
+    url: &str,
+    options: impl IntoIterator<Item = (K, V)>,
+) -> Result<DynStore, StorageError> {
+    let options: Vec<(K, V)> = options.into_iter().collect();
     let bad = |problem: String| StorageError::BadUrl {
         url: url.to_string(),
         problem,
     };
+    if !options.is_empty() && !url.starts_with("s3://") {
+        return Err(bad("store options apply to s3:// URLs only".into()));
+    }
     if url == "memory://" || url == "memory:///" {
         return Ok(Arc::new(InMemory::new()));
     }
@@ -73,8 +114,17 @@ pub fn open(url: &str) -> Result<DynStore, StorageError> {
         if bucket.is_empty() {
             return Err(bad("expected s3://bucket[/prefix]".into()));
         }
-        let s3 = AmazonS3Builder::from_env()
+        let mut builder = AmazonS3Builder::from_env();
+        for (key, value) in options {
+            let key: AmazonS3ConfigKey = key
+                .as_ref()
+                .parse()
+                .map_err(|e: object_store::Error| bad(e.to_string()))?;
+            builder = builder.with_config(key, value);
+        }
+        let s3 = builder
             .with_bucket_name(bucket)
+            .with_retry(s3_retry())
             .build()
             .map_err(|e| bad(e.to_string()))?;
         let prefix = prefix.trim_matches('/');
@@ -145,16 +195,7 @@ pub async fn exists(store: &DynStore, key: &str) -> Result<bool, StorageError> {
 pub async fn list(store: &DynStore, prefix: &str) -> Result<Vec<String>, StorageError> {
     use futures::TryStreamExt;
     let p = path(prefix);
-    let metas: Vec<_> =
-        store
-            .list(Some(&p))
-            .try_collect()
-            .await
-            .map_err(|source| StorageError::Store {
-                op: "list",
-                key: prefix.to_string(),
-                source,
-            })?;
+    let metas: Vec<_> = retry("list", prefix, || store.list(Some(&p)).try_collect()).await?;
     let mut keys: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
     keys.sort();
     Ok(keys)
@@ -168,7 +209,8 @@ pub async fn delete_prefix(store: &DynStore, prefix: &str) -> Result<(), Storage
     Ok(())
 }
 
-const RETRIES: u32 = 5;
+/// Attempts per operation (the first plus four retries), sleeping 0.1, 0.2, 0.4, 0.8 s between.
+pub const RETRIES: u32 = 5;
 
 async fn retry<T, F, Fut>(op: &'static str, key: &str, mut f: F) -> Result<T, StorageError>
 where
