@@ -54,11 +54,7 @@ pub(crate) mod via_host {
         Ok((like.device().storage_from_cpu_storage(&out.0)?, out.1))
     }
 
-    pub(crate) fn fwd1<O: CustomOp1, S: Host>(
-        op: &O,
-        s: &S,
-        l: &Layout,
-    ) -> Result<(S, Shape)> {
+    pub(crate) fn fwd1<O: CustomOp1, S: Host>(op: &O, s: &S, l: &Layout) -> Result<(S, Shape)> {
         back(s, op.cpu_fwd(&s.to_cpu_storage()?, l)?)
     }
 
