@@ -151,20 +151,12 @@ async fn a_study_survives_losing_the_job_streams_leader_in_a_3_node_cluster() {
     })
     .await;
     let mut events = events.messages().await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(240), async {
-        while let Some(m) = events.next().await {
-            let Ok(m) = m else { continue };
-            let ev: protocol::StudyEvent = protocol::decode(&m.payload).unwrap();
-            match ev.event {
-                protocol::StudyEventKind::Done { rewards, .. } => return Ok(rewards),
-                protocol::StudyEventKind::Failed { reason } => return Err(reason),
-                _ => {}
-            }
-        }
-        Err("event stream ended".to_string())
-    })
-    .await
-    .expect("the study ends within 240 s of the node's loss");
+    let outcome = crate::support::study_outcome(
+        &mut events,
+        Duration::from_secs(240),
+        "the study ends after the node's loss",
+    )
+    .await;
     eprintln!(
         "study done {:.1} s after the leader was killed",
         killed_at.elapsed().as_secs_f64()

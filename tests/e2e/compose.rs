@@ -1177,19 +1177,12 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
     )
     .await
     .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(240), async {
-        while let Some(m) = events.next().await {
-            let ev: protocol::StudyEvent = protocol::decode(&m.unwrap().payload).unwrap();
-            match ev.event {
-                protocol::StudyEventKind::Done { rewards, .. } => return Ok(rewards),
-                protocol::StudyEventKind::Failed { reason } => return Err(reason),
-                _ => {}
-            }
-        }
-        Err("event stream ended".to_string())
-    })
-    .await
-    .expect("the study ends within 240 s");
+    let outcome = crate::support::study_outcome(
+        &mut events,
+        Duration::from_secs(240),
+        "the study with every service as its role",
+    )
+    .await;
     assert_eq!(outcome, Ok(2), "the study with every service as its role");
     let got_progress = tokio::time::timeout(Duration::from_secs(1), progress.next()).await;
     assert!(

@@ -139,3 +139,37 @@ pub fn manifest_without_time(bytes: &[u8]) -> protocol::Manifest {
     m.created_unix = 0;
     m
 }
+
+/// Follows a study's event stream (an ordered consumer's messages) to its end: the number of
+/// rewards on `Done`, the reason on `Failed`. Stream errors (a broker failing over) are
+/// skipped; panics with `what` if the study does not end within `timeout`.
+pub async fn study_outcome<S, E>(
+    events: &mut S,
+    timeout: Duration,
+    what: &str,
+) -> Result<u32, String>
+where
+    S: futures::Stream<Item = Result<async_nats::jetstream::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    tokio::time::timeout(timeout, async {
+        while let Some(m) = events.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("event stream: {e}");
+                    continue;
+                }
+            };
+            let ev: protocol::StudyEvent = protocol::decode(&m.payload).unwrap();
+            match ev.event {
+                protocol::StudyEventKind::Done { rewards, .. } => return Ok(rewards),
+                protocol::StudyEventKind::Failed { reason } => return Err(reason),
+                _ => {}
+            }
+        }
+        Err("event stream ended".to_string())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the study did not end within {timeout:?}"))
+}
