@@ -818,6 +818,7 @@ fn uses(role: &str) -> Vec<Op> {
             ops.extend(work_consumer(durable::PREPROCESSORS));
             ops.push(Op::Pub(subjects::dataset("ds-1")));
             ops.push(Op::Pub(subjects::DATASETS_UNKNOWN.to_string()));
+            ops.push(Op::Pub(subjects::DEADLETTER_PREPROCESS.to_string()));
         }
         "controller" => {
             ops.extend(provisioning());
@@ -839,6 +840,18 @@ fn uses(role: &str) -> Vec<Op> {
                 ops.push(api(format!("CONSUMER.DELETE.{stream}.{consumer}")));
             }
             ops.extend(ordered(stream::DATASETS, &subjects::dataset("*")));
+            // controller::max_deliveries.
+            ops.extend(work_consumer(durable::CONTROLLER_MAX_DELIVERIES));
+            for s in [
+                stream::JOBS,
+                stream::TRAINED,
+                stream::PREPROCESS,
+                stream::SUBMISSIONS,
+            ] {
+                ops.push(api(format!("STREAM.MSG.GET.{s}")));
+                ops.push(api(format!("STREAM.MSG.DELETE.{s}")));
+            }
+            ops.push(Op::Pub(subjects::DATASETS_UNKNOWN.to_string()));
             ops.push(api(format!("STREAM.PURGE.{}", stream::JOBS)));
             ops.push(Op::Pub(subjects::jobs(S)));
             ops.push(Op::Pub(subjects::study_events(S)));
@@ -891,6 +904,8 @@ fn forbidden(role: &str) -> Vec<Op> {
         ops.push(Op::Pub(subjects::jobs(S)));
         ops.push(Op::Pub(subjects::study_events(S)));
         ops.extend(work_consumer(durable::CONTROLLER_SUBMISSIONS));
+        ops.extend(work_consumer(durable::CONTROLLER_MAX_DELIVERIES));
+        ops.push(api(format!("STREAM.MSG.DELETE.{}", stream::JOBS)));
     }
     if role != "trainer" {
         ops.push(Op::Pub(subjects::trained(S)));

@@ -2,9 +2,10 @@
 //! an existing dataset, and every kind of bad input refused with a clear error while the
 //! datasets already in the store stay untouched.
 
-use std::{io::Read, path::Path};
+use std::{io::Read, path::Path, time::Duration};
 
 use clap::Parser;
+use futures::StreamExt;
 use protocol::DatasetEvent;
 
 use crate::support::{Stack, manifest_without_time, synth_task, tree};
@@ -364,6 +365,7 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
         ),
     ];
 
+    let mut failed_requests = Vec::new();
     for (name, file, words, corrupt) in cases {
         let dir = raw.path().join(name.replace([' ', '[', ']', '='], "_"));
         copy_dir(&good, &dir);
@@ -373,6 +375,7 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
             panic!("{name}: expected DatasetFailed, got {ev:?}");
         };
         assert!(!failed.errors.is_empty(), "{name}: no error listed");
+        failed_requests.push((name, failed.request_id.clone(), file));
         let text = failed
             .errors
             .iter()
@@ -405,5 +408,45 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
             "{name}: something was written next to the store"
         );
     }
+
+    // Each refused request also left one dead letter, naming its request and the file.
+    let dead = dead_letters(&stack.client, protocol::subjects::DEADLETTER_PREPROCESS).await;
+    assert_eq!(dead.len(), failed_requests.len(), "{dead:#?}");
+    for (name, request_id, file) in &failed_requests {
+        let d = dead
+            .iter()
+            .find(|d| d.job_id == *request_id)
+            .unwrap_or_else(|| panic!("{name}: no dead letter for {request_id}"));
+        assert_eq!(d.original_subject, protocol::subjects::PREPROCESS_REQUESTS);
+        assert_eq!(d.deliveries, 1, "{name}");
+        assert!(d.reason.contains(file), "{name}: {}", d.reason);
+    }
     stack.stop().await;
+}
+
+/// Every `JobFailed` on `subject` in the DEADLETTER stream.
+async fn dead_letters(client: &async_nats::Client, subject: &str) -> Vec<protocol::JobFailed> {
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer = js
+        .get_stream(protocol::subjects::stream::DEADLETTER)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < pending {
+        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        out.push(protocol::decode(&m.payload).unwrap());
+    }
+    out
 }

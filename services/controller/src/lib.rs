@@ -12,6 +12,7 @@
 //! The searchers themselves (PPO-RNN, hill climbing, random, fixed) are the `search` crate;
 //! this crate is the adapter between them and the bus.
 
+pub mod max_deliveries;
 pub mod state;
 pub mod study;
 pub mod study_file;
@@ -143,8 +144,17 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result
         running: HashMap::new(),
         stop: stop_rx,
     };
+    // Owned here like the study tasks: dropping `run` (a kill) aborts it.
+    let mut background = JoinSet::new();
+    background.spawn(max_deliveries::run(app.js.clone(), tasks.stop.clone()));
     for study in resume_all(&app).await? {
-        tracing::info!(study = study.id(), phase = ?study.state.phase, "resuming study");
+        tracing::info!(
+            study = study.id(),
+            phase = ?study.state.phase,
+            rewards = study.state.rewards.len(),
+            policy = &study.policy_hash()[..16],
+            "resuming study"
+        );
         tasks.spawn(study);
     }
     tokio::pin!(shutdown);
@@ -187,6 +197,12 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result
         .is_err()
     {
         tracing::warn!("study tasks did not stop in time; aborting them");
+    }
+    if tokio::time::timeout(Duration::from_secs(5), background.join_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the max-deliveries reader did not stop in time; aborting it");
     }
     // Acks and naks are queued, not sent: flush them before the connection goes away (a nak
     // lost here would leave the job to wait out its AckWait instead of moving on at once).

@@ -108,6 +108,11 @@ pub enum Step {
     Finished(Phase),
 }
 
+/// BLAKE3 (hex) of a saved searcher state (`StudyState::searcher`).
+pub fn snapshot_hash(searcher: &[u8]) -> String {
+    blake3::hash(searcher).to_hex().to_string()
+}
+
 pub fn now_unix() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -204,6 +209,13 @@ impl Study {
 
     pub fn searcher(&self) -> &dyn Searcher {
         self.searcher.as_ref()
+    }
+
+    /// BLAKE3 of the searcher's whole state as it is now (policy weights, optimizer, baseline,
+    /// random generator, tickets): equal to [`snapshot_hash`] of the saved state's `searcher`
+    /// right after a resume, which is what a restart must not lose.
+    pub fn policy_hash(&self) -> String {
+        snapshot_hash(&self.searcher.save())
     }
 
     pub fn is_finished(&self) -> bool {

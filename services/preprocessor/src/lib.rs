@@ -135,6 +135,14 @@ pub async fn handle_next(
                 DatasetEvent::Failed(failed),
             )
             .await?;
+            let id = format!("seq-{}", msg.info().map(|i| i.stream_sequence).unwrap_or(0));
+            dead_letter(
+                app,
+                &msg,
+                &id,
+                format!("undecodable preprocess request: {e}"),
+            )
+            .await?;
             msg.ack_with(AckKind::Term)
                 .await
                 .map_err(|e| anyhow::anyhow!("term failed: {e}"))?;
@@ -176,7 +184,8 @@ pub async fn handle_next(
             }
         }
         Err(f) => {
-            tracing::warn!(request = %req.request_id, "{}", f.summary());
+            let summary = f.summary();
+            tracing::warn!(request = %req.request_id, "{summary}");
             let subject = f
                 .dataset_id
                 .as_deref()
@@ -191,6 +200,7 @@ pub async fn handle_next(
             };
             let id = format!("failed-{}", req.request_id);
             publish_event(app, &subject, Some(&id), DatasetEvent::Failed(failed)).await?;
+            dead_letter(app, &msg, &req.request_id, summary).await?;
             Outcome::Failed {
                 dataset_id: f.dataset_id,
             }
@@ -200,6 +210,35 @@ pub async fn handle_next(
         .await
         .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
     Ok(outcome)
+}
+
+/// Records a failed request on `segtune.deadletter._preprocess` (the DEADLETTER stream holds
+/// every piece of work that will not be retried, whichever service it failed in).
+async fn dead_letter(
+    app: &App,
+    msg: &jetstream::Message,
+    request_id: &str,
+    reason: String,
+) -> anyhow::Result<()> {
+    let deliveries = runtime::delivery_attempt(msg);
+    let failed = protocol::JobFailed {
+        schema: SCHEMA_VERSION,
+        study: String::new(),
+        job_id: request_id.to_string(),
+        reason,
+        original_subject: msg.subject.to_string(),
+        deliveries,
+        worker: app.worker.clone(),
+    };
+    runtime::publish(
+        &app.js,
+        subjects::DEADLETTER_PREPROCESS.to_string(),
+        Some(&format!("dl-{request_id}-{deliveries}")),
+        protocol::encode(&failed)?,
+    )
+    .await
+    .with_context(|| format!("publishing to {}", subjects::DEADLETTER_PREPROCESS))?;
+    Ok(())
 }
 
 async fn publish_event(

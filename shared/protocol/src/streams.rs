@@ -106,6 +106,17 @@ pub const STREAMS: &[StreamSpec] = &[
         max_msgs: 0,
         max_age: Duration::ZERO,
     },
+    // A job whose worker dies on it every time is never answered by a worker: the server's
+    // advisory is how the controller learns of it (and dead-letters it), even if the
+    // controller was down when it was sent.
+    StreamSpec {
+        name: stream::ADVISORIES,
+        subjects: &[crate::subjects::MAX_DELIVERIES_ADVISORIES],
+        retention: Retention::Limits,
+        duplicate_window: Duration::from_secs(120),
+        max_msgs: 100_000,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+    },
 ];
 
 pub const CONSUMERS: &[ConsumerSpec] = &[
@@ -140,6 +151,15 @@ pub const CONSUMERS: &[ConsumerSpec] = &[
         ack_wait: WORK_ACK_WAIT,
         max_deliver: 3,
         max_ack_pending: 1024,
+    },
+    ConsumerSpec {
+        stream: stream::ADVISORIES,
+        durable: durable::CONTROLLER_MAX_DELIVERIES,
+        filter_subject: crate::subjects::MAX_DELIVERIES_ADVISORIES,
+        ack_wait: WORK_ACK_WAIT,
+        // Retried until handled: a dropped advisory would leave its study waiting forever.
+        max_deliver: -1,
+        max_ack_pending: 64,
     },
 ];
 

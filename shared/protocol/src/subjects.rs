@@ -33,6 +33,10 @@ pub fn deadletter(study: &str) -> String {
     format!("segtune.deadletter.{study}")
 }
 
+/// Dead letters of preprocess requests (no study owns them): a `JobFailed` whose `job_id` is
+/// the request id, next to the `DatasetFailed` answer that lists every error.
+pub const DEADLETTER_PREPROCESS: &str = "segtune.deadletter._preprocess";
+
 /// Stream names.
 pub mod stream {
     pub const PREPROCESS: &str = "PREPROCESS";
@@ -43,6 +47,8 @@ pub mod stream {
     pub const REWARDS: &str = "REWARDS";
     pub const EVENTS: &str = "EVENTS";
     pub const DEADLETTER: &str = "DEADLETTER";
+    /// nats-server's max-deliveries advisories, kept for the controller.
+    pub const ADVISORIES: &str = "ADVISORIES";
 }
 
 /// Durable consumer names.
@@ -53,7 +59,13 @@ pub mod durable {
     pub const EVALUATORS: &str = "evaluators";
     pub const CONTROLLER_REWARDS: &str = "controller-rewards";
     pub const CONTROLLER_DEADLETTER: &str = "controller-deadletter";
+    /// The controller's reader of `ADVISORIES` (see `controller::max_deliveries`).
+    pub const CONTROLLER_MAX_DELIVERIES: &str = "controller-max-deliveries";
 }
+
+/// Where nats-server announces that a consumer delivered a message MaxDeliver times without
+/// an ack (`.<stream>.<consumer>` follows); not published by segtune.
+pub const MAX_DELIVERIES_ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>";
 
 /// Header carrying a job's id on every publish that must not duplicate.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";

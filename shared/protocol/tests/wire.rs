@@ -407,7 +407,9 @@ fn every_stream_subject_is_covered_and_consumers_reference_streams() {
     for c in CONSUMERS {
         let s = stream_spec(c.stream).expect("consumer's stream exists");
         assert!(s.subjects.contains(&c.filter_subject), "{}", c.durable);
-        assert!(c.max_deliver > 0 && c.ack_wait.as_secs() >= 10);
+        // -1 (unlimited) only for the controller's advisories, which must never be dropped.
+        let unlimited = c.max_deliver == -1 && c.stream == protocol::subjects::stream::ADVISORIES;
+        assert!((c.max_deliver > 0 || unlimited) && c.ack_wait.as_secs() >= 10);
     }
     let wildcard = |pat: &str, subj: &str| {
         let p: Vec<_> = pat.split('.').collect();

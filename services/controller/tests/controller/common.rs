@@ -172,10 +172,14 @@ pub enum Action {
     RewardThrice,
     /// Dead-lettered (`JobFailed` on `segtune.deadletter.<study>`), then terminated.
     Fail,
+    /// Dropped without an ack, nak or dead letter, as a trainer killed on the job would.
+    Crash,
 }
 
 pub struct Trainer {
     pub jobs: Arc<Mutex<Vec<TrainJob>>>,
+    /// When each pull of `jobs` happened (seconds since the Unix epoch), in the same order.
+    pub pulled_at: Arc<Mutex<Vec<f64>>>,
     stop: Arc<AtomicBool>,
     handle: JoinHandle<()>,
 }
@@ -190,8 +194,9 @@ impl Trainer {
     ) -> Self {
         let js = js.clone();
         let jobs = Arc::new(Mutex::new(Vec::new()));
+        let pulled_at = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (seen, stopped) = (jobs.clone(), stop.clone());
+        let (seen, seen_at, stopped) = (jobs.clone(), pulled_at.clone(), stop.clone());
         let handle = tokio::spawn(async move {
             let consumer = runtime::consumer(&js, subjects::durable::TRAINERS)
                 .await
@@ -205,8 +210,13 @@ impl Trainer {
                 };
                 let job: TrainJob = protocol::decode(&msg.payload).unwrap();
                 seen.lock().unwrap().push(job.clone());
+                seen_at.lock().unwrap().push(controller::study::now_unix());
                 tokio::time::sleep(delay).await;
                 match decide(&job) {
+                    Action::Crash => {
+                        drop(msg);
+                        continue;
+                    }
                     Action::Fail => {
                         let failed = JobFailed {
                             schema: SCHEMA_VERSION,
@@ -243,7 +253,12 @@ impl Trainer {
                 msg.double_ack().await.unwrap();
             }
         });
-        Self { jobs, stop, handle }
+        Self {
+            jobs,
+            pulled_at,
+            stop,
+            handle,
+        }
     }
 
     /// Stops after the job in hand; returns every job it pulled.

@@ -83,3 +83,125 @@ async fn past_the_failure_budget_the_study_fails() {
     .await;
     controller.stop().await;
 }
+
+/// A job that kills its trainer every time (an OOM kill, a segfault) is never answered by a
+/// worker: after MaxDeliver deliveries the server stops and announces it, and the controller
+/// dead-letters the job from that advisory; the study replaces it and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_crashes_its_trainer_every_time_is_delivered_max_deliver_times_then_dead_lettered()
+ {
+    let env = Env::start().await;
+    // A short AckWait on the jobs consumer, as the controller's --job-ack-wait-secs sets it.
+    let ack_wait = Duration::from_secs(1);
+    runtime::provision_with(&env.js, None, Some(ack_wait))
+        .await
+        .unwrap();
+    let max_deliver = protocol::streams::consumer_spec(subjects::durable::TRAINERS)
+        .unwrap()
+        .max_deliver as usize;
+    env.put_dataset(DATASET).await;
+    let controller = env.spawn_controller().await;
+    let trainer = Trainer::spawn(&env.js, Duration::from_millis(20), |job| {
+        if job.index == 3 {
+            Action::Crash
+        } else {
+            Action::Reward
+        }
+    });
+    env.submit(&spec("crashy", "ppo-rnn", 8, 2)).await;
+    let events = final_events(&env.js, "crashy").await;
+    let k = kinds(&events);
+    assert_eq!(k.get("done"), Some(&1), "{k:?}");
+    assert_eq!(k["reward"], 8, "{k:?}");
+    assert_eq!(k["job_failed"], 1, "{k:?}");
+    assert_eq!(k["issued"], 9, "the crashing job is replaced: {k:?}");
+    let (failed_at, reason) = events
+        .iter()
+        .find_map(|e| match &e.event {
+            StudyEventKind::JobFailed { job_id, reason } if job_id == "crashy-0003" => {
+                Some((e.time_unix, reason.clone()))
+            }
+            _ => None,
+        })
+        .expect("crashy-0003 failed");
+    assert!(reason.contains("MaxDeliver"), "{reason}");
+
+    let pulled_at = trainer.pulled_at.clone();
+    let jobs = trainer.stop().await;
+    let pulls: Vec<f64> = jobs
+        .iter()
+        .zip(pulled_at.lock().unwrap().iter())
+        .filter(|(j, _)| j.job_id == "crashy-0003")
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(
+        pulls.len(),
+        max_deliver,
+        "delivered exactly MaxDeliver times"
+    );
+    // Every other job was delivered once: the crashing one did not hold them up.
+    for j in jobs.iter().filter(|j| j.job_id != "crashy-0003") {
+        let n = jobs.iter().filter(|o| o.job_id == j.job_id).count();
+        assert_eq!(n, 1, "{} delivered {n} times", j.job_id);
+    }
+    let after_last = failed_at - pulls[max_deliver - 1];
+    eprintln!(
+        "crashy-0003: deliveries {:?} s apart (AckWait {ack_wait:?}); dead-lettered {after_last:.2} s after the last one",
+        pulls
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f32)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        after_last < 5.0 + ack_wait.as_secs_f64(),
+        "dead-lettered {after_last:.2} s after the last delivery"
+    );
+
+    // One dead letter, on the DEADLETTER stream, saying where the job came from.
+    let dead = read_dead_letters(&env, "crashy").await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let d = &dead[0];
+    assert_eq!(d.job_id, "crashy-0003");
+    assert_eq!(d.deliveries, max_deliver as u64);
+    assert_eq!(d.original_subject, subjects::jobs("crashy"));
+    assert_eq!(d.worker, controller::max_deliveries::WORKER);
+    // Nobody will ack it: it is gone from the work queue.
+    eventually("the crashed job is removed from JOBS", || async {
+        let mut s = env.js.get_stream(subjects::stream::JOBS).await.unwrap();
+        s.info().await.unwrap().state.messages == 0
+    })
+    .await;
+    let state = env.state("crashy").await;
+    assert_eq!(state.failures.len(), 1);
+    assert_eq!(state.failures[0].worker, controller::max_deliveries::WORKER);
+    controller.stop().await;
+}
+
+/// Every `JobFailed` on the study's dead-letter subject, from the stream's start.
+async fn read_dead_letters(env: &Env, study: &str) -> Vec<protocol::JobFailed> {
+    use futures::StreamExt;
+    let stream = env
+        .js
+        .get_stream(subjects::stream::DEADLETTER)
+        .await
+        .unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subjects::deadletter(study),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < pending {
+        let m = tokio::time::timeout(PATIENCE, messages.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        out.push(protocol::decode(&m.payload).unwrap());
+    }
+    out
+}
