@@ -447,6 +447,22 @@ impl TrainerProcess {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Waits for the process to exit; its status and how long that took.
+    async fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the trainer did not exit within {timeout:?}; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn kill9(&mut self) {
         self.signal(libc::SIGKILL);
         let status = self.child.wait().unwrap();
@@ -544,6 +560,76 @@ async fn kill_9_at_30_percent_redelivers_after_ack_wait_to_another_trainer_one_r
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
     assert!(b.running());
     evaluator.stop().await;
+}
+
+/// Fault 4: SIGTERM to a trainer process mid-job (what `docker stop` and Kubernetes send):
+/// it naks the job and exits 0 within 2 s, and an idle replica starts the job within 5 s. The
+/// AckWait is long (30 s), so only the nak can hand the job over that fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_job_naks_exits_0_within_2_s_and_another_replica_starts_it_within_5_s() {
+    let _serial = SERIAL.lock().await;
+    test_support::init_test_tracing();
+    let data = data().await;
+    let ack_wait = Duration::from_secs(30);
+    let epochs = epochs_for(&data, 60.0).await;
+    let bus = Bus::start(ack_wait).await;
+    let study = "sigterm-process";
+    let watch = Watch::start(&bus.client, study).await;
+    let mut a = TrainerProcess::start(&bus, &data, "trainer-a");
+    a.wait_logged(TRAINER_READY, Duration::from_secs(120)).await;
+    let j = long_job(study, 1, &data, epochs);
+    bus.publish(&j).await;
+    watch
+        .progress("A trains the job", Duration::from_secs(60), |p| {
+            p.worker == "trainer-a" && p.epoch >= 1
+        })
+        .await;
+    let b = TrainerProcess::start(&bus, &data, "trainer-b");
+    b.wait_logged(TRAINER_READY, Duration::from_secs(60)).await;
+
+    a.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let (status, exited) = a.wait_exit(Duration::from_secs(10)).await;
+    let redelivered = bus
+        .delivered(2, Duration::from_secs(10))
+        .await
+        .duration_since(signalled);
+    let (started, p) = watch
+        .progress("B trains the job", Duration::from_secs(10), |p| {
+            p.worker == "trainer-b"
+        })
+        .await;
+    let b_started = b
+        .logged("training")
+        .map(|t| t.duration_since(signalled))
+        .unwrap_or_else(|| started.duration_since(signalled));
+    eprintln!(
+        "SIGTERM mid-job: A exited {status} after {:.2} s; job redelivered {:.2} s after the signal; B's first progress report {:.2} s after it (one epoch is {:.2} s)",
+        secs(exited),
+        secs(redelivered),
+        secs(started.duration_since(signalled)),
+        *EPOCH_SECS.get().unwrap(),
+    );
+    assert_eq!(status.code(), Some(0), "A's exit status: {status}");
+    assert!(
+        exited <= Duration::from_secs(2),
+        "A took {exited:?} to exit"
+    );
+    assert!(
+        redelivered <= Duration::from_secs(2),
+        "the job came back {redelivered:?} after SIGTERM: not naked"
+    );
+    assert!(
+        b_started <= Duration::from_secs(5),
+        "B started the job {b_started:?} after SIGTERM"
+    );
+    assert_eq!((p.job_id.as_str(), p.attempt), (j.job_id.as_str(), 2));
+    assert!(
+        a.log_text().contains("naked"),
+        "A's log does not mention the nak:\n{}",
+        a.log_text()
+    );
+    drop(b);
 }
 
 /// Fault 2: a job lasting over 10x AckWait keeps its one delivery with progress acks

@@ -1,6 +1,7 @@
 //! Cross-service tests: real nats-server (test-support), real services run as tasks, real
 //! file stores in temp dirs; `stack` runs the built binaries as processes via `segtune up`.
 
+mod broker;
 mod cluster;
 mod compose;
 mod faults;

@@ -565,8 +565,12 @@ where
                 }
             }
             _ = &mut shutdown => {
-                if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
-                    tracing::warn!(error = %e, "nak on shutdown failed");
+                match msg.ack_with(AckKind::Nak(None)).await {
+                    Ok(()) => tracing::info!(
+                        attempt = delivery_attempt(msg),
+                        "shutting down: the job in hand is naked, another replica takes it now"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "nak on shutdown failed"),
                 }
                 return Leased::Interrupted;
             }

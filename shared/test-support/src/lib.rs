@@ -137,6 +137,25 @@ impl NatsServer {
         }
     }
 
+    /// SIGTERMs the server (a clean shutdown: JetStream flushes and closes its store) and
+    /// waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.wait();
+        }
+    }
+
     /// Starts the server again on the same port and store dir.
     pub fn restart(&mut self) {
         self.kill();

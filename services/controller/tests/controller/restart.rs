@@ -25,6 +25,7 @@ async fn a_killed_controller_resumes_without_double_jobs_or_rewards() {
 
     // Kill it five times, each time soon after a reward was counted (wherever it is then: saving,
     // acking, publishing), and start a fresh one on the same store and broker.
+    let mut slowest = Duration::ZERO;
     for (k, after) in [2, 4, 7, 9, 12].into_iter().enumerate() {
         events_until_rewards(&env.js, "phoenix", after).await;
         // Vary where in the step the kill lands.
@@ -35,8 +36,36 @@ async fn a_killed_controller_resumes_without_double_jobs_or_rewards() {
             !state.phase.is_finished(),
             "killed too late to test a resume"
         );
+        // The policy a restart resumes from (what `run` loads at start) is the last persisted
+        // snapshot, byte for byte: weights, optimizer, baseline, random generator, tickets.
+        let snapshot = controller::study::snapshot_hash(&state.searcher);
+        let resumed = controller::resume_all(&env.app().await).await.unwrap();
+        let study = resumed.iter().find(|s| s.id() == "phoenix").unwrap();
+        assert_eq!(study.policy_hash(), snapshot, "kill {k}: policy state lost");
+        assert_eq!(study.state, state, "kill {k}: study state differs");
+
+        // Ready: counting rewards again within 30 s of starting.
+        let started = std::time::Instant::now();
         controller = env.spawn_controller().await;
+        let counted = state.rewards.len();
+        eventually("the restarted controller counts a reward", || async {
+            env.state("phoenix").await.rewards.len() > counted
+        })
+        .await;
+        let ready = started.elapsed();
+        assert!(
+            ready < Duration::from_secs(30),
+            "kill {k}: ready after {ready:?}"
+        );
+        slowest = slowest.max(ready);
+        eprintln!(
+            "kill {k} after {} rewards: policy {} resumed; next reward counted {:.2} s after restart",
+            counted,
+            &snapshot[..16],
+            ready.as_secs_f64()
+        );
     }
+    eprintln!("slowest restart to the next counted reward: {slowest:?}");
 
     let jobs = trainer_and_study_done(&env, trainer, "phoenix").await;
     assert_exactly_once(&env, "phoenix", max_jobs, 1, &jobs).await;
