@@ -293,6 +293,11 @@ impl NatsSettings {
 
     /// async-nats options for these settings (authentication, TLS, inbox prefix).
     pub fn connect_options(&self) -> async_nats::ConnectOptions {
+        // A binary that also links object_store's S3 client has two rustls crypto providers
+        // (ring from async-nats, aws-lc-rs from there), and rustls then refuses to pick one:
+        // the first TLS connection panics. Pick async-nats' own, unless one is set already.
+        // (Any connection may turn into TLS: a server that requires it upgrades the client.)
+        let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
         let mut options = async_nats::ConnectOptions::new();
         options = match &self.auth {
             NatsAuth::Anonymous => options,
