@@ -5,6 +5,7 @@ mod cluster;
 mod compose;
 mod faults;
 mod preprocess;
+mod security;
 mod stack;
 mod support;
 mod train;
