@@ -258,6 +258,9 @@ async fn with_tls_on_the_compose_broker_a_plaintext_client_cannot_connect() {
 
 // ---- a service refused by the broker never logs its secret ----------------------------------
 
+/// Environment variables of a service process.
+type Env = Vec<(&'static str, String)>;
+
 /// A `segtune-trainer` process with its stderr collected; SIGKILLed on drop.
 struct Service {
     name: &'static str,
@@ -346,7 +349,7 @@ async fn a_refused_service_reports_it_and_never_logs_its_secret() {
 
     let nats = |s: &NatsServer| ("SEGTUNE_NATS", s.url());
     let user = ("SEGTUNE_NATS_USER", "trainer".to_string());
-    let cases: Vec<(&'static str, &str, Vec<(&str, String)>)> = vec![
+    let cases: Vec<(&'static str, &str, Env)> = vec![
         (
             "password",
             "debug",
@@ -409,7 +412,7 @@ async fn a_refused_service_reports_it_and_never_logs_its_secret() {
     ];
     let services: Vec<Service> = cases
         .iter()
-        .map(|(name, level, env)| Service::start(*name, level, env))
+        .map(|(name, level, env)| Service::start(name, level, env))
         .collect();
     // Two methods at once: refused before connecting, naming the variables.
     let mut conflict = Service::start(
