@@ -346,7 +346,7 @@ fn profile_dir() -> PathBuf {
 }
 
 /// Builds (or finds up to date) `segtune-trainer` with this test's profile; returns its path.
-fn trainer_binary() -> PathBuf {
+pub(crate) fn trainer_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {

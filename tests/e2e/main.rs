@@ -6,6 +6,7 @@ mod cluster;
 mod compose;
 mod faults;
 mod preprocess;
+mod security;
 mod stack;
 mod support;
 mod train;

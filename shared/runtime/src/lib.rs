@@ -21,6 +21,8 @@ pub fn init_tracing() {
     let filter = std::env::var("SEGTUNE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info,async_nats=warn".to_string());
+    // async-nats traces its CONNECT frame, credentials included: never below debug there.
+    let filter = format!("{filter},async_nats::connection=debug");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -28,117 +30,28 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Env vars this crate reads for every service, besides the service's own settings.
-pub const ENV_NATS_USER: &str = "SEGTUNE_NATS_USER";
-pub const ENV_NATS_PASSWORD: &str = "SEGTUNE_NATS_PASSWORD";
+mod auth;
+pub use auth::*;
+
 pub const ENV_LOG: &str = "SEGTUNE_LOG";
 pub const ENV_WORKER: &str = "SEGTUNE_WORKER";
-/// All of them, for checks that a deployment sets only variables something reads.
-pub const ENV_VARS: &[&str] = &[ENV_NATS_USER, ENV_NATS_PASSWORD, ENV_LOG, ENV_WORKER];
-
-/// Broker credentials of one connection.
-#[derive(Clone, PartialEq, Eq)]
-pub struct NatsCredentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for NatsCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "NatsCredentials {{ user: {:?}, password: \"***\" }}",
-            self.user
-        )
-    }
-}
-
-/// Splits `user:password@` off each server of a NATS URL (comma-separated list allowed;
-/// async-nats ignores credentials in URLs), returning the URL without them (safe to log) and
-/// the credentials. Without any in the URL, `SEGTUNE_NATS_USER` / `SEGTUNE_NATS_PASSWORD`
-/// (looked up with `env`) supply them.
-pub fn nats_credentials(
-    url: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<(String, Option<NatsCredentials>)> {
-    let mut creds: Option<NatsCredentials> = None;
-    let mut servers = Vec::new();
-    for server in url.split(',').map(str::trim) {
-        let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let Some((userinfo, host)) = authority.rsplit_once('@') else {
-            servers.push(server.to_string());
-            continue;
-        };
-        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        let these = NatsCredentials {
-            user: percent_decode(user)?,
-            password: percent_decode(password)?,
-        };
-        anyhow::ensure!(
-            creds.as_ref().is_none_or(|c| *c == these),
-            "the servers of the NATS URL carry different credentials"
-        );
-        creds = Some(these);
-        let scheme = if scheme.is_empty() {
-            String::new()
-        } else {
-            format!("{scheme}://")
-        };
-        servers.push(format!("{scheme}{host}{path}"));
-    }
-    if creds.is_none()
-        && let Some(user) = env(ENV_NATS_USER).filter(|u| !u.is_empty())
-    {
-        creds = Some(NatsCredentials {
-            user,
-            password: env(ENV_NATS_PASSWORD).unwrap_or_default(),
-        });
-    }
-    Ok((servers.join(","), creds))
-}
-
-fn percent_decode(s: &str) -> anyhow::Result<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("bad percent-escape in the NATS URL's credentials")
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| anyhow::anyhow!("NATS credentials are not UTF-8"))
-}
-
-/// The inbox prefix of a role: replies to one role's requests are not readable by another
-/// (the broker's config lets each user subscribe only `_INBOX_<user>.>`).
-pub fn inbox_prefix(user: &str) -> String {
-    format!("_INBOX_{}", protocol::subjects::sanitize_token(user))
-}
-
-/// Connect options with the credentials of `url` or the environment (see
-/// [`nats_credentials`]) and the matching inbox prefix, and the URL to connect to (without
-/// credentials, safe to log). The CLI builds its own fail-fast connection on these.
-pub fn connect_options(url: &str) -> anyhow::Result<(async_nats::ConnectOptions, String)> {
-    let (url, creds) = nats_credentials(url, |k| std::env::var(k).ok())?;
-    let mut options = async_nats::ConnectOptions::new();
-    if let Some(c) = creds {
-        options = options
-            .custom_inbox_prefix(inbox_prefix(&c.user))
-            .user_and_password(c.user, c.password);
-    }
-    Ok((options, url))
-}
+/// Every env var this crate reads for every service, besides the service's own settings:
+/// for checks that a deployment sets only variables something reads.
+pub const ENV_VARS: &[&str] = &[
+    ENV_NATS_USER,
+    ENV_NATS_PASSWORD,
+    ENV_NATS_PASSWORD_FILE,
+    ENV_NATS_TOKEN,
+    ENV_NATS_TOKEN_FILE,
+    ENV_NATS_NKEY_FILE,
+    ENV_NATS_CREDS_FILE,
+    ENV_NATS_TLS_CA,
+    ENV_NATS_TLS_CERT,
+    ENV_NATS_TLS_KEY,
+    ENV_NATS_INBOX_PREFIX,
+    ENV_LOG,
+    ENV_WORKER,
+];
 
 /// Connects to NATS, retrying until the broker is up (services may start before it), and
 /// reconnecting forever afterwards. Credentials: see [`connect_options`].
@@ -618,58 +531,4 @@ pub fn ack_wait(durable: &str) -> Duration {
     protocol::streams::consumer_spec(durable)
         .map(|c| c.ack_wait)
         .unwrap_or(protocol::streams::WORK_ACK_WAIT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    #[test]
-    fn credentials_come_from_the_url_and_are_removed_from_it() {
-        let (url, c) = nats_credentials("nats://trainer:s3cr%40t@nats:4222", no_env).unwrap();
-        assert_eq!(url, "nats://nats:4222");
-        let c = c.unwrap();
-        assert_eq!(
-            (c.user.as_str(), c.password.as_str()),
-            ("trainer", "s3cr@t")
-        );
-        assert!(
-            !format!("{c:?}").contains("s3cr"),
-            "Debug hides the password"
-        );
-
-        let (url, c) = nats_credentials("nats://u:p@a:4222, nats://u:p@b:4223/x", no_env).unwrap();
-        assert_eq!(url, "nats://a:4222,nats://b:4223/x");
-        assert_eq!(c.unwrap().user, "u");
-        assert!(nats_credentials("nats://u:p@a,nats://v:q@b", no_env).is_err());
-        assert!(nats_credentials("nats://u:p%zz@a", no_env).is_err());
-    }
-
-    #[test]
-    fn credentials_come_from_the_environment_when_the_url_has_none() {
-        let env = |k: &str| match k {
-            ENV_NATS_USER => Some("evaluator".to_string()),
-            ENV_NATS_PASSWORD => Some("pw".to_string()),
-            _ => None,
-        };
-        let (url, c) = nats_credentials("nats://nats:4222", env).unwrap();
-        assert_eq!(url, "nats://nats:4222");
-        assert_eq!(
-            c,
-            Some(NatsCredentials {
-                user: "evaluator".into(),
-                password: "pw".into()
-            })
-        );
-        // The URL's credentials win over the environment's.
-        let (_, c) = nats_credentials("nats://trainer:x@nats", env).unwrap();
-        assert_eq!(c.unwrap().user, "trainer");
-        // Neither: anonymous.
-        assert_eq!(nats_credentials("127.0.0.1:4222", no_env).unwrap().1, None);
-        assert_eq!(inbox_prefix("trainer"), "_INBOX_trainer");
-    }
 }

