@@ -22,52 +22,8 @@ async fn a_study_survives_a_broker_kill_9_and_a_graceful_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store").display().to_string();
 
-    let mut stops = Vec::new();
-    let mut stop = || {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.push(tx);
-        async move {
-            let _ = rx.await;
-        }
-    };
-    let mut tasks = Vec::new();
-    let controller = controller::App::connect(&controller::Settings {
-        nats: nats.url(),
-        store: store.clone(),
-        ack_wait_secs: 30.0,
-        job_ack_wait_secs: 10.0,
-        stream_replicas: 1,
-    })
-    .await
-    .unwrap();
-    tasks.push(tokio::spawn(controller::run(controller, stop())));
-    let pre = preprocessor::App::connect(&preprocessor::Settings {
-        nats: nats.url(),
-        store: store.clone(),
-        parallel_cases: 2,
-        max_voxels: 4_000_000,
-    })
-    .await
-    .unwrap();
-    tasks.push(tokio::spawn(preprocessor::run(pre, stop())));
-    for _ in 0..2 {
-        let trainer = trainer::App::connect(&trainer::Settings {
-            nats: nats.url(),
-            store: store.clone(),
-            device: "cpu".into(),
-        })
-        .await
-        .unwrap();
-        tasks.push(tokio::spawn(trainer::run(trainer, stop())));
-    }
-    let eval = evaluator::App::connect(&evaluator::Settings {
-        nats: nats.url(),
-        store: store.clone(),
-        device: "cpu".into(),
-    })
-    .await
-    .unwrap();
-    tasks.push(tokio::spawn(evaluator::run(eval, stop())));
+    let url = nats.url();
+    let services = crate::support::Services::start(|_| url.clone(), &store, 10.0, 1).await;
 
     let client = runtime::connect(&nats.url(), "test").await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
@@ -136,12 +92,10 @@ async fn a_study_survives_a_broker_kill_9_and_a_graceful_restart() {
     let stopped_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     nats.restart();
-    for t in &tasks {
-        assert!(
-            !t.is_finished(),
-            "a service exited while the broker was down"
-        );
-    }
+    assert!(
+        services.all_running(),
+        "a service exited while the broker was down"
+    );
 
     let events = js
         .get_stream(stream::EVENTS)
@@ -188,16 +142,17 @@ async fn a_study_survives_a_broker_kill_9_and_a_graceful_restart() {
         state.rewards.len() + state.failures.len(),
         "every issued job ends in exactly one of reward / dead letter"
     );
-    let issued = all_messages(&js, stream::EVENTS, &subjects::study_events(&study))
-        .await
-        .into_iter()
-        .filter_map(
-            |m| match protocol::decode::<protocol::StudyEvent>(&m).unwrap().event {
-                StudyEventKind::Issued { job_id, .. } => Some(job_id),
-                _ => None,
-            },
-        )
-        .collect::<Vec<_>>();
+    let issued =
+        test_support::stream_payloads(&js, stream::EVENTS, &subjects::study_events(&study))
+            .await
+            .into_iter()
+            .filter_map(
+                |m| match protocol::decode::<protocol::StudyEvent>(&m).unwrap().event {
+                    StudyEventKind::Issued { job_id, .. } => Some(job_id),
+                    _ => None,
+                },
+            )
+            .collect::<Vec<_>>();
     assert_distinct("issued events", &issued);
     assert_eq!(issued.len(), state.jobs.len());
     // Nothing is left waiting in the work queues (acked messages leave them).
@@ -209,7 +164,7 @@ async fn a_study_survives_a_broker_kill_9_and_a_graceful_restart() {
             "{name} not empty"
         );
     }
-    let rewarded = all_messages(&js, stream::REWARDS, &subjects::rewards(&study))
+    let rewarded = test_support::stream_payloads(&js, stream::REWARDS, &subjects::rewards(&study))
         .await
         .iter()
         .map(|m| protocol::decode::<protocol::Reward>(m).unwrap().job_id)
@@ -217,16 +172,7 @@ async fn a_study_survives_a_broker_kill_9_and_a_graceful_restart() {
     assert_distinct("rewards", &rewarded);
     assert_eq!(rewarded.len(), max_jobs as usize);
 
-    for tx in stops {
-        let _ = tx.send(());
-    }
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("services stop on shutdown")
-            .unwrap()
-            .unwrap();
-    }
+    services.stop_all().await;
 }
 
 fn assert_distinct(what: &str, ids: &[String]) {
@@ -234,34 +180,4 @@ fn assert_distinct(what: &str, ids: &[String]) {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), ids.len(), "duplicate {what}: {ids:?}");
-}
-
-/// Every payload on `subject` in `stream`, from the start.
-async fn all_messages(
-    js: &async_nats::jetstream::Context,
-    stream: &str,
-    subject: &str,
-) -> Vec<Vec<u8>> {
-    let consumer = js
-        .get_stream(stream)
-        .await
-        .unwrap()
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let pending = consumer.cached_info().num_pending as usize;
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while out.len() < pending {
-        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .expect("stream read")
-            .unwrap()
-            .unwrap();
-        out.push(m.payload.to_vec());
-    }
-    out
 }

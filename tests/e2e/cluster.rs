@@ -17,52 +17,10 @@ async fn a_study_survives_losing_the_job_streams_leader_in_a_3_node_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store").display().to_string();
 
-    let mut stops = Vec::new();
-    let mut stop = || {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.push(tx);
-        async move {
-            let _ = rx.await;
-        }
-    };
-    let mut tasks = Vec::new();
-    let controller = controller::App::connect(&controller::Settings {
-        nats: cluster.url_from(0),
-        store: store.clone(),
-        ack_wait_secs: 30.0,
-        job_ack_wait_secs: 60.0,
-        stream_replicas: 3,
-    })
-    .await
-    .unwrap();
-    tasks.push(tokio::spawn(controller::run(controller, stop())));
-    let pre = preprocessor::App::connect(&preprocessor::Settings {
-        nats: cluster.url_from(1),
-        store: store.clone(),
-        parallel_cases: 2,
-        max_voxels: 4_000_000,
-    })
-    .await
-    .unwrap();
-    tasks.push(tokio::spawn(preprocessor::run(pre, stop())));
-    for first in [1, 2] {
-        let trainer = trainer::App::connect(&trainer::Settings {
-            nats: cluster.url_from(first),
-            store: store.clone(),
-            device: "cpu".into(),
-        })
-        .await
-        .unwrap();
-        tasks.push(tokio::spawn(trainer::run(trainer, stop())));
-    }
-    let eval = evaluator::App::connect(&evaluator::Settings {
-        nats: cluster.url_from(2),
-        store: store.clone(),
-        device: "cpu".into(),
-    })
-    .await
-    .unwrap();
-    tasks.push(tokio::spawn(evaluator::run(eval, stop())));
+    // Each service connects to a different node first.
+    let first_node = [0, 1, 1, 2, 2];
+    let services =
+        crate::support::Services::start(|i| cluster.url_from(first_node[i]), &store, 60.0, 3).await;
 
     // Every stream is replicated on all three nodes.
     let client = runtime::connect(&cluster.url_from(0), "test")
@@ -188,16 +146,7 @@ async fn a_study_survives_losing_the_job_streams_leader_in_a_3_node_cluster() {
     assert_eq!(distinct.len(), 4, "duplicate rewards: {job_ids:?}");
     assert!(job_ids.contains(&first.job_id));
 
-    for tx in stops {
-        let _ = tx.send(());
-    }
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("services stop on shutdown")
-            .unwrap()
-            .unwrap();
-    }
+    services.stop_all().await;
 }
 
 /// Retries a JetStream request for up to 30 s.

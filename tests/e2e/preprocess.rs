@@ -2,10 +2,9 @@
 //! an existing dataset, and every kind of bad input refused with a clear error while the
 //! datasets already in the store stay untouched.
 
-use std::{io::Read, path::Path, time::Duration};
+use std::{io::Read, path::Path};
 
 use clap::Parser;
-use futures::StreamExt;
 use protocol::DatasetEvent;
 
 use crate::support::{Stack, manifest_without_time, synth_task, tree};
@@ -410,7 +409,16 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
     }
 
     // Each refused request also left one dead letter, naming its request and the file.
-    let dead = dead_letters(&stack.client, protocol::subjects::DEADLETTER_PREPROCESS).await;
+    let js = async_nats::jetstream::new(stack.client.clone());
+    let dead: Vec<protocol::JobFailed> = test_support::stream_payloads(
+        &js,
+        protocol::subjects::stream::DEADLETTER,
+        protocol::subjects::DEADLETTER_PREPROCESS,
+    )
+    .await
+    .iter()
+    .map(|p| protocol::decode(p).unwrap())
+    .collect();
     assert_eq!(dead.len(), failed_requests.len(), "{dead:#?}");
     for (name, request_id, file) in &failed_requests {
         let d = dead
@@ -422,31 +430,4 @@ async fn bad_input_is_refused_and_stored_datasets_are_untouched() {
         assert!(d.reason.contains(file), "{name}: {}", d.reason);
     }
     stack.stop().await;
-}
-
-/// Every `JobFailed` on `subject` in the DEADLETTER stream.
-async fn dead_letters(client: &async_nats::Client, subject: &str) -> Vec<protocol::JobFailed> {
-    let js = async_nats::jetstream::new(client.clone());
-    let consumer = js
-        .get_stream(protocol::subjects::stream::DEADLETTER)
-        .await
-        .unwrap()
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let pending = consumer.cached_info().num_pending as usize;
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while out.len() < pending {
-        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        out.push(protocol::decode(&m.payload).unwrap());
-    }
-    out
 }

@@ -173,3 +173,95 @@ where
     .await
     .unwrap_or_else(|_| panic!("{what}: the study did not end within {timeout:?}"))
 }
+
+/// The five services (controller, preprocessor, two trainers, evaluator) as tasks of the test,
+/// each connected with its own URL (`nats(i)` for the i-th: 0 controller, 1 preprocessor,
+/// 2 and 3 trainers, 4 evaluator), sharing the store at `store`.
+pub struct Services {
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Services {
+    pub async fn start(
+        nats: impl Fn(usize) -> String,
+        store: &str,
+        job_ack_wait_secs: f64,
+        stream_replicas: u8,
+    ) -> Self {
+        let mut s = Self {
+            stops: Vec::new(),
+            tasks: Vec::new(),
+        };
+        let controller = controller::App::connect(&controller::Settings {
+            nats: nats(0),
+            store: store.to_string(),
+            ack_wait_secs: 30.0,
+            job_ack_wait_secs,
+            stream_replicas,
+        })
+        .await
+        .unwrap();
+        let stop = s.stop();
+        s.tasks
+            .push(tokio::spawn(controller::run(controller, stop)));
+        let pre = preprocessor::App::connect(&preprocessor::Settings {
+            nats: nats(1),
+            store: store.to_string(),
+            parallel_cases: 2,
+            max_voxels: 4_000_000,
+        })
+        .await
+        .unwrap();
+        let stop = s.stop();
+        s.tasks.push(tokio::spawn(preprocessor::run(pre, stop)));
+        for i in [2, 3] {
+            let trainer = trainer::App::connect(&trainer::Settings {
+                nats: nats(i),
+                store: store.to_string(),
+                device: "cpu".into(),
+            })
+            .await
+            .unwrap();
+            let stop = s.stop();
+            s.tasks.push(tokio::spawn(trainer::run(trainer, stop)));
+        }
+        let eval = evaluator::App::connect(&evaluator::Settings {
+            nats: nats(4),
+            store: store.to_string(),
+            device: "cpu".into(),
+        })
+        .await
+        .unwrap();
+        let stop = s.stop();
+        s.tasks.push(tokio::spawn(evaluator::run(eval, stop)));
+        s
+    }
+
+    fn stop(&mut self) -> impl std::future::Future<Output = ()> + use<> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.stops.push(tx);
+        async move {
+            let _ = rx.await;
+        }
+    }
+
+    /// True while no service has ended (none gives up on its own).
+    pub fn all_running(&self) -> bool {
+        self.tasks.iter().all(|t| !t.is_finished())
+    }
+
+    /// Shuts every service down and asserts each stops cleanly within 30 s.
+    pub async fn stop_all(self) {
+        for tx in self.stops {
+            let _ = tx.send(());
+        }
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("services stop on shutdown")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}

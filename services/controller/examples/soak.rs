@@ -18,9 +18,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use clap::Parser;
-use futures::StreamExt;
 use protocol::{
     DatasetRef, Dimension, Reward, SCHEMA_VERSION, Scale, StudyEvent, StudyEventKind, StudySpec,
     TrainJob, TrainingConfig, subjects,
@@ -374,12 +373,15 @@ async fn run(args: &Args, faults: bool) -> anyhow::Result<Report> {
         issued += state.jobs.len();
         rewarded += state.rewards.len();
         dead += state.failures.len();
-        let events: Vec<StudyEvent> =
-            read_all(&js, subjects::stream::EVENTS, &subjects::study_events(s))
-                .await?
-                .iter()
-                .map(|p| protocol::decode(p))
-                .collect::<Result<_, _>>()?;
+        let events: Vec<StudyEvent> = test_support::stream_payloads(
+            &js,
+            subjects::stream::EVENTS,
+            &subjects::study_events(s),
+        )
+        .await
+        .iter()
+        .map(|p| protocol::decode(p))
+        .collect::<Result<_, _>>()?;
         let mut issued_at = BTreeMap::new();
         let mut counted = BTreeSet::new();
         for e in &events {
@@ -399,7 +401,9 @@ async fn run(args: &Args, faults: bool) -> anyhow::Result<Report> {
                 _ => {}
             }
         }
-        let on_stream = read_all(&js, subjects::stream::REWARDS, &subjects::rewards(s)).await?;
+        let on_stream =
+            test_support::stream_payloads(&js, subjects::stream::REWARDS, &subjects::rewards(s))
+                .await;
         stream_rewards += on_stream.len();
         let distinct: BTreeSet<String> = on_stream
             .iter()
@@ -431,31 +435,4 @@ async fn run(args: &Args, faults: bool) -> anyhow::Result<Report> {
         stream_distinct,
         all_done,
     })
-}
-
-/// Every payload on `subject` in `stream`, from the start.
-async fn read_all(
-    js: &jetstream::Context,
-    stream: &str,
-    subject: &str,
-) -> anyhow::Result<Vec<Vec<u8>>> {
-    let consumer = js
-        .get_stream(stream)
-        .await?
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            ..Default::default()
-        })
-        .await?;
-    let pending = consumer.cached_info().num_pending as usize;
-    let mut messages = consumer.messages().await?;
-    let mut out = Vec::with_capacity(pending);
-    while out.len() < pending {
-        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .context("reading a stream timed out")?
-            .context("stream ended")??;
-        out.push(m.payload.to_vec());
-    }
-    Ok(out)
 }

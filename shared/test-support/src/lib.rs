@@ -352,6 +352,42 @@ impl Drop for NatsServer {
     }
 }
 
+/// Every payload on `subject` in `stream`, from the stream's first message, read with an
+/// ordered consumer (so not from a work-queue stream, which only its own consumer may read).
+/// What a replay sees, not what a subscription happened to catch. Panics on broker errors.
+pub async fn stream_payloads(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> Vec<Vec<u8>> {
+    use futures::StreamExt;
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("open stream {stream}: {e}"))
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("read {subject} from {stream}: {e}"));
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut messages = consumer
+        .messages()
+        .await
+        .expect("ordered consumer messages");
+    let mut out = Vec::with_capacity(pending);
+    while out.len() < pending {
+        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("{subject}: {} of {pending} read in 30 s", out.len()))
+            .expect("ordered consumer ended")
+            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        out.push(m.payload.to_vec());
+    }
+    out
+}
+
 /// Tracing for tests, silent unless `TEST_LOG` is set.
 pub fn init_test_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {

@@ -158,7 +158,15 @@ async fn a_job_that_crashes_its_trainer_every_time_is_delivered_max_deliver_time
     );
 
     // One dead letter, on the DEADLETTER stream, saying where the job came from.
-    let dead = read_dead_letters(&env, "crashy").await;
+    let dead: Vec<protocol::JobFailed> = test_support::stream_payloads(
+        &env.js,
+        subjects::stream::DEADLETTER,
+        &subjects::deadletter("crashy"),
+    )
+    .await
+    .iter()
+    .map(|p| protocol::decode(p).unwrap())
+    .collect();
     assert_eq!(dead.len(), 1, "{dead:#?}");
     let d = &dead[0];
     assert_eq!(d.job_id, "crashy-0003");
@@ -175,33 +183,4 @@ async fn a_job_that_crashes_its_trainer_every_time_is_delivered_max_deliver_time
     assert_eq!(state.failures.len(), 1);
     assert_eq!(state.failures[0].worker, controller::max_deliveries::WORKER);
     controller.stop().await;
-}
-
-/// Every `JobFailed` on the study's dead-letter subject, from the stream's start.
-async fn read_dead_letters(env: &Env, study: &str) -> Vec<protocol::JobFailed> {
-    use futures::StreamExt;
-    let stream = env
-        .js
-        .get_stream(subjects::stream::DEADLETTER)
-        .await
-        .unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::deadletter(study),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let pending = consumer.cached_info().num_pending as usize;
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while out.len() < pending {
-        let m = tokio::time::timeout(PATIENCE, messages.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        out.push(protocol::decode(&m.payload).unwrap());
-    }
-    out
 }
