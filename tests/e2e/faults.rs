@@ -632,6 +632,121 @@ async fn sigterm_mid_job_naks_exits_0_within_2_s_and_another_replica_starts_it_w
     drop(b);
 }
 
+/// Fault 11, end to end: the store stops accepting the trainer's writes while it trains (its
+/// job folder is replaced by a plain file: ENOTDIR, since chmod does not stop root). Storing
+/// the checkpoint is retried, then fails as transient: the job is naked, not acked and not
+/// dead-lettered, nothing is published and no checkpoint or temp file exists. Once the
+/// folder is back, the job's next delivery trains and stores it and the evaluator scores it:
+/// one `Trained`, one reward, from a complete checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refusing_the_checkpoint_naks_the_job_and_it_completes_once_the_store_is_back() {
+    let _serial = SERIAL.lock().await;
+    test_support::init_test_tracing();
+    let data = data().await;
+    // Long: only the trainer's nak can bring the job back before the test ends.
+    let ack_wait = Duration::from_secs(60);
+    let epochs = epochs_for(&data, 3.0).await;
+    let bus = Bus::start(ack_wait).await;
+    let study = "storefail";
+    let watch = Watch::start(&bus.client, study).await;
+    let evaluator = evaluator_task(&bus, &data).await;
+    let trainer = TrainerTask::start(&bus, &data, "trainer-a", true).await;
+    let j = long_job(study, 1, &data, epochs);
+    bus.publish(&j).await;
+    watch
+        .progress("the trainer is training", Duration::from_secs(60), |p| {
+            p.epoch >= 1
+        })
+        .await;
+
+    // The job's folder in the store (its delivery record is in it) becomes a plain file.
+    let store = Path::new(&data.store_url);
+    let job_dir = store
+        .join("studies")
+        .join(study)
+        .join("jobs")
+        .join(&j.job_id);
+    let aside = store.join("job-folder-aside");
+    std::fs::rename(&job_dir, &aside).unwrap();
+    std::fs::write(&job_dir, b"not a folder").unwrap();
+    let broken = Instant::now();
+    watch
+        .progress("the last epoch", Duration::from_secs(120), |p| {
+            p.epoch == p.epochs
+        })
+        .await;
+    // The checkpoint put's retries (1.5 s of backoff), then the nak (redelivery delayed 5 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let info = bus.trainers_info().await;
+    assert_eq!(info.delivered.consumer_sequence, 1, "{info:?}");
+    assert!(
+        watch.trained_of(&j.job_id).is_empty(),
+        "published a Trained"
+    );
+    assert!(
+        bus.rewards_in_stream(study).await.is_empty(),
+        "a reward without a checkpoint"
+    );
+    // (The calibration study may share this store: only this study's files count.)
+    let leftovers = files_under(&store.join("studies").join(study))
+        .into_iter()
+        .filter(|f| f.contains("safetensors") || f.contains('#'))
+        .collect::<Vec<_>>();
+    assert!(leftovers.is_empty(), "partial writes left: {leftovers:?}");
+
+    // The store is back; the job's next delivery completes it.
+    std::fs::remove_file(&job_dir).unwrap();
+    std::fs::rename(&aside, &job_dir).unwrap();
+    let redelivered = bus
+        .delivered(2, Duration::from_secs(30))
+        .await
+        .duration_since(broken);
+    let trained = watch.trained(&j.job_id, Duration::from_secs(120)).await;
+    let rewards = bus
+        .rewards_of(study, &j.job_id, Duration::from_secs(120))
+        .await;
+    eprintln!(
+        "store refused writes: the job came back {:.1} s after the folder broke (nak after the \
+         last epoch and the put's retries), trained at attempt {}, {} reward(s)",
+        secs(redelivered),
+        trained.attempt,
+        rewards.len()
+    );
+    assert_eq!(trained.attempt, 2);
+    assert_eq!(watch.trained_of(&j.job_id).len(), 1);
+    assert_eq!(rewards.len(), 1, "{rewards:?}");
+    assert_eq!(rewards[0].checkpoint_key, trained.checkpoint_key);
+    let dead = test_support::stream_payloads(
+        &bus.js,
+        subjects::stream::DEADLETTER,
+        &subjects::deadletter(study),
+    )
+    .await;
+    assert!(
+        dead.is_empty(),
+        "a transient store failure was dead-lettered"
+    );
+    trainer.stop().await;
+    evaluator.stop().await;
+}
+
+/// Every file below `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
 /// Fault 2: a job lasting over 10x AckWait keeps its one delivery with progress acks
 /// (attempt 1, nothing redelivered); the negative control, the same trainer with progress
 /// acks off, loses its job to an idle replica after one AckWait.
