@@ -290,11 +290,22 @@ async fn delete(
     s: &jetstream::stream::Stream,
     advisory: &MaxDeliveriesAdvisory,
 ) -> anyhow::Result<()> {
-    match s.delete_message(advisory.stream_seq).await {
-        Ok(_) => Ok(()),
-        // Gone in the meantime (a late ack): what we wanted.
-        Err(e) if e.to_string().contains("no message found") => Ok(()),
-        Err(e) => anyhow::bail!(
+    let Err(e) = s.delete_message(advisory.stream_seq).await else {
+        return Ok(());
+    };
+    // Gone in the meantime (a late ack): what we wanted. Asked of the stream rather than read
+    // from the error, whose code and text differ with how the message went away; anything
+    // else leaves the advisory unacked, to be retried.
+    match s.get_raw_message(advisory.stream_seq).await {
+        Err(g)
+            if matches!(
+                g.kind(),
+                jetstream::stream::RawMessageErrorKind::NoMessageFound
+            ) =>
+        {
+            Ok(())
+        }
+        _ => anyhow::bail!(
             "cannot delete message {} of {}: {e}",
             advisory.stream_seq,
             advisory.stream
