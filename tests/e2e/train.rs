@@ -113,7 +113,68 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
     let f: JobFailed = protocol::decode(&msg.payload).unwrap();
     assert!(f.reason.contains("no-such-dataset"), "{}", f.reason);
 
-    // A good job after them still trains and is scored.
+    // A dimension no augmentation or knob has: refused by name, not ignored.
+    publish(job("e2e", 4, &ds.dataset_id, &[("p_elastic", 0.5)])).await;
+    let f = next_dead(&mut dead).await;
+    assert_eq!(f.job_id, "e2e-0004");
+    assert!(f.reason.contains("p_elastic"), "{}", f.reason);
+
+    // Undecodable messages, two on each work subject: each is dead-lettered once, under its
+    // own id (they have no job id to be named by, and must not be taken for duplicates of
+    // each other), and neither service stops serving.
+    for subject in [subjects::jobs("e2e"), subjects::trained("e2e")] {
+        for garbage in [&b"\xc1 not msgpack"[..], &b"\x93\x01\x02\x03"[..]] {
+            js.publish(subject.clone(), garbage.to_vec().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    let mut undecodable = Vec::new();
+    for _ in 0..4 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), dead.next())
+            .await
+            .expect("a dead letter per undecodable message within 20 s")
+            .unwrap();
+        let id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string())
+            .expect("dead letters carry a message id");
+        let f: JobFailed = protocol::decode(&msg.payload).unwrap();
+        assert_eq!(f.job_id, "", "{f:?}");
+        assert_eq!(f.deliveries, 1, "{f:?}");
+        assert!(!f.reason.is_empty());
+        undecodable.push((f.original_subject, id));
+    }
+    undecodable.sort();
+    let ids: std::collections::BTreeSet<_> = undecodable.iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        ids.len(),
+        4,
+        "one dead letter each, distinct ids: {undecodable:?}"
+    );
+    let on = |s: &str| undecodable.iter().filter(|(o, _)| o == s).count();
+    assert_eq!(on("segtune.jobs.e2e"), 2, "{undecodable:?}");
+    assert_eq!(on("segtune.trained.e2e"), 2, "{undecodable:?}");
+    let kept = test_support::stream_payloads(
+        &js,
+        subjects::stream::DEADLETTER,
+        &subjects::deadletter("e2e"),
+    )
+    .await;
+    assert_eq!(
+        kept.len(),
+        7,
+        "every dead letter is in the DEADLETTER stream"
+    );
+
+    // A good job after them still trains and is scored; its Trained event carries the job id
+    // as Nats-Msg-Id, so a retried publish is not seen twice downstream.
+    let mut trained = client.subscribe(subjects::trained("e2e")).await.unwrap();
+    client.flush().await.unwrap();
     publish(job(
         "e2e",
         3,
@@ -126,6 +187,18 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         .expect("reward within 120 s")
         .unwrap();
     let r: Reward = protocol::decode(&msg.payload).unwrap();
+    let trained_msg = tokio::time::timeout(Duration::from_secs(5), trained.next())
+        .await
+        .expect("the Trained event came before the reward")
+        .unwrap();
+    assert_eq!(
+        trained_msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string()),
+        Some("e2e-0003".to_string())
+    );
     assert_eq!(r.job_id, "e2e-0003");
     assert_eq!(r.index, 3);
     assert_eq!(r.strategy.values["learning_rate"], 1e-3);

@@ -203,7 +203,15 @@ pub async fn handle(
                 deliveries: advisory.deliveries,
                 worker: WORKER.to_string(),
             };
-            publish_dead_letter(js, &failed).await?;
+            let origin = Some((advisory.stream.clone(), advisory.stream_seq));
+            runtime::publish_dead_letter(
+                js,
+                subjects::deadletter(&runtime::dead_letter_study(&study)),
+                &failed,
+                origin,
+            )
+            .await?;
+            tracing::warn!(%study, job = %job_id, %reason, "job dead-lettered");
             Outcome::DeadLettered { study, job_id }
         }
         stream::PREPROCESS => {
@@ -242,14 +250,11 @@ pub async fn handle(
                 deliveries: advisory.deliveries,
                 worker: WORKER.to_string(),
             };
-            runtime::publish(
+            runtime::publish_dead_letter(
                 js,
                 subjects::DEADLETTER_PREPROCESS.to_string(),
-                Some(&format!(
-                    "dl-{}-{}",
-                    request.request_id, advisory.deliveries
-                )),
-                protocol::encode(&failed)?,
+                &failed,
+                Some((advisory.stream.clone(), advisory.stream_seq)),
             )
             .await?;
             tracing::warn!(request = %request.request_id, %reason, "preprocess request failed");
@@ -264,25 +269,6 @@ pub async fn handle(
     };
     delete(&s, advisory).await?;
     Ok(outcome)
-}
-
-async fn publish_dead_letter(js: &jetstream::Context, failed: &JobFailed) -> anyhow::Result<()> {
-    let study = if subjects::check_token("study", &failed.study).is_ok() {
-        failed.study.clone()
-    } else {
-        "_unknown".to_string()
-    };
-    // The id a worker dead-lettering this delivery would use: one entry either way.
-    let id = format!("dl-{}-{}", failed.job_id, failed.deliveries);
-    runtime::publish(
-        js,
-        subjects::deadletter(&study),
-        Some(&id),
-        protocol::encode(failed)?,
-    )
-    .await?;
-    tracing::warn!(%study, job = %failed.job_id, reason = %failed.reason, "job dead-lettered");
-    Ok(())
 }
 
 /// Removes the message from its work-queue stream: nobody will ack it any more.

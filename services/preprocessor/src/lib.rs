@@ -135,11 +135,11 @@ pub async fn handle_next(
                 DatasetEvent::Failed(failed),
             )
             .await?;
-            let id = format!("seq-{}", msg.info().map(|i| i.stream_sequence).unwrap_or(0));
+            // No request id to name it by: the dead letter's id is its place in the stream.
             dead_letter(
                 app,
                 &msg,
-                &id,
+                "",
                 format!("undecodable preprocess request: {e}"),
             )
             .await?;
@@ -220,25 +220,22 @@ async fn dead_letter(
     request_id: &str,
     reason: String,
 ) -> anyhow::Result<()> {
-    let deliveries = runtime::delivery_attempt(msg);
     let failed = protocol::JobFailed {
         schema: SCHEMA_VERSION,
         study: String::new(),
         job_id: request_id.to_string(),
         reason,
         original_subject: msg.subject.to_string(),
-        deliveries,
+        deliveries: runtime::delivery_attempt(msg),
         worker: app.worker.clone(),
     };
-    runtime::publish(
+    runtime::publish_dead_letter(
         &app.js,
         subjects::DEADLETTER_PREPROCESS.to_string(),
-        Some(&format!("dl-{request_id}-{deliveries}")),
-        protocol::encode(&failed)?,
+        &failed,
+        runtime::message_origin(msg),
     )
     .await
-    .with_context(|| format!("publishing to {}", subjects::DEADLETTER_PREPROCESS))?;
-    Ok(())
 }
 
 async fn publish_event(

@@ -2,6 +2,7 @@
 //! survives a broker that is not up yet, the JetStream topology provisioned idempotently
 //! from `protocol::streams`, deduplicated publishes, and a shutdown future.
 
+use anyhow::Context as _;
 use std::time::Duration;
 
 use async_nats::{
@@ -499,24 +500,59 @@ pub async fn dead_letter(
     msg: &jetstream::Message,
     failed: &protocol::JobFailed,
 ) -> anyhow::Result<()> {
-    let study = if protocol::subjects::check_token("study", &failed.study).is_ok() {
-        failed.study.clone()
-    } else {
-        "_unknown".to_string()
-    };
-    let id = format!("dl-{}-{}", failed.job_id, failed.deliveries);
-    let payload = protocol::encode(failed)?;
-    publish(
-        js,
-        protocol::subjects::deadletter(&study),
-        Some(&id),
-        payload,
-    )
-    .await?;
+    let subject = protocol::subjects::deadletter(&dead_letter_study(&failed.study));
+    publish_dead_letter(js, subject, failed, message_origin(msg)).await?;
     msg.ack_with(jetstream::AckKind::Term)
         .await
         .map_err(|e| anyhow::anyhow!("term failed: {e}"))?;
     tracing::warn!(job = %failed.job_id, reason = %failed.reason, "job dead-lettered");
+    Ok(())
+}
+
+/// The study token a dead letter is filed under: the study, or `_unknown` when the failed
+/// message did not even name a valid one.
+pub fn dead_letter_study(study: &str) -> String {
+    if protocol::subjects::check_token("study", study).is_ok() {
+        study.to_string()
+    } else {
+        "_unknown".to_string()
+    }
+}
+
+/// Where a message sits: its stream and stream sequence (None for a core NATS message).
+pub fn message_origin(msg: &jetstream::Message) -> Option<(String, u64)> {
+    msg.info()
+        .ok()
+        .map(|i| (i.stream.to_string(), i.stream_sequence))
+}
+
+/// The Nats-Msg-Id of a dead letter: `dl-<job>-<delivery>`, so a worker giving up on a
+/// delivery and the controller seeing that delivery reach MaxDeliver write one entry
+/// between them. A message that did not decode has no job id; it is named by its place in
+/// its stream (`dl-<stream>-<seq>-<delivery>`), so two different undecodable messages are
+/// two entries, not one swallowed as a duplicate of the other.
+pub fn dead_letter_msg_id(failed: &protocol::JobFailed, origin: Option<(String, u64)>) -> String {
+    match origin {
+        Some((stream, seq)) if failed.job_id.is_empty() => {
+            format!("dl-{stream}-{seq}-{}", failed.deliveries)
+        }
+        _ => format!("dl-{}-{}", failed.job_id, failed.deliveries),
+    }
+}
+
+/// Publishes `failed` to `subject` (a `segtune.deadletter.*` subject), awaiting the server's
+/// ack, with the id of [`dead_letter_msg_id`].
+pub async fn publish_dead_letter(
+    js: &jetstream::Context,
+    subject: String,
+    failed: &protocol::JobFailed,
+    origin: Option<(String, u64)>,
+) -> anyhow::Result<()> {
+    let id = dead_letter_msg_id(failed, origin);
+    let payload = protocol::encode(failed)?;
+    publish(js, subject.clone(), Some(&id), payload)
+        .await
+        .with_context(|| format!("publishing the dead letter {id} to {subject}"))?;
     Ok(())
 }
 
