@@ -1118,11 +1118,19 @@ impl Plot for BestPlot<'_> {
                     SegmentValue::Exact(i + 1)
                 };
                 let mut bar = Rectangle::new(
-                    [(0.0, SegmentValue::Exact(i)), (v, top)],
+                    [(0.0, SegmentValue::Exact(i)), (v, top.clone())],
                     color.mix(0.85).filled(),
                 );
                 bar.set_margin(7, 7, 0, 0);
                 chart.draw_series(std::iter::once(bar))?;
+                // The value on a white ground, so a label next to the routine line (a value
+                // just under 0.5) stays readable.
+                let mut ground = Rectangle::new(
+                    [(v + 0.004, SegmentValue::Exact(i)), (v + 0.058, top)],
+                    WHITE.filled(),
+                );
+                ground.set_margin(12, 12, 0, 0);
+                chart.draw_series(std::iter::once(ground))?;
                 chart.draw_series(std::iter::once(Text::new(
                     format!("{v:.3}"),
                     (v + 0.008, SegmentValue::CenterOf(i)),

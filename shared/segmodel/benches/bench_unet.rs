@@ -15,7 +15,7 @@ use std::time::Instant;
 use volume::{Geometry, Volume};
 
 // As the services: candle allocates a fresh buffer per op, and glibc's mmap/munmap of the
-// large ones halves conv fwd+bwd speed (`notes/conv3d-cpu.md`, pitfall 6).
+// large ones halves conv fwd+bwd speed (`docs/conv3d-cpu.md`, pitfall 6).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 /// Sets flush-to-zero and denormals-are-zero (MXCSR bits 15 and 6) on the calling thread.
 /// Without them the decoder's gradients turn partly denormal after a few Adam steps and
-/// conv backward gets 3–9× slower (measured, see `notes/conv3d-cpu.md`). No-op off x86_64.
+/// conv backward gets 3–9× slower (measured, see `docs/conv3d-cpu.md`). No-op off x86_64.
 pub fn enable_flush_denormals() {
     #[cfg(target_arch = "x86_64")]
     #[allow(deprecated)]
