@@ -3,6 +3,7 @@
 pub mod bus;
 pub mod data;
 pub mod demo;
+pub mod gpu_check;
 pub mod job;
 pub mod report;
 pub mod rewards;
@@ -42,6 +43,9 @@ pub enum Command {
     /// A real search in one command: phantom data, the local stack, the demo study followed
     /// live, the best strategy against the routine one, a report; then stops.
     Demo(demo::DemoArgs),
+    /// First thing on a GPU host: the device opens, the U-Net's logits there equal the CPU's,
+    /// and a few training steps there lower the loss.
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,5 +56,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Study(c) => study::run(c).await,
         Command::Up(a) => up::run(a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::GpuCheck(a) => gpu_check::run(a),
     }
 }

@@ -6,7 +6,10 @@
 //! `… -- sliding DxHxW [reps]`: sliding-window inference over a synthetic CT-like volume.
 //! `train` and `sliding` end with one `RESULT {json}` line (median, voxels, peak RSS) that
 //! `scripts/bench-train` collects; run each in its own process so the peak RSS is its own.
-//! Set `RAYON_NUM_THREADS` to fix the thread count.
+//! Set `RAYON_NUM_THREADS` to fix the thread count. `train` and `sliding` run on
+//! `SEGMODEL_BENCH_DEVICE` (`cpu`, the default, or `cuda` in a `--features cuda` build, as
+//! `scripts/device-check.sh` runs it); `SEGMODEL_BENCH_PATCH` sets the training patch edge
+//! (default 64; the GPU comparison of issue #7 uses 96).
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use segmodel::infer::{SlidingWindow, sliding_window_predict};
@@ -178,10 +181,36 @@ fn op_costs(reps: usize) -> Result<()> {
     Ok(())
 }
 
-/// The batch-2 training step (forward, soft Dice, backward, Adam) on 2×1×64³.
+/// The device of `train` and `sliding`: `SEGMODEL_BENCH_DEVICE` (cpu or cuda).
+fn bench_device() -> Result<Device> {
+    match std::env::var("SEGMODEL_BENCH_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Ok(Device::Cpu),
+        Ok("cuda") => Device::new_cuda(0),
+        Ok(other) => candle_core::bail!("SEGMODEL_BENCH_DEVICE={other:?}: expected cpu or cuda"),
+    }
+}
+
+fn device_name(dev: &Device) -> &'static str {
+    if dev.is_cuda() { "cuda" } else { "cpu" }
+}
+
+/// The batch-2 training step (forward, soft Dice, backward, Adam) on 2×1×64³
+/// (`SEGMODEL_BENCH_PATCH` changes the edge).
 fn train(reps: usize) -> Result<()> {
-    let dev = Device::Cpu;
-    let (batch, s) = (2, 64);
+    let dev = bench_device()?;
+    let s = match std::env::var("SEGMODEL_BENCH_PATCH") {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|&p| p >= 8 && p.is_multiple_of(8))
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "SEGMODEL_BENCH_PATCH={v:?}: expected a multiple of 8"
+                ))
+            })?,
+        Err(_) => 64,
+    };
+    let batch = 2;
     let mut t = SegTrainer::new(&unet_config(), TrainConfig::default(), 0, &dev)?;
     let x = Tensor::randn(0f32, 1.0, (batch, 1, s, s, s), &dev)?;
     let y = (Tensor::rand(0f32, 1.0, (batch, s, s, s), &dev)?.ge(0.8)?).to_dtype(DType::U8)?;
@@ -189,8 +218,11 @@ fn train(reps: usize) -> Result<()> {
         t.step(&x, &y)?;
         Ok(())
     })?;
-    println!("train step [{batch},1,{s},{s},{s}] (fwd+Dice+bwd+Adam): {step}");
-    result("train", &step, batch * s * s * s, reps, 0);
+    println!(
+        "train step [{batch},1,{s},{s},{s}] (fwd+Dice+bwd+Adam) on {}: {step}",
+        device_name(&dev)
+    );
+    result("train", &step, batch * s * s * s, reps, 0, &dev);
     Ok(())
 }
 
@@ -229,7 +261,7 @@ fn ct_like(d: usize, h: usize, w: usize) -> Volume<f32> {
 /// Sliding-window prediction (96³ windows, overlap 0.25, Gaussian blending, 2 windows per
 /// forward as the evaluator) over a `[d, h, w]` CT-like volume with an untrained network.
 fn sliding(d: usize, h: usize, w: usize, reps: usize) -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = bench_device()?;
     // As the evaluator builds it: frozen weights from a checkpoint, no autograd graph.
     let varmap = candle_nn::VarMap::new();
     segmodel::unet3d(
@@ -258,7 +290,7 @@ fn sliding(d: usize, h: usize, w: usize, reps: usize) -> Result<()> {
         Ok(())
     })?;
     println!("sliding window {d}x{h}x{w}, {windows} windows of 96³: {t} ({fg} voxels labelled 1)");
-    result("sliding", &t, d * h * w, reps, windows);
+    result("sliding", &t, d * h * w, reps, windows, &dev);
     Ok(())
 }
 
@@ -266,11 +298,12 @@ fn sliding(d: usize, h: usize, w: usize, reps: usize) -> Result<()> {
 static BASELINE_RSS_MIB: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 /// The line `scripts/bench-train` parses.
-fn result(bench: &str, t: &Timing, voxels: usize, reps: usize, windows: usize) {
+fn result(bench: &str, t: &Timing, voxels: usize, reps: usize, windows: usize, dev: &Device) {
     println!(
-        "RESULT {{\"impl\": \"segtune\", \"bench\": \"{bench}\", \"median_ms\": {:.1}, \
+        "RESULT {{\"impl\": \"segtune\", \"device\": \"{}\", \"bench\": \"{bench}\", \"median_ms\": {:.1}, \
          \"cpu_ms\": {:.1}, \"voxels\": {voxels}, \"reps\": {reps}, \"windows\": {windows}, \
          \"threads\": {}, \"peak_rss_mib\": {:.0}, \"baseline_rss_mib\": {:.0}}}",
+        device_name(dev),
         t.wall,
         t.cpu,
         rayon::current_num_threads(),

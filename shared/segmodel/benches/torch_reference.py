@@ -7,7 +7,9 @@
 Run it interleaved with `cargo bench -p segmodel --bench bench_unet` on the same machine
 (each in its own process) and compare the medians of the same round. `train` and
 `sliding` end with one `RESULT {json}` line that `scripts/bench-train` collects; `sliding`
-needs `monai`.
+needs `monai`. `TORCH_DEVICE=cuda` runs `train` and `sliding` on the GPU (timed with
+`torch.cuda.synchronize()`; the RESULT line then adds the peak GPU memory), as
+`scripts/device-check.sh` does; `TRAIN_PATCH` sets the training patch edge (default 64).
 """
 
 import json
@@ -20,6 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+DEVICE = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def cpu_ms():
@@ -45,9 +53,11 @@ def median_ms(reps, warmup, f):
         f()
     times = []
     c0 = cpu_ms()
+    sync()
     for _ in range(reps):
         s = time.perf_counter()
         f()
+        sync()
         times.append((time.perf_counter() - s) * 1e3)
     cpu = (cpu_ms() - c0) / reps
     times.sort()
@@ -66,6 +76,9 @@ def result(bench, wall, cpu, voxels, reps, windows, baseline):
         "voxels": voxels, "reps": reps, "windows": windows, "threads": torch.get_num_threads(),
         "peak_rss_mib": round(status_mib("VmHWM")), "baseline_rss_mib": round(baseline),
         "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": DEVICE.type,
+        **({"peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
+           if DEVICE.type == "cuda" else {}),
     }), flush=True)
 
 
@@ -161,11 +174,11 @@ def train(reps):
     """The batch-2 training step on 2x1x64^3, as `bench_unet train`."""
     baseline = baseline_mib()
     torch.manual_seed(0)
-    batch, s = 2, 64
-    model = UNet()
+    batch, s = 2, int(os.environ.get("TRAIN_PATCH", "64"))
+    model = UNet().to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 1, s, s, s)
-    y = (torch.rand(batch, s, s, s) >= 0.8).to(torch.uint8)
+    x = torch.randn(batch, 1, s, s, s, device=DEVICE)
+    y = (torch.rand(batch, s, s, s, device=DEVICE) >= 0.8).to(torch.uint8)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -203,8 +216,8 @@ def sliding(d, h, w, reps):
 
     baseline = baseline_mib()
     torch.manual_seed(0)
-    model = UNet().eval()
-    image = ct_like(d, h, w)
+    model = UNet().eval().to(DEVICE)
+    image = ct_like(d, h, w).to(DEVICE)
 
     def predictor(x):
         return torch.softmax(model(x), 1)
@@ -223,7 +236,7 @@ def sliding(d, h, w, reps):
         fg = int((labels == 1).sum())
 
     with torch.no_grad():  # warm-up: one forward of a window pair (oneDNN primitives, caches)
-        predictor(torch.zeros(2, 1, 96, 96, 96))
+        predictor(torch.zeros(2, 1, 96, 96, 96, device=DEVICE))
     wall, cpu = median_ms(reps, 0, run)
     print(f"torch+MONAI sliding window {d}x{h}x{w}, {windows} windows of 96^3: "
           f"{wall:7.1f} ms (cpu {cpu:7.1f} ms) ({fg} voxels labelled 1)")
