@@ -109,10 +109,21 @@ pub fn routine_strategy() -> Strategy {
 pub fn load_strategy(path: &Path) -> anyhow::Result<Strategy> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read strategy file {}", path.display()))?;
-    let values: BTreeMap<String, f64> = toml::from_str(&text).with_context(|| {
-        format!(
-            "{}: expected `name = number` lines, e.g. `p_noise = 0.3`",
-            path.display()
+    // One line naming the file, the line and what is wrong there (toml's own rendering spans
+    // several lines, with a caret under the value).
+    let values: BTreeMap<String, f64> = toml::from_str(&text).map_err(|e| {
+        let at = match e.span() {
+            Some(s) => {
+                let line = text[..s.start].matches('\n').count() + 1;
+                let src = text.lines().nth(line - 1).unwrap_or_default().trim();
+                format!(" line {line} ({src})")
+            }
+            None => String::new(),
+        };
+        anyhow::anyhow!(
+            "{}:{at}: {}; expected `name = number` lines, e.g. `p_noise = 0.3`",
+            path.display(),
+            e.message().trim()
         )
     })?;
     let s = Strategy {
