@@ -354,6 +354,7 @@ pub(crate) fn trainer_binary() -> PathBuf {
             let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
             let mut cmd = Command::new(cargo);
+            crate::support::without_test_env(&mut cmd);
             cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
                 .args(["build", "--quiet", "--bins", "-p", "trainer"])
                 .arg("--target-dir")

@@ -4,6 +4,7 @@
 mod broker;
 mod cluster;
 mod compose;
+mod demo;
 mod faults;
 mod preprocess;
 mod security;

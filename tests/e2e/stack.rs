@@ -1,7 +1,9 @@
 //! The product end to end, as a user runs it: `segtune up --trainers 2` starts the real
 //! binaries (nats-server, preprocessor, controller, two trainers, evaluator) as processes,
 //! `segtune study submit --wait` runs a PPO-RNN study on a tiny phantom task to the end,
-//! `segtune study report` writes the plots, and SIGTERM stops the stack cleanly.
+//! `segtune study report` writes the plots, `segtune study watch` attached late replays the
+//! study, examples/subscribe_rewards.py prints its rewards, and Ctrl-C (SIGINT) stops the
+//! stack with every child it started; SIGTERM does the same on a one-trainer stack.
 //!
 //! The service binaries come from this workspace: the test runs `cargo build --bins` for the
 //! five binary packages with the profile and target dir it was built with (a no-op when
@@ -21,6 +23,16 @@ use protocol::{Reward, subjects};
 
 const STUDY: &str = "e2e-stack";
 
+/// What `segtune up --trainers 2` starts, in start order (its log names).
+const SERVICES: [&str; 6] = [
+    "nats-server",
+    "preprocessor",
+    "controller",
+    "trainer-1",
+    "trainer-2",
+    "evaluator",
+];
+
 /// Where the binaries of this test's profile live: `target/<profile>/`, next to `deps/`.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -31,12 +43,13 @@ fn profile_dir() -> PathBuf {
 }
 
 /// Builds (or finds up to date) `segtune` and the four services; returns their folder.
-fn build_binaries() -> PathBuf {
+pub(crate) fn build_binaries() -> PathBuf {
     let dir = profile_dir();
     let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
     let target_dir = dir.parent().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
     let mut cmd = Command::new(cargo);
+    crate::support::without_test_env(&mut cmd);
     cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .args(["build", "--quiet", "--bins"])
         .args(["-p", "segtune", "-p", "preprocessor", "-p", "controller"])
@@ -57,8 +70,9 @@ struct Up {
 }
 
 impl Up {
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        sigterm(&self.child);
+    /// Sends `sig` (SIGINT is what Ctrl-C sends) and waits for the exit.
+    fn stop(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
+        signal(&self.child, sig);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -76,7 +90,7 @@ impl Up {
 impl Drop for Up {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            sigterm(&self.child);
+            signal(&self.child, libc::SIGTERM);
             std::thread::sleep(Duration::from_secs(2));
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -84,11 +98,164 @@ impl Drop for Up {
     }
 }
 
-fn sigterm(child: &Child) {
+fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        libc::kill(child.id() as libc::pid_t, sig);
     }
+}
+
+/// A process as /proc shows it: its pid and start time (clock ticks after boot), so a pid
+/// reused by an unrelated process is not taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Proc {
+    pub pid: u32,
+    start: u64,
+}
+
+/// State, parent pid and start time from /proc/<pid>/stat.
+fn proc_stat(pid: u32) -> Option<(char, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so split after the
+    // last `)`; starttime is field 22 of the line, the 20th after comm.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some((
+        rest.first()?.chars().next()?,
+        rest.get(1)?.parse().ok()?,
+        rest.get(19)?.parse().ok()?,
+    ))
+}
+
+/// The live child processes of `parent` (a scan of /proc by parent pid).
+pub(crate) fn children_of(parent: u32) -> Vec<Proc> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some((state, ppid, start)) = proc_stat(pid)
+            && ppid == parent
+            && state != 'Z'
+        {
+            out.push(Proc { pid, start });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether `p` still runs (a zombie has exited).
+pub(crate) fn is_running(p: Proc) -> bool {
+    proc_stat(p.pid).is_some_and(|(state, _, start)| start == p.start && state != 'Z')
+}
+
+/// The executable name of `p` (/proc/<pid>/comm, at most 15 bytes).
+pub(crate) fn comm(p: Proc) -> String {
+    std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Panics naming every process of `procs` that still runs `within` after the call.
+#[track_caller]
+pub(crate) fn assert_all_exited(procs: &[(String, Proc)], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: Vec<&(String, Proc)> = procs.iter().filter(|(_, p)| is_running(*p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after the parent exited: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `pids` line of `segtune up`'s banner: `name pid` pairs, in start order.
+fn banner_pids(banner: &[String]) -> Vec<(String, u32)> {
+    let line = banner
+        .iter()
+        .find_map(|l| l.strip_prefix("  pids      "))
+        .unwrap_or_else(|| panic!("no pids line in the banner:\n{}", banner.join("\n")));
+    line.split(", ")
+        .map(|pair| {
+            let (name, pid) = pair.rsplit_once(' ').unwrap();
+            (
+                name.to_string(),
+                pid.parse().unwrap_or_else(|_| panic!("{line}")),
+            )
+        })
+        .collect()
+}
+
+/// The children `segtune up` reports in its banner, checked against /proc: exactly its
+/// child processes, the broker and services by name.
+fn started_children(up: &Up, banner: &[String], names: &[&str]) -> Vec<(String, Proc)> {
+    let listed = banner_pids(banner);
+    assert_eq!(
+        listed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        names,
+        "{banner:?}"
+    );
+    let kids = children_of(up.child.id());
+    let mut listed_pids: Vec<u32> = listed.iter().map(|(_, p)| *p).collect();
+    listed_pids.sort();
+    assert_eq!(
+        kids.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        listed_pids,
+        "the pids in the banner are not segtune up's children"
+    );
+    listed
+        .into_iter()
+        .map(|(name, pid)| {
+            let p = *kids.iter().find(|k| k.pid == pid).unwrap();
+            (name, p)
+        })
+        .collect()
+}
+
+/// Starts `segtune up` and reads its banner (up to "Ctrl-C stops the stack."); the rest of
+/// its stdout is drained so it never blocks on a full pipe.
+async fn start_up(segtune: &Path, trainers: u32, port: u16, data: &Path) -> (Up, Vec<String>) {
+    let child = Command::new(segtune)
+        .args([
+            "up",
+            "--trainers",
+            &trainers.to_string(),
+            "--nats-port",
+            &port.to_string(),
+            "--data-dir",
+        ])
+        .arg(data)
+        .env_remove("SEGTUNE_NATS")
+        .env_remove("SEGTUNE_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start segtune up");
+    let mut up = Up { child };
+    let stdout = up.child.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            let last = line == "Ctrl-C stops the stack.";
+            banner.push(line);
+            if last {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        banner
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(90), banner)
+        .await
+        .expect("segtune up ready within 90 s")
+        .unwrap();
+    (up, banner)
 }
 
 fn free_port() -> u16 {
@@ -148,37 +315,10 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     let t_up = Instant::now();
     let port = free_port();
     let url = format!("nats://127.0.0.1:{port}");
-    let child = Command::new(&segtune)
-        .args([
-            "up",
-            "--trainers",
-            "2",
-            "--nats-port",
-            &port.to_string(),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env_remove("SEGTUNE_NATS")
-        .env_remove("SEGTUNE_STORE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start segtune up");
-    let mut up = Up { child };
-    let stdout = up.child.stdout.take().unwrap();
-    let banner = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        // Keep draining so `segtune up` never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        first
-    });
-    let banner = tokio::time::timeout(Duration::from_secs(90), banner)
-        .await
-        .expect("segtune up ready within 90 s")
-        .unwrap();
-    assert_eq!(banner, format!("segtune stack up: NATS {url}"));
+    let (mut up, banner) = start_up(&segtune, 2, port, &data).await;
+    assert_eq!(banner[0], format!("segtune stack up: NATS {url}"));
     let ready = t_up.elapsed();
+    let children = started_children(&up, &banner, &SERVICES);
 
     // Submit and follow to the end, exporting the best strategy.
     let t_study = Instant::now();
@@ -334,19 +474,58 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
     assert!(summary.contains("| trainer | train s |"), "{summary}");
 
-    // Ctrl-C/SIGTERM stops everything and exits 0; every service logged to its own file.
+    // `segtune study watch` attached after the end (a fresh process, stdout a pipe: plain
+    // lines) replays the whole study from the streams and exits 0 at its done event.
+    let t_watch = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(&segtune)
+            .args(["study", "watch", STUDY, "--nats", &url])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("study watch of a finished study ends within 60 s")
+    .unwrap();
+    let watched = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "study watch: {}\n{watched}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_late_watch(&watched, &rewards);
+    let watch_secs = t_watch.elapsed();
+
+    // examples/subscribe_rewards.py against the real stack: the six real rewards.
+    let t_py = Instant::now();
+    let py_url = url.clone();
+    let py = tokio::task::spawn_blocking(move || {
+        test_support::python_subscriber_lines(&py_url, STUDY, 6)
+    })
+    .await
+    .unwrap();
+    if let Some((lines, stderr)) = py {
+        assert_eq!(lines.len(), 6, "got {lines:?}; stderr: {stderr}");
+        // Stored in the order they were evaluated, as the reward stream replays them.
+        for (line, r) in lines.iter().zip(&rewards) {
+            let want = format!(
+                "#{} {} dice={:.4} trainer={} ",
+                r.index, r.job_id, r.mean, r.trainer
+            );
+            assert!(line.starts_with(&want), "{line:?} is not {want:?}...");
+        }
+    }
+    let py_secs = t_py.elapsed();
+
+    // Ctrl-C (SIGINT) stops every child segtune up started and exits 0; every service logged
+    // to its own file.
     let t_stop = Instant::now();
-    let status = up.terminate();
+    let status = up.stop(libc::SIGINT);
     assert!(status.success(), "segtune up exited with {status}");
     let stopped = t_stop.elapsed();
-    for name in [
-        "nats-server",
-        "preprocessor",
-        "controller",
-        "trainer-1",
-        "trainer-2",
-        "evaluator",
-    ] {
+    assert_all_exited(&children, Duration::ZERO);
+    for name in SERVICES {
         let log = data.join("logs").join(format!("{name}.log"));
         assert!(log.is_file(), "{}", log.display());
     }
@@ -358,15 +537,114 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     let total = t0.elapsed();
     eprintln!(
         "e2e stack: cargo build check {:.1} s, stack up {:.1} s, 6-job study {:.1} s, \
-         stop {:.1} s, total {:.1} s",
+         late watch {:.1} s, python subscriber {:.1} s, stop {:.1} s, total {:.1} s",
         built.as_secs_f64(),
         ready.as_secs_f64(),
         studied.as_secs_f64(),
+        watch_secs.as_secs_f64(),
+        py_secs.as_secs_f64(),
         stopped.as_secs_f64(),
         total.as_secs_f64()
     );
     assert!(
         total - built < Duration::from_secs(180),
         "took {total:?} beyond the build"
+    );
+}
+
+/// The plain output of `segtune study watch` on the finished study: every job's reward line
+/// (job id and Dice), the done line after all of them, then the summary table of six jobs.
+#[track_caller]
+fn check_late_watch(out: &str, rewards: &[Reward]) {
+    let lines: Vec<&str> = out.lines().collect();
+    let event_lines: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_once("s] ").map(|(_, text)| text))
+        .collect();
+    assert!(
+        event_lines
+            .first()
+            .is_some_and(|l| l.starts_with(&format!("study {STUDY} started: ppo-rnn, 6 jobs"))),
+        "{out}"
+    );
+    for r in rewards {
+        let want = format!("job {} ({}) Dice {:.4} (", r.index, r.job_id, r.mean);
+        assert_eq!(
+            event_lines.iter().filter(|l| l.starts_with(&want)).count(),
+            1,
+            "no single line {want:?}...:\n{out}"
+        );
+    }
+    assert_eq!(
+        event_lines
+            .iter()
+            .filter(|l| l.contains(" issued: "))
+            .count(),
+        6,
+        "{out}"
+    );
+    assert_eq!(
+        event_lines.last().copied(),
+        Some(format!("study {STUDY} done: 6 rewards").as_str()),
+        "the done line ends the replay:\n{out}"
+    );
+    let summary = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("study {STUDY} done: 6 rewards in ")))
+        .unwrap_or_else(|| panic!("no summary:\n{out}"));
+    // After the summary line: the table header, one row per job, the best strategy.
+    let rows: Vec<&str> = lines[summary + 2..]
+        .iter()
+        .take_while(|l| !l.starts_with("best strategy ("))
+        .copied()
+        .collect();
+    assert_eq!(rows.len(), 6, "{out}");
+    for r in rewards {
+        assert!(
+            rows.iter()
+                .any(|row| row.trim_start().starts_with(&format!("{} ", r.index))
+                    && row.contains(&format!(" {:.4} ", r.mean))
+                    && row.contains(&r.trainer)),
+            "no row for job {} with Dice {:.4} and {}:\n{out}",
+            r.index,
+            r.mean,
+            r.trainer
+        );
+    }
+}
+
+/// SIGTERM (a service manager's stop) stops `segtune up` like Ctrl-C: exit 0, every child
+/// it started gone. One trainer and no study keep it to the start-up and the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segtune_up_stops_every_child_on_sigterm() {
+    let t0 = Instant::now();
+    let segtune = build_binaries().join("segtune");
+    let built = t0.elapsed();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (mut up, banner) = start_up(&segtune, 1, port, &dir.path().join("data")).await;
+    let children = started_children(
+        &up,
+        &banner,
+        &[
+            "nats-server",
+            "preprocessor",
+            "controller",
+            "trainer-1",
+            "evaluator",
+        ],
+    );
+    let t_stop = Instant::now();
+    let status = up.stop(libc::SIGTERM);
+    assert!(status.success(), "segtune up exited with {status}");
+    assert_all_exited(&children, Duration::ZERO);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nats-server still listening"
+    );
+    eprintln!(
+        "segtune up SIGTERM: up {:.1} s, stop {:.1} s",
+        (t_stop - t0 - built).as_secs_f64(),
+        t_stop.elapsed().as_secs_f64()
     );
 }

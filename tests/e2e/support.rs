@@ -265,3 +265,31 @@ impl Services {
         }
     }
 }
+
+/// Removes from `cmd` the variables cargo sets for a running test (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...). A `cargo build` run from a test inherits them otherwise, and
+/// build scripts that watch them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`) rerun: ring,
+/// rustls, async-nats and every service were rebuilt by the test's build, and again by the
+/// next `cargo test` (about 4 minutes each way on 2 cores).
+pub(crate) fn without_test_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                k,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}

@@ -108,6 +108,8 @@ pub struct Stack {
 
 struct Service {
     name: String,
+    /// Its process id, from the start (`Child::id` is gone once it is reaped).
+    pid: Option<u32>,
     log: PathBuf,
     child: Child,
     exited: Option<ExitStatus>,
@@ -212,6 +214,15 @@ impl Stack {
             self.trainers,
             if self.trainers == 1 { "" } else { "s" }
         );
+        // The pids, so a user (or a test) can see what runs and check it is gone afterwards.
+        let pids: Vec<String> = std::iter::once(&self.nats)
+            .chain(&self.services)
+            .map(|s| match s.pid {
+                Some(pid) => format!("{} {pid}", s.name),
+                None => format!("{} ?", s.name),
+            })
+            .collect();
+        println!("  pids      {}", pids.join(", "));
         println!("  store     {}", self.store_dir().display());
         println!("  logs      {}/<service>.log", self.logs_dir().display());
         println!("Submit a study and watch it from another shell:");
@@ -409,6 +420,7 @@ impl Service {
             .with_context(|| format!("cannot start {} ({})", name, program.display()))?;
         Ok(Self {
             name: name.to_string(),
+            pid: child.id(),
             log,
             child,
             exited: None,

@@ -167,6 +167,22 @@ pub async fn follow(
             }
         }
     };
+    if let Finish::Done(_) = &finish {
+        // The rewards replay apart from the events, so the done event can come before the
+        // last rewards (always so when attaching to a finished study): read them, briefly, so
+        // the final table has every job's trainer and per-class Dice.
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while view.awaiting_rewards() {
+            match tokio::time::timeout_at(until, rewards.next()).await {
+                Ok(Some(Ok(msg))) => {
+                    if let Ok(r) = protocol::decode::<Reward>(&msg.payload) {
+                        view.reward(r);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
     view.clear();
     match finish {
         Finish::Failed(reason) => {
@@ -259,6 +275,8 @@ struct JobView {
     /// The trainer replica that trained it (from its reward; empty until then, or when the
     /// evaluator did not say).
     trainer: String,
+    /// Its reward message has been read (per-class Dice, trainer).
+    rewarded: bool,
 }
 
 /// Everything known about the study, and how it was last drawn.
@@ -280,10 +298,16 @@ struct View {
     best: Option<(u32, f64)>,
     /// Lines of the last live frame (erased before the next).
     drawn: usize,
+    /// Where frames, plain lines and the summary go: stdout, or a buffer in tests.
+    out: Box<dyn std::io::Write + Send>,
 }
 
 impl View {
     fn new(study: &str, output: Output) -> Self {
+        Self::with_output(study, output, Box::new(std::io::stdout()))
+    }
+
+    fn with_output(study: &str, output: Output, out: Box<dyn std::io::Write + Send>) -> Self {
         Self {
             study: study.to_string(),
             output,
@@ -299,13 +323,15 @@ impl View {
             rewards: 0,
             best: None,
             drawn: 0,
+            out,
         }
     }
 
     fn line(&mut self, at_unix: f64, text: &str) {
         if self.output == Output::Plain {
             let t = at_unix - self.t0.unwrap_or(at_unix);
-            println!("[{t:7.1}s] {text}");
+            let _ = writeln!(self.out, "[{t:7.1}s] {text}");
+            let _ = self.out.flush();
         }
     }
 
@@ -346,6 +372,7 @@ impl View {
                         dice: None,
                         per_class: Vec::new(),
                         trainer: String::new(),
+                        rewarded: false,
                     },
                 );
                 if let Some(r) = self.early_rewards.remove(&job_id) {
@@ -366,7 +393,7 @@ impl View {
                     j.dice = Some(mean);
                 }
                 let text = format!(
-                    "job {index} Dice {mean:.4} ({}{})",
+                    "job {index} ({job_id}) Dice {mean:.4} ({}{})",
                     self.done_text(),
                     self.eta(at)
                         .map(|s| format!(", ETA {}", duration(s)))
@@ -421,6 +448,7 @@ impl View {
             return;
         };
         if let Some(j) = self.jobs.get_mut(&index) {
+            j.rewarded = true;
             j.per_class = r.per_class;
             j.trainer = r.trainer;
             j.dice.get_or_insert(r.mean);
@@ -428,6 +456,10 @@ impl View {
     }
 
     fn progress(&mut self, p: Progress) {
+        self.progress_at(p, now_unix());
+    }
+
+    fn progress_at(&mut self, p: Progress, now: f64) {
         let Some(&i) = self.index_of.get(&p.job_id) else {
             return;
         };
@@ -452,7 +484,14 @@ impl View {
             "job {i} epoch {}/{} loss {:.4}, {:.1} patches/s ({})",
             p.epoch, p.epochs, p.loss, p.patches_per_sec, p.worker
         );
-        self.line(now_unix(), &text);
+        self.line(now, &text);
+    }
+
+    /// Whether a job counted as rewarded still lacks its reward message.
+    fn awaiting_rewards(&self) -> bool {
+        self.jobs
+            .values()
+            .any(|j| matches!(j.stage, Stage::Done) && !j.rewarded)
     }
 
     fn max_jobs(&self) -> Option<u32> {
@@ -577,8 +616,7 @@ impl View {
         s
     }
 
-    fn header(&self) -> String {
-        let now = now_unix();
+    fn header(&self, now: f64) -> String {
         let mut s = format!("study {}", self.study);
         match &self.spec {
             None if self.events == 0 => s.push_str(" · waiting for its first event"),
@@ -596,8 +634,9 @@ impl View {
         s
     }
 
-    fn frame(&self) -> Vec<String> {
-        let mut lines = vec![self.header()];
+    /// The live view at `now` (Unix seconds), one string per terminal line.
+    fn frame(&self, now: f64) -> Vec<String> {
+        let mut lines = vec![self.header(now)];
         let running: Vec<(&u32, &JobView)> = self
             .jobs
             .iter()
@@ -658,34 +697,33 @@ impl View {
         if self.drawn > 0 {
             let _ = write!(out, "\x1b[{}F\x1b[J", self.drawn);
         }
-        let lines = self.frame();
+        let lines = self.frame(now_unix());
         for l in &lines {
             out.extend(l.chars().take(width.saturating_sub(1)));
             out.push('\n');
         }
         self.drawn = lines.len();
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(out.as_bytes());
-        let _ = stdout.flush();
+        let _ = self.out.write_all(out.as_bytes());
+        let _ = self.out.flush();
     }
 
     /// Erases the live frame.
     fn clear(&mut self) {
         if self.output == Output::Live && self.drawn > 0 {
-            print!("\x1b[{}F\x1b[J", self.drawn);
-            let _ = std::io::stdout().flush();
+            let _ = write!(self.out, "\x1b[{}F\x1b[J", self.drawn);
+            let _ = self.out.flush();
             self.drawn = 0;
         }
     }
 
     /// The final table and the best strategy.
-    fn summary(&self, outcome: Option<&Outcome>) {
+    fn summary(&mut self, outcome: Option<&Outcome>) {
         if self.output == Output::Quiet {
             return;
         }
-        match outcome {
-            Some(o) => println!(
-                "study {} done: {} rewards in {}; best job {} Dice {:.4}",
+        let mut text = match outcome {
+            Some(o) => format!(
+                "study {} done: {} rewards in {}; best job {} Dice {:.4}\n",
                 self.study,
                 o.rewards,
                 duration(o.seconds),
@@ -695,16 +733,17 @@ impl View {
                     .unwrap_or_else(|| o.best_job_id.clone()),
                 o.best_mean
             ),
-            None => println!("study {} failed", self.study),
-        }
+            None => format!("study {} failed\n", self.study),
+        };
         if !self.jobs.is_empty() {
-            println!("{}", self.table_header());
+            let _ = writeln!(text, "{}", self.table_header());
             for (i, j) in &self.jobs {
-                println!("{}", self.table_row(*i, j));
+                let _ = writeln!(text, "{}", self.table_row(*i, j));
             }
         }
         if let Some(o) = outcome {
-            println!(
+            let _ = writeln!(
+                text,
                 "best strategy ({}, Dice {:.4}):",
                 o.best_job_id, o.best_mean
             );
@@ -720,9 +759,11 @@ impl View {
                 }
             }
             for (k, log) in names {
-                println!("  {k:<16} {}", value(o.best_strategy.values[&k], log));
+                let _ = writeln!(text, "  {k:<16} {}", value(o.best_strategy.values[&k], log));
             }
         }
+        let _ = self.out.write_all(text.as_bytes());
+        let _ = self.out.flush();
     }
 }
 
@@ -867,6 +908,11 @@ mod tests {
         view.reward(reward("s-0003", 3, 0.75, ""));
         view.event(rewarded("s-0003", 3, 0.75));
 
+        assert!(
+            !view.awaiting_rewards(),
+            "every rewarded job has its reward"
+        );
+
         let header = view.table_header();
         assert_eq!(header, "   job    flip    Dice  trainer     per class");
         let rows: Vec<String> = (1..=3).map(|i| view.table_row(i, &view.jobs[&i])).collect();
@@ -878,6 +924,284 @@ mod tests {
             rows.iter().all(|r| r[at..].starts_with("0.")),
             "aligned: {rows:?}"
         );
+    }
+
+    /// A writer the test reads back: what the view printed.
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+    }
+
+    const T0: f64 = 1000.0;
+
+    fn at(t: f64, event: StudyEventKind) -> StudyEvent {
+        StudyEvent {
+            schema: protocol::SCHEMA_VERSION,
+            study: "s".into(),
+            time_unix: T0 + t,
+            event,
+        }
+    }
+
+    fn strat(flip: f64, lr: f64) -> Strategy {
+        Strategy {
+            values: [
+                ("p_flip".to_string(), flip),
+                ("learning_rate".to_string(), lr),
+            ]
+            .into_iter()
+            .collect(),
+            unit: BTreeMap::new(),
+        }
+    }
+
+    fn started() -> StudyEvent {
+        let dim = |name: &str, min, max, scale| protocol::Dimension {
+            name: name.into(),
+            min,
+            max,
+            scale,
+        };
+        at(
+            0.0,
+            StudyEventKind::Started {
+                spec: Box::new(StudySpec {
+                    schema: protocol::SCHEMA_VERSION,
+                    study: "s".into(),
+                    dataset: protocol::DatasetRef::Id { id: "ds-1".into() },
+                    space: vec![
+                        dim("p_flip", 0.0, 1.0, Scale::Linear),
+                        dim("learning_rate", 1e-4, 1e-2, Scale::Log),
+                    ],
+                    searcher: "ppo-rnn".into(),
+                    searcher_settings: BTreeMap::new(),
+                    max_jobs: 4,
+                    parallel: 2,
+                    max_failures: 10,
+                    training: protocol::TrainingConfig::default(),
+                    seed: 0,
+                }),
+                dataset_id: "ds-1".into(),
+            },
+        )
+    }
+
+    fn issue(t: f64, index: u32, strategy: Strategy) -> StudyEvent {
+        at(
+            t,
+            StudyEventKind::Issued {
+                job_id: format!("s-{index:04}"),
+                index,
+                strategy,
+            },
+        )
+    }
+
+    fn rewarded_at(t: f64, index: u32, mean: f64, so_far: u32) -> StudyEvent {
+        at(
+            t,
+            StudyEventKind::Reward {
+                job_id: format!("s-{index:04}"),
+                index,
+                mean,
+                rewards_so_far: so_far,
+            },
+        )
+    }
+
+    fn new_best(t: f64, index: u32, mean: f64) -> StudyEvent {
+        at(
+            t,
+            StudyEventKind::NewBest {
+                job_id: format!("s-{index:04}"),
+                mean,
+                strategy: Strategy::default(),
+            },
+        )
+    }
+
+    fn epoch(index: u32, epoch: u32, loss: f64, pps: f64, worker: &str) -> Progress {
+        Progress {
+            schema: protocol::SCHEMA_VERSION,
+            study: "s".into(),
+            job_id: format!("s-{index:04}"),
+            worker: worker.into(),
+            epoch,
+            epochs: 4,
+            loss,
+            patches_per_sec: pps,
+            attempt: 1,
+        }
+    }
+
+    /// Jobs 1-3 of a 4-job study 12 s in: job 1 rewarded (the best), job 2 training, job 3
+    /// trained and being evaluated.
+    fn first_half(view: &mut View) {
+        assert!(view.event(started()).is_none());
+        view.event(issue(1.0, 1, strat(0.25, 1e-3)));
+        view.event(issue(2.0, 2, strat(0.75, 3e-4)));
+        view.progress_at(epoch(1, 2, 0.4321, 12.5, "trainer-1"), T0 + 5.0);
+        let mut r = reward("s-0001", 1, 0.5, "trainer-1");
+        r.per_class = vec![0.6, 0.4];
+        view.reward(r);
+        view.event(rewarded_at(10.0, 1, 0.5, 1));
+        view.event(new_best(10.0, 1, 0.5));
+        view.event(issue(11.0, 3, strat(0.5, 1e-2)));
+        view.progress_at(epoch(2, 3, 0.25, 7.5, "trainer-2"), T0 + 12.0);
+        view.progress_at(epoch(3, 4, 0.125, 9.0, "trainer-1"), T0 + 13.0);
+    }
+
+    #[test]
+    fn live_frame_shows_running_jobs_finished_jobs_best_and_eta() {
+        let buf = Buf::default();
+        let mut view = View::with_output("s", Output::Live, Box::new(buf.clone()));
+        first_half(&mut view);
+        // Handling events draws nothing: the frame is drawn on the tick.
+        assert!(buf.lines().is_empty(), "{:?}", buf.lines());
+
+        let frame = view.frame(T0 + 20.0);
+        // 1 of 4 done in 20 s: 3 left at 20 s each.
+        assert_eq!(
+            frame[0],
+            "study s · ppo-rnn · 1/4 done, best 0.5000 (job 1) · 20s elapsed · ETA 1m00s"
+        );
+        assert_eq!(frame[1], "running");
+        // One bar per running job: job 2 at epoch 3 of 4 (18 of 24 cells), its loss,
+        // throughput and trainer; job 3 has trained all its epochs.
+        assert_eq!(
+            frame[2],
+            format!(
+                "  job   2  [{}{}]    3/4   loss 0.2500  7.5 patches/s  trainer-2",
+                "#".repeat(18),
+                "-".repeat(6)
+            )
+        );
+        assert_eq!(
+            frame[3],
+            format!("  job   3  [{}]  trained; evaluating", "#".repeat(24))
+        );
+        assert_eq!(frame[4], "finished");
+        // The finished table: strategy values (log scale for the learning rate), Dice,
+        // trainer, per-class Dice and the best mark.
+        assert_eq!(
+            frame[5],
+            "   job    flip      lr    Dice  trainer    per class"
+        );
+        assert_eq!(
+            frame[6],
+            "     1    0.25  1.0e-3  0.5000  trainer-1  0.60 0.40  *best"
+        );
+        assert_eq!(frame.len(), 7, "{frame:#?}");
+
+        // Job 2 finishes, better than job 1: it leaves the bars, joins the table, is the best.
+        view.event(rewarded_at(24.0, 2, 0.625, 2));
+        view.event(new_best(24.0, 2, 0.625));
+        let frame = view.frame(T0 + 30.0);
+        assert_eq!(
+            frame[0],
+            "study s · ppo-rnn · 2/4 done, best 0.6250 (job 2) · 30s elapsed · ETA 30s"
+        );
+        let running: Vec<&String> = frame.iter().filter(|l| l.starts_with("  job ")).collect();
+        assert_eq!(running.len(), 1, "{frame:#?}");
+        assert!(running[0].starts_with("  job   3 "), "{frame:#?}");
+        let rows = &frame[frame.iter().position(|l| l == "finished").unwrap() + 2..];
+        assert_eq!(rows.len(), 2, "{frame:#?}");
+        assert!(!rows[0].contains("*best"), "{}", rows[0]);
+        assert!(
+            rows[1].starts_with("     2    0.75  3.0e-4  0.6250  ") && rows[1].ends_with("*best"),
+            "{}",
+            rows[1]
+        );
+        // Nothing was drawn to the output yet; a redraw writes the frame, a clear erases it.
+        view.redraw();
+        let drawn = buf.lines();
+        assert_eq!(drawn.len(), frame.len(), "{drawn:#?}");
+        assert!(drawn[0].starts_with("study s · ppo-rnn · 2/4 done"));
+        view.clear();
+        let after = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            after.ends_with(&format!("\x1b[{}F\x1b[J", frame.len())),
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn plain_lines_tell_the_same_story() {
+        let buf = Buf::default();
+        let mut view = View::with_output("s", Output::Plain, Box::new(buf.clone()));
+        first_half(&mut view);
+        view.event(rewarded_at(20.0, 2, 0.25, 2));
+        view.event(rewarded_at(25.0, 3, 0.75, 3));
+        view.event(new_best(25.0, 3, 0.75));
+        view.event(issue(26.0, 4, strat(1.0, 1e-4)));
+        view.event(rewarded_at(30.0, 4, 0.125, 4));
+        let done = view.event(at(
+            30.0,
+            StudyEventKind::Done {
+                best_job_id: "s-0003".into(),
+                best_mean: 0.75,
+                best_strategy: strat(0.5, 1e-2),
+                rewards: 4,
+            },
+        ));
+        let Some(Finish::Done(outcome)) = done else {
+            panic!("the done event ends the study");
+        };
+        // Jobs 2-4 were counted from events alone: `follow` reads their rewards before the
+        // summary. (Here they never come: the rows show no trainer.)
+        assert!(view.awaiting_rewards());
+        assert_eq!(outcome.seconds, 30.0);
+        view.summary(Some(&outcome));
+
+        let lines = buf.lines();
+        let want = [
+            "[    0.0s] study s started: ppo-rnn, 4 jobs, 2 in parallel, dataset ds-1",
+            "[    1.0s] job 1 issued: flip=0.25 lr=1.0e-3",
+            "[    2.0s] job 2 issued: flip=0.75 lr=3.0e-4",
+            "[    5.0s] job 1 epoch 2/4 loss 0.4321, 12.5 patches/s (trainer-1)",
+            // 1 of 4 in 10 s: 30 s left.
+            "[   10.0s] job 1 (s-0001) Dice 0.5000 (1/4 done, ETA 30s)",
+            "[   10.0s] new best: job 1 Dice 0.5000",
+            "[   11.0s] job 3 issued: flip=0.50 lr=1.0e-2",
+            "[   12.0s] job 2 epoch 3/4 loss 0.2500, 7.5 patches/s (trainer-2)",
+            "[   13.0s] job 3 epoch 4/4 loss 0.1250, 9.0 patches/s (trainer-1)",
+            "[   20.0s] job 2 (s-0002) Dice 0.2500 (2/4 done, best 0.5000 (job 1), ETA 20s)",
+            "[   25.0s] job 3 (s-0003) Dice 0.7500 (3/4 done, best 0.5000 (job 1), ETA 8s)",
+            "[   25.0s] new best: job 3 Dice 0.7500",
+            "[   26.0s] job 4 issued: flip=1.00 lr=1.0e-4",
+            // The last reward: no ETA.
+            "[   30.0s] job 4 (s-0004) Dice 0.1250 (4/4 done, best 0.7500 (job 3))",
+            "[   30.0s] study s done: 4 rewards",
+            // The summary: the outcome, every job, the best strategy.
+            "study s done: 4 rewards in 30s; best job 3 Dice 0.7500",
+            "   job    flip      lr    Dice  trainer    per class",
+            "     1    0.25  1.0e-3  0.5000  trainer-1  0.60 0.40",
+            "     2    0.75  3.0e-4  0.2500  -        ",
+            "     3    0.50  1.0e-2  0.7500  -          *best",
+            "     4    1.00  1.0e-4  0.1250  -        ",
+            "best strategy (s-0003, Dice 0.7500):",
+            "  p_flip           0.50",
+            "  learning_rate    1.0e-2",
+        ];
+        assert_eq!(lines, want);
     }
 
     #[test]

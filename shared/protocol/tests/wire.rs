@@ -433,3 +433,334 @@ fn every_stream_subject_is_covered_and_consumers_reference_streams() {
         assert_eq!(n, 1, "{subj} must be in exactly one stream");
     }
 }
+
+// docs/reward-stream.md documents the public messages field by field. These tests encode a
+// sample of each documented type and compare its keys, in order, with the doc's table, so a
+// field added, renamed or reordered in `messages.rs` fails here until the doc says so too.
+
+const DOC: &str = include_str!("../../../docs/reward-stream.md");
+
+/// The doc's `## `Name`` / `### `Name`` sections, by name.
+fn doc_sections() -> BTreeMap<String, String> {
+    let mut sections = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in DOC.lines() {
+        let heading = line
+            .strip_prefix("### ")
+            .or_else(|| line.strip_prefix("## "))
+            .and_then(|h| h.strip_prefix('`'))
+            .and_then(|h| h.strip_suffix('`'));
+        if line.starts_with("## ") || line.starts_with("### ") {
+            if let Some((name, text)) = current.take() {
+                sections.insert(name, text);
+            }
+            current = heading.map(|h| (h.to_string(), String::new()));
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    if let Some((name, text)) = current {
+        sections.insert(name, text);
+    }
+    sections
+}
+
+fn section(name: &str) -> String {
+    doc_sections()
+        .remove(name)
+        .unwrap_or_else(|| panic!("docs/reward-stream.md has no section `{name}`"))
+}
+
+/// Every `code` span of `text`, in order.
+fn backticked(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `name` of every "`name`:" in `text` (field lists written inline), in order.
+fn inline_fields(text: &str) -> Vec<String> {
+    let parts: Vec<&str> = text.split('`').collect();
+    (1..parts.len())
+        .step_by(2)
+        .filter(|&i| parts.get(i + 1).is_some_and(|rest| rest.starts_with(':')))
+        .map(|i| parts[i].to_string())
+        .collect()
+}
+
+/// The rows (cells trimmed) of the table whose header row starts with `| {first} |`.
+fn table(text: &str, first: &str) -> Vec<Vec<String>> {
+    let header = format!("| {first} |");
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&header));
+    assert!(lines.next().is_some(), "no table `{header}` in:\n{text}");
+    lines
+        .skip(1) // |---|---|
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The documented fields of a section's `| field |` table, in order (a row may name several,
+/// "`min`, `max`").
+fn doc_fields(name: &str) -> Vec<String> {
+    table(&section(name), "field")
+        .iter()
+        .flat_map(|row| backticked(&row[0]))
+        .collect()
+}
+
+/// The notes cell of `field` in section `name`'s table.
+fn doc_notes(name: &str, field: &str) -> String {
+    table(&section(name), "field")
+        .into_iter()
+        .find(|row| backticked(&row[0]).iter().any(|f| f == field))
+        .unwrap_or_else(|| panic!("`{name}` documents no field `{field}`"))
+        .last()
+        .cloned()
+        .unwrap()
+}
+
+fn value_of<T: serde::Serialize>(v: &T) -> rmpv::Value {
+    rmpv::decode::read_value(&mut &encode(v).unwrap()[..]).unwrap()
+}
+
+/// The keys of a named map, in wire order.
+fn keys(v: &rmpv::Value) -> Vec<String> {
+    v.as_map()
+        .unwrap_or_else(|| panic!("not a map: {v}"))
+        .iter()
+        .map(|(k, _)| k.as_str().expect("string keys").to_string())
+        .collect()
+}
+
+fn field<'a>(v: &'a rmpv::Value, name: &str) -> &'a rmpv::Value {
+    v.as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(name))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no key {name} in {v}"))
+}
+
+#[track_caller]
+fn assert_documented(name: &str, encoded: &rmpv::Value) {
+    assert_eq!(
+        keys(encoded),
+        doc_fields(name),
+        "`{name}`: the encoded keys (left) and docs/reward-stream.md's table (right) differ"
+    );
+}
+
+/// Every variant of the event, with the `kind` it is written as. The match has no wildcard:
+/// a new variant does not compile until it is sampled here (and then documented).
+fn event_kinds() -> Vec<(&'static str, StudyEventKind)> {
+    let all = vec![
+        StudyEventKind::Started {
+            spec: Box::new(spec()),
+            dataset_id: "d".into(),
+        },
+        StudyEventKind::Issued {
+            job_id: "demo-0001".into(),
+            index: 1,
+            strategy: strategy(),
+        },
+        StudyEventKind::Reward {
+            job_id: "demo-0001".into(),
+            index: 1,
+            mean: 0.5,
+            rewards_so_far: 1,
+        },
+        StudyEventKind::NewBest {
+            job_id: "demo-0001".into(),
+            mean: 0.5,
+            strategy: strategy(),
+        },
+        StudyEventKind::JobFailed {
+            job_id: "demo-0002".into(),
+            reason: "r".into(),
+        },
+        StudyEventKind::Done {
+            best_job_id: "demo-0001".into(),
+            best_mean: 0.5,
+            best_strategy: strategy(),
+            rewards: 1,
+        },
+        StudyEventKind::Failed { reason: "r".into() },
+    ];
+    all.into_iter()
+        .map(|k| {
+            let kind = match &k {
+                StudyEventKind::Started { .. } => "started",
+                StudyEventKind::Issued { .. } => "issued",
+                StudyEventKind::Reward { .. } => "reward",
+                StudyEventKind::NewBest { .. } => "new_best",
+                StudyEventKind::JobFailed { .. } => "job_failed",
+                StudyEventKind::Done { .. } => "done",
+                StudyEventKind::Failed { .. } => "failed",
+            };
+            (kind, k)
+        })
+        .collect()
+}
+
+#[test]
+fn reward_stream_doc_lists_exactly_the_encoded_fields() {
+    let r = value_of(&reward());
+    assert_documented("Reward", &r);
+    assert_documented("Strategy", field(&r, "strategy"));
+    let case = &field(&r, "per_case").as_array().unwrap()[0];
+    assert_documented("CaseDice", case);
+
+    let s = value_of(&spec());
+    assert_documented("StudySpec", &s);
+    assert_documented("Dimension", &field(&s, "space").as_array().unwrap()[0]);
+    assert_documented("TrainingConfig", field(&s, "training"));
+    // PreprocessParams is a paragraph ("`name`: type; ..."), not a table.
+    let params = field(field(&s, "dataset"), "params");
+    assert_eq!(
+        keys(params),
+        inline_fields(&section("PreprocessParams")),
+        "`PreprocessParams`: encoded keys vs the doc"
+    );
+
+    assert_documented(
+        "Progress",
+        &value_of(&Progress {
+            schema: SCHEMA_VERSION,
+            study: "demo".into(),
+            job_id: "demo-0003".into(),
+            worker: "w1".into(),
+            epoch: 2,
+            epochs: 10,
+            loss: 0.5,
+            patches_per_sec: 12.5,
+            attempt: 1,
+        }),
+    );
+    assert_documented(
+        "JobFailed",
+        &value_of(&JobFailed {
+            schema: SCHEMA_VERSION,
+            study: "demo".into(),
+            job_id: "demo-0003".into(),
+            reason: "dataset missing".into(),
+            original_subject: "segtune.jobs.demo".into(),
+            deliveries: 1,
+            worker: "w1".into(),
+        }),
+    );
+
+    // Every section with a field table is one of the above (a newly documented message gets
+    // a check here).
+    let tabled: Vec<String> = doc_sections()
+        .into_iter()
+        .filter(|(_, text)| text.lines().any(|l| l.starts_with("| field |")))
+        .map(|(name, _)| name)
+        .collect();
+    let checked = [
+        "CaseDice",
+        "Dimension",
+        "JobFailed",
+        "Progress",
+        "Reward",
+        "Strategy",
+        "StudyEvent",
+        "StudySpec",
+        "TrainingConfig",
+    ];
+    assert_eq!(tabled, checked, "sections with a field table");
+}
+
+#[test]
+fn reward_stream_doc_lists_every_study_event_kind_and_its_fields() {
+    let doc_kinds: Vec<(String, Vec<String>)> = table(&section("StudyEvent"), "`kind`")
+        .iter()
+        .map(|row| {
+            let kind = backticked(&row[0]);
+            assert_eq!(kind.len(), 1, "{row:?}");
+            (kind[0].clone(), inline_fields(&row[1]))
+        })
+        .collect();
+    let samples = event_kinds();
+    assert_eq!(
+        samples.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        doc_kinds
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        "event kinds: encoded (left) vs docs/reward-stream.md (right)"
+    );
+    for ((kind, event), (_, documented)) in samples.into_iter().zip(&doc_kinds) {
+        let ev = value_of(&StudyEvent {
+            schema: SCHEMA_VERSION,
+            study: "demo".into(),
+            time_unix: 1.5,
+            event,
+        });
+        assert_documented("StudyEvent", &ev);
+        let inner = field(&ev, "event");
+        assert_eq!(field(inner, "kind").as_str(), Some(kind));
+        let fields: Vec<String> = keys(inner).into_iter().filter(|k| k != "kind").collect();
+        assert_eq!(
+            &fields, documented,
+            "`{kind}` event: encoded vs documented fields"
+        );
+    }
+}
+
+/// The tagged and plain enums inside `StudySpec`: every key and name they are written with
+/// appears in the notes that describe them.
+#[test]
+fn reward_stream_doc_names_the_spec_enums() {
+    let dataset_notes = doc_notes("StudySpec", "dataset");
+    let named = backticked(&dataset_notes);
+    let refs = [
+        DatasetRef::Id { id: "d".into() },
+        DatasetRef::Source {
+            source: DatasetSource::Local { path: "/x".into() },
+            params: PreprocessParams::default(),
+        },
+        DatasetRef::Source {
+            source: DatasetSource::Store {
+                prefix: "raw".into(),
+            },
+            params: PreprocessParams::default(),
+        },
+    ];
+    for r in &refs {
+        let v = value_of(r);
+        let mut words = keys(&v);
+        words.push(field(&v, "kind").as_str().unwrap().to_string());
+        if let DatasetRef::Source { .. } = r {
+            let source = field(&v, "source");
+            words.extend(keys(source));
+            words.push(field(source, "kind").as_str().unwrap().to_string());
+        }
+        for w in words {
+            assert!(
+                named.contains(&w),
+                "`{w}` of {r:?} not in the `dataset` notes: {dataset_notes}"
+            );
+        }
+    }
+    let scale_notes = backticked(&doc_notes("Dimension", "scale"));
+    for s in [Scale::Linear, Scale::Log] {
+        let v = value_of(&s);
+        let name = v.as_str().unwrap();
+        assert!(scale_notes.iter().any(|n| n == name), "scale `{name}`");
+    }
+    let params = backticked(&section("PreprocessParams"));
+    for s in [PercentileScope::Overall, PercentileScope::PerVolume] {
+        let v = value_of(&s);
+        let name = v.as_str().unwrap();
+        assert!(params.iter().any(|n| n == name), "mr_scope `{name}`");
+    }
+}

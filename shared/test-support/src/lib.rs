@@ -397,3 +397,74 @@ pub fn init_test_tracing() {
             .try_init();
     }
 }
+
+/// examples/subscribe_rewards.py, run as a user would against `nats_url`: the first `want`
+/// lines it prints for `study` (fewer if 30 s pass first), and what it wrote to stderr; the
+/// subscriber follows the stream forever, so it is killed after that.
+///
+/// `None` (after saying SKIPPED on stderr) when python3 lacks the `nats` (nats-py) or
+/// `msgpack` modules, unless `SEGTUNE_REQUIRE_PYTHON=1` (scripts/test sets it), which turns
+/// a missing module into a failure so CI cannot skip silently.
+pub fn python_subscriber_lines(
+    nats_url: &str,
+    study: &str,
+    want: usize,
+) -> Option<(Vec<String>, String)> {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let probe = Command::new("python3")
+        .args(["-c", "import nats, msgpack"])
+        .output();
+    let missing = match &probe {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Some(format!("cannot run python3: {e}")),
+    };
+    if let Some(why) = missing {
+        let fix = "`python3 -m pip install nats-py msgpack` (scripts/test does it)";
+        assert!(
+            std::env::var("SEGTUNE_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "SEGTUNE_REQUIRE_PYTHON=1 but python3 cannot import nats and msgpack: {why}; {fix}"
+        );
+        eprintln!(
+            "SKIPPED examples/subscribe_rewards.py: python3 lacks the `nats` (nats-py) or \
+             `msgpack` module ({why}); {fix}"
+        );
+        return None;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/subscribe_rewards.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(study)
+        .env("SEGTUNE_NATS", nats_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python3 examples/subscribe_rewards.py");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines.len() < want && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            lines.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    Some((lines, stderr))
+}

@@ -574,57 +574,21 @@ async fn unknown_study_and_missing_broker_are_one_line_errors() {
 }
 
 /// examples/subscribe_rewards.py, run as a user would, prints every reward of the study.
+/// (tests/e2e/stack.rs runs it against the real stack too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_subscriber_prints_the_rewards() {
-    let probe = Command::new("python3")
-        .args(["-c", "import nats, msgpack"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED python_subscriber_prints_the_rewards: python3 with the `nats` (nats-py) and \
-             `msgpack` modules is missing; `python3 -m pip install nats-py msgpack` (scripts/test \
-             does it)"
-        );
-        return;
-    }
     let (nats, js) = setup().await;
     publish_study(&js, "py", 5, true).await;
     publish_study(&js, "py-other", 2, false).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/subscribe_rewards.py");
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg("py")
-        .env("SEGTUNE_NATS", nats.url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lines.len() < 5 && Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            lines.push(l);
-        }
-    }
-    // A subscriber follows the stream forever: stop it.
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        lines.len(),
-        5,
-        "got {lines:?}; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = nats.url();
+    let Some((lines, stderr)) =
+        tokio::task::spawn_blocking(move || test_support::python_subscriber_lines(&url, "py", 5))
+            .await
+            .unwrap()
+    else {
+        return; // SKIPPED (said why); a failure under SEGTUNE_REQUIRE_PYTHON=1
+    };
+    assert_eq!(lines.len(), 5, "got {lines:?}; stderr: {stderr}");
     for (i, line) in lines.iter().enumerate() {
         let r = reward("py", i as u32 + 1);
         assert!(
