@@ -5,7 +5,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -21,39 +20,6 @@ fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinH
     })
 }
 
-/// studies/demo.toml's shape, shrunk: 2 PPO-RNN jobs one at a time, 1 epoch of 2 small
-/// patches (the routine study copies the training settings: a third job).
-fn tiny_study(dir: &Path, task: &Path) -> std::path::PathBuf {
-    let path = dir.join("tiny.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[dataset]
-path = "{}"
-
-[search]
-searcher = "ppo-rnn"
-max_jobs = 2
-parallel = 1
-seed = 0
-
-[space]
-preset = "paper"
-
-[training]
-channels = [4, 8]
-patch = 16
-epochs = 1
-patches_per_epoch = 2
-batch_size = 2
-"#,
-            task.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[test]
 fn segtune_demo_compares_the_best_strategy_with_the_routine_one() {
     let t0 = Instant::now();
@@ -64,7 +30,9 @@ fn segtune_demo_compares_the_best_strategy_with_the_routine_one() {
     let task = dir.path().join("task");
     let spec = volume::synth::SynthSpec::new(volume::synth::SynthKind::CtOrgan, 6, 24, 5);
     volume::synth::write_task(&spec, &task).unwrap();
-    let study = tiny_study(dir.path(), &task);
+    // 2 PPO-RNN jobs one at a time, 1 epoch of 2 patches (the routine study copies these
+    // training settings: a third job).
+    let study = crate::support::tiny_ppo_study(dir.path(), &task, 2, 1, 1, 2);
     let data = dir.path().join("data");
 
     let t_demo = Instant::now();

@@ -266,37 +266,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn study_file(dir: &Path, task: &Path) -> PathBuf {
-    let path = dir.join("tiny.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[dataset]
-path = "{}"
-
-[search]
-searcher = "ppo-rnn"
-max_jobs = 6
-parallel = 2
-seed = 0
-
-[space]
-preset = "paper"
-
-[training]
-channels = [4, 8]
-patch = 16
-epochs = 2
-patches_per_epoch = 4
-batch_size = 2
-"#,
-            task.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     let t0 = Instant::now();
@@ -308,7 +277,7 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     let task = dir.path().join("task");
     let spec = volume::synth::SynthSpec::new(volume::synth::SynthKind::CtOrgan, 6, 24, 5);
     volume::synth::write_task(&spec, &task).unwrap();
-    let study = study_file(dir.path(), &task);
+    let study = crate::support::tiny_ppo_study(dir.path(), &task, 6, 2, 2, 4);
     let data = dir.path().join("data");
 
     // The stack, as a user starts it.

@@ -293,3 +293,43 @@ pub(crate) fn without_test_env(cmd: &mut std::process::Command) -> &mut std::pro
     }
     cmd
 }
+
+/// A PPO-RNN study file of studies/demo.toml's shape on the task at `task`, shrunk for tests:
+/// U-Net 4-8, patches of 16³, `epochs` × `patches` per job. Written as `dir/tiny.toml`.
+pub fn tiny_ppo_study(
+    dir: &std::path::Path,
+    task: &std::path::Path,
+    max_jobs: usize,
+    parallel: usize,
+    epochs: usize,
+    patches: usize,
+) -> std::path::PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[dataset]
+path = "{}"
+
+[search]
+searcher = "ppo-rnn"
+max_jobs = {max_jobs}
+parallel = {parallel}
+seed = 0
+
+[space]
+preset = "paper"
+
+[training]
+channels = [4, 8]
+patch = 16
+epochs = {epochs}
+patches_per_epoch = {patches}
+batch_size = 2
+"#,
+            task.display()
+        ),
+    )
+    .unwrap();
+    path
+}
