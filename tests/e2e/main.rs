@@ -7,6 +7,7 @@ mod compose;
 mod demo;
 mod faults;
 mod preprocess;
+mod s3;
 mod security;
 mod stack;
 mod support;
