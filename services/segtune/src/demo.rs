@@ -70,6 +70,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         nats_port: port,
     })
     .await?;
+    let shutdown = runtime::shutdown_signal();
     eprintln!(
         "stack up on {} (logs in {}); {} s",
         stack.nats_url,
@@ -81,7 +82,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let reports = data_dir.join("reports").join(&spec.study);
     let result = tokio::select! {
         r = search(&client, &js, &url, &spec, &routine, &reports) => r,
-        _ = runtime::shutdown_signal() => Err(anyhow::anyhow!(
+        _ = shutdown => Err(anyhow::anyhow!(
             "interrupted; the study stays in {} and resumes with the next `segtune up` or demo \
              on this data dir",
             stack.store_dir().display()

@@ -122,9 +122,11 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         nats_port: a.nats_port,
     })
     .await?;
+    // Before the banner: whoever reads it may answer with Ctrl-C or SIGTERM at once.
+    let shutdown = runtime::shutdown_signal();
     stack.print_banner();
     let outcome = tokio::select! {
-        _ = runtime::shutdown_signal() => {
+        _ = shutdown => {
             eprintln!("stopping the stack ...");
             Ok(())
         }
