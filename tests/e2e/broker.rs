@@ -29,13 +29,7 @@ async fn a_study_survives_a_broker_kill_9_and_a_graceful_restart() {
     let js = async_nats::jetstream::new(client.clone());
     let task = crate::support::synth_task(&dir.path().join("task"), 7);
     let max_jobs = 6;
-    let text = format!(
-        "[dataset]\npath = \"{}\"\n[search]\nsearcher = \"random\"\nmax_jobs = {max_jobs}\n\
-         parallel = 2\n[space]\npreset = \"paper\"\n[training]\nchannels = [4, 8]\npatch = 16\n\
-         epochs = 3\npatches_per_epoch = 2\nbatch_size = 1\n",
-        task.display()
-    );
-    let spec = controller::parse_study_file(&text, &dir.path().join("broker.toml")).unwrap();
+    let spec = crate::support::random_study(dir.path(), &task, "broker", max_jobs, 3);
     let study = spec.study.clone();
     // A core subscription: the client subscribes again after each reconnect.
     let mut rewards = client.subscribe(subjects::rewards(&study)).await.unwrap();
@@ -43,14 +37,7 @@ async fn a_study_survives_a_broker_kill_9_and_a_graceful_restart() {
         .subscribe(subjects::progress_all(&study))
         .await
         .unwrap();
-    runtime::publish(
-        &js,
-        subjects::SUBMISSIONS.to_string(),
-        Some(&format!("submit-{study}")),
-        protocol::encode(&spec).unwrap(),
-    )
-    .await
-    .unwrap();
+    crate::support::submit(&js, &spec).await;
 
     // After the first reward, wait until a trainer reports progress on a job (one is in
     // flight), then kill -9 the broker and start it again on the same store dir.
@@ -97,17 +84,7 @@ async fn a_study_survives_a_broker_kill_9_and_a_graceful_restart() {
         "a service exited while the broker was down"
     );
 
-    let events = js
-        .get_stream(stream::EVENTS)
-        .await
-        .unwrap()
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::study_events(&study),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut events = events.messages().await.unwrap();
+    let mut events = crate::support::study_events(&js, &study).await;
     let outcome = crate::support::study_outcome(
         &mut events,
         Duration::from_secs(300),

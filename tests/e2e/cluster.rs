@@ -45,25 +45,12 @@ async fn a_study_survives_losing_the_job_streams_leader_in_a_3_node_cluster() {
     }
 
     let task = crate::support::synth_task(&dir.path().join("task"), 5);
-    let text = format!(
-        "[dataset]\npath = \"{}\"\n[search]\nsearcher = \"random\"\nmax_jobs = 4\nparallel = 2\n\
-         [space]\npreset = \"paper\"\n[training]\nchannels = [4, 8]\npatch = 16\nepochs = 2\n\
-         patches_per_epoch = 2\nbatch_size = 1\n",
-        task.display()
-    );
-    let spec = controller::parse_study_file(&text, &dir.path().join("cluster.toml")).unwrap();
+    let spec = crate::support::random_study(dir.path(), &task, "cluster", 4, 2);
     let mut rewards = client
         .subscribe(subjects::rewards(&spec.study))
         .await
         .unwrap();
-    runtime::publish(
-        &js,
-        subjects::SUBMISSIONS.to_string(),
-        Some(&format!("submit-{}", spec.study)),
-        protocol::encode(&spec).unwrap(),
-    )
-    .await
-    .unwrap();
+    crate::support::submit(&js, &spec).await;
 
     // Once the first reward is in, kill the node leading the job stream.
     let first = tokio::time::timeout(Duration::from_secs(120), rewards.next())

@@ -1156,14 +1156,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
 
     // The demo's role submits a tiny study and follows it, as `segtune study submit --wait`.
     let task = crate::support::synth_task(&dir.path().join("task"), 3);
-    let study_file = dir.path().join("roles.toml");
-    let text = format!(
-        "[dataset]\npath = \"{}\"\n[search]\nsearcher = \"random\"\nmax_jobs = 2\nparallel = 2\n\
-         [space]\npreset = \"paper\"\n[training]\nchannels = [4, 8]\npatch = 16\nepochs = 1\n\
-         patches_per_epoch = 2\nbatch_size = 1\n",
-        task.display()
-    );
-    let spec = controller::parse_study_file(&text, &study_file).unwrap();
+    let spec = crate::support::random_study(dir.path(), &task, "roles", 2, 1);
     let admin = runtime::connect(&url_of("demo"), "test-admin")
         .await
         .unwrap();
@@ -1173,25 +1166,8 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         .subscribe(subjects::progress_all(&spec.study))
         .await
         .unwrap();
-    let events = js
-        .get_stream(stream::EVENTS)
-        .await
-        .unwrap()
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::study_events(&spec.study),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut events = events.messages().await.unwrap();
-    runtime::publish(
-        &js,
-        subjects::SUBMISSIONS.to_string(),
-        Some(&format!("submit-{}", spec.study)),
-        protocol::encode(&spec).unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut events = crate::support::study_events(&js, &spec.study).await;
+    crate::support::submit(&js, &spec).await;
     let outcome = crate::support::study_outcome(
         &mut events,
         Duration::from_secs(240),

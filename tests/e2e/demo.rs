@@ -9,7 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::stack::{Proc, assert_all_exited, build_binaries, children_of, comm};
+use super::stack::{Proc, assert_all_exited, children_of, comm};
+use crate::support::build_binaries;
 
 /// Reads a pipe to the end on a thread (the demo must never block on a full pipe).
 fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {

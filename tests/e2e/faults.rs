@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -336,39 +336,6 @@ impl Watch {
     }
 }
 
-/// Where the binaries of this test's profile live: `target/<profile>/`, next to `deps/`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
-}
-
-/// Builds (or finds up to date) `segtune-trainer` with this test's profile; returns its path.
-pub(crate) fn trainer_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = profile_dir();
-            let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-            let mut cmd = Command::new(cargo);
-            crate::support::without_test_env(&mut cmd);
-            cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .args(["build", "--quiet", "--bins", "-p", "trainer"])
-                .arg("--target-dir")
-                .arg(dir.parent().unwrap());
-            if profile != "debug" {
-                cmd.args(["--profile", &profile]);
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "cargo build -p trainer failed: {status}");
-            dir.join("segtune-trainer")
-        })
-        .clone()
-}
-
 /// A `segtune-trainer` process, its stderr lines timestamped; SIGKILLed on drop.
 struct TrainerProcess {
     child: Child,
@@ -377,7 +344,7 @@ struct TrainerProcess {
 
 impl TrainerProcess {
     fn start(bus: &Bus, data: &Data, name: &str) -> Self {
-        let mut child = Command::new(trainer_binary())
+        let mut child = Command::new(crate::support::build_binaries().join("segtune-trainer"))
             .env("SEGTUNE_NATS", bus.nats.url())
             .env("SEGTUNE_STORE", &data.store_url)
             .env("SEGTUNE_WORKER", name)

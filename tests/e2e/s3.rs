@@ -28,7 +28,7 @@ async fn a_study_runs_on_an_s3_store_configured_by_environment_only() {
     let Some(s3) = S3Server::start() else {
         return;
     };
-    let bin = crate::stack::build_binaries();
+    let bin = crate::support::build_binaries();
     let bucket = s3.create_bucket("segtune");
     let store_url = format!("{bucket}/store");
     let nats = NatsServer::start();
@@ -70,38 +70,13 @@ async fn a_study_runs_on_an_s3_store_configured_by_environment_only() {
 
     // A tiny random-search study on a task folder the preprocessor reads from local disk.
     let task = crate::support::synth_task(&dir.path().join("task"), 11);
-    let text = format!(
-        "[dataset]\npath = \"{}\"\n[search]\nsearcher = \"random\"\nmax_jobs = 2\nparallel = 2\n\
-         [space]\npreset = \"paper\"\n[training]\nchannels = [4, 8]\npatch = 16\nepochs = 1\n\
-         patches_per_epoch = 2\nbatch_size = 1\n",
-        task.display()
-    );
-    let spec = controller::parse_study_file(&text, &dir.path().join("s3.toml")).unwrap();
+    let spec = crate::support::random_study(dir.path(), &task, "s3", 2, 1);
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
     runtime::provision(&js, None).await.unwrap();
-    let mut events = js
-        .get_stream(stream::EVENTS)
-        .await
-        .unwrap()
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::study_events(&spec.study),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .messages()
-        .await
-        .unwrap();
+    let mut events = crate::support::study_events(&js, &spec.study).await;
     let t0 = Instant::now();
-    runtime::publish(
-        &js,
-        subjects::SUBMISSIONS.to_string(),
-        Some(&format!("submit-{}", spec.study)),
-        protocol::encode(&spec).unwrap(),
-    )
-    .await
-    .unwrap();
+    crate::support::submit(&js, &spec).await;
     let outcome =
         crate::support::study_outcome(&mut events, Duration::from_secs(180), "s3 study").await;
     let logs = || {

@@ -272,7 +272,7 @@ struct Service {
 impl Service {
     fn start(name: &'static str, level: &str, env: &[(&str, String)]) -> Self {
         let store = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(crate::faults::trainer_binary());
+        let mut cmd = Command::new(crate::support::build_binaries().join("segtune-trainer"));
         for var in runtime::ENV_VARS {
             cmd.env_remove(var);
         }

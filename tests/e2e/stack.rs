@@ -13,12 +13,12 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use crate::support::build_binaries;
 use protocol::{Reward, subjects};
 
 const STUDY: &str = "e2e-stack";
@@ -32,37 +32,6 @@ const SERVICES: [&str; 6] = [
     "trainer-2",
     "evaluator",
 ];
-
-/// Where the binaries of this test's profile live: `target/<profile>/`, next to `deps/`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
-}
-
-/// Builds (or finds up to date) `segtune` and the four services; returns their folder.
-pub(crate) fn build_binaries() -> PathBuf {
-    let dir = profile_dir();
-    let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let target_dir = dir.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let mut cmd = Command::new(cargo);
-    crate::support::without_test_env(&mut cmd);
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["build", "--quiet", "--bins"])
-        .args(["-p", "segtune", "-p", "preprocessor", "-p", "controller"])
-        .args(["-p", "trainer", "-p", "evaluator"])
-        .arg("--target-dir")
-        .arg(target_dir);
-    if profile != "debug" {
-        cmd.args(["--profile", &profile]);
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build --bins failed: {status}");
-    dir
-}
 
 /// `segtune up` as a child; SIGTERM (then SIGKILL) on drop, so a failed test leaves nothing.
 struct Up {
@@ -320,19 +289,12 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     // Six distinct jobs on the public reward stream, every reward a Dice.
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream(subjects::stream::REWARDS).await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::rewards(STUDY),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut rewards = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await {
-        rewards.push(protocol::decode::<Reward>(&m.unwrap().payload).unwrap());
-    }
+    let rewards: Vec<Reward> =
+        test_support::stream_payloads(&js, subjects::stream::REWARDS, &subjects::rewards(STUDY))
+            .await
+            .iter()
+            .map(|p| protocol::decode(p).unwrap())
+            .collect();
     let ids: BTreeSet<&str> = rewards.iter().map(|r| r.job_id.as_str()).collect();
     assert_eq!(
         ids.len(),

@@ -333,3 +333,91 @@ batch_size = 2
     .unwrap();
     path
 }
+
+/// A random-search study of `max_jobs` tiny jobs, 2 at a time (U-Net 4-8, `epochs` of 2
+/// patches of 16³, batch 1), on the task at `task`, parsed as the controller parses
+/// `dir/<name>.toml` (the study is named `name`).
+pub fn random_study(
+    dir: &Path,
+    task: &Path,
+    name: &str,
+    max_jobs: u32,
+    epochs: u32,
+) -> protocol::StudySpec {
+    let text = format!(
+        "[dataset]\npath = \"{}\"\n[search]\nsearcher = \"random\"\nmax_jobs = {max_jobs}\n\
+         parallel = 2\n[space]\npreset = \"paper\"\n[training]\nchannels = [4, 8]\npatch = 16\n\
+         epochs = {epochs}\npatches_per_epoch = 2\nbatch_size = 1\n",
+        task.display()
+    );
+    controller::parse_study_file(&text, &dir.join(format!("{name}.toml"))).unwrap()
+}
+
+/// Hands `spec` to the controller, as `segtune study submit` does.
+pub async fn submit(js: &async_nats::jetstream::Context, spec: &protocol::StudySpec) {
+    runtime::publish(
+        js,
+        protocol::subjects::SUBMISSIONS.to_string(),
+        Some(&format!("submit-{}", spec.study)),
+        protocol::encode(spec).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+/// The events of `study` from the start of the EVENTS stream (an ordered consumer), for
+/// [`study_outcome`].
+pub async fn study_events(
+    js: &async_nats::jetstream::Context,
+    study: &str,
+) -> async_nats::jetstream::consumer::pull::Ordered {
+    js.get_stream(protocol::subjects::stream::EVENTS)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: protocol::subjects::study_events(study),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap()
+}
+
+/// Where the binaries of this test's profile live: `target/<profile>/`, next to `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// Builds (or finds up to date) `segtune` and the four services with this test's profile,
+/// once per test binary; returns their folder (`target/<profile>/`).
+pub(crate) fn build_binaries() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_binaries_now).clone()
+}
+
+fn build_binaries_now() -> PathBuf {
+    let dir = profile_dir();
+    let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let target_dir = dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+    let mut cmd = std::process::Command::new(cargo);
+    without_test_env(&mut cmd);
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["build", "--quiet", "--bins"])
+        .args(["-p", "segtune", "-p", "preprocessor", "-p", "controller"])
+        .args(["-p", "trainer", "-p", "evaluator"])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile != "debug" {
+        cmd.args(["--profile", &profile]);
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build --bins failed: {status}");
+    dir
+}
