@@ -114,6 +114,9 @@ pub fn open_with<K: AsRef<str>, V: Into<String>>(
         if bucket.is_empty() {
             return Err(bad("expected s3://bucket[/prefix]".into()));
         }
+        // The HTTP client's TLS uses rustls with whatever provider is the process default;
+        // ring is the only one compiled in. Installing it twice is harmless (Err ignored).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = AmazonS3Builder::from_env();
         for (key, value) in options {
             let key: AmazonS3ConfigKey = key

@@ -1,5 +1,6 @@
 //! The store contract, run on every backend: `memory://`, `file://` and `s3://` against a real
-//! S3-compatible server (pip's moto, started per test by test-support). Then the failure
+//! S3-compatible server (pip's moto, started per test by test-support), over HTTP and over
+//! HTTPS (the client's TLS stack: rustls with ring as the process-wide crypto provider). Then the failure
 //! cases: a file store that stops accepting writes, an S3 endpoint that goes down and comes
 //! back. Figures are printed (`--nocapture`); docs/reliability.md ("Object store") has them.
 
@@ -42,6 +43,9 @@ fn file() -> Option<Backend> {
 fn s3() -> Option<Backend> {
     S3Server::start().map(Backend::S3)
 }
+fn s3_tls() -> Option<Backend> {
+    S3Server::start_tls().map(Backend::S3)
+}
 
 /// One test per backend for each body.
 macro_rules! on_every_store {
@@ -64,6 +68,14 @@ macro_rules! on_every_store {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $body() {
                 let Some(backend) = super::s3() else { return };
+                let (store, _keep) = backend.open("conformance").unwrap();
+                super::$body(store).await;
+            })*
+        }
+        mod s3_tls_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $body() {
+                let Some(backend) = super::s3_tls() else { return };
                 let (store, _keep) = backend.open("conformance").unwrap();
                 super::$body(store).await;
             })*

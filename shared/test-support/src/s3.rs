@@ -13,7 +13,8 @@ use std::{
 /// The version `scripts/test` installs; named in the messages.
 pub const MOTO: &str = "moto[server]==5.2.5";
 
-/// Starts moto's server on the port in argv[1] and exits when stdin closes.
+/// Starts moto's server on the port in argv[1] (over TLS with a self-signed certificate when
+/// argv[2] is `tls`) and exits when stdin closes.
 const LAUNCHER: &str = r#"
 import os, sys, threading
 def watch():
@@ -21,7 +22,14 @@ def watch():
     os._exit(0)
 threading.Thread(target=watch, daemon=True).start()
 from moto.server import main
-main(["-H", "127.0.0.1", "-p", sys.argv[1]])
+main(["-H", "127.0.0.1", "-p", sys.argv[1]] + (["--ssl"] if sys.argv[2:] == ["tls"] else []))
+"#;
+
+/// Creates the bucket argv[2] on the TLS server at port argv[1] (self-signed: not verified).
+const CREATE_BUCKET_TLS: &str = r#"
+import ssl, sys, urllib.request
+req = urllib.request.Request(f"https://127.0.0.1:{sys.argv[1]}/{sys.argv[2]}", method="PUT")
+print(urllib.request.urlopen(req, context=ssl._create_unverified_context()).status)
 "#;
 
 fn python() -> String {
@@ -31,6 +39,7 @@ fn python() -> String {
 pub struct S3Server {
     child: Option<(Child, ChildStdin)>,
     pub port: u16,
+    tls: bool,
     dir: tempfile::TempDir,
 }
 
@@ -39,6 +48,16 @@ impl S3Server {
     /// stderr, only when python3 itself is missing; panics (saying how to install it) when
     /// moto is.
     pub fn start() -> Option<Self> {
+        Self::start_with(false)
+    }
+
+    /// [`Self::start`], serving HTTPS with a self-signed certificate: [`Self::options`] then
+    /// turn certificate checks off, so the test exercises the client's TLS stack, not a CA.
+    pub fn start_tls() -> Option<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Self> {
         if Command::new(python())
             .arg("--version")
             .stdout(Stdio::null())
@@ -56,6 +75,7 @@ impl S3Server {
         let mut s = Self {
             child: None,
             port: 0,
+            tls,
             dir: tempfile::tempdir().expect("temp dir"),
         };
         // A probed port can be taken before moto binds it: try a few.
@@ -73,26 +93,45 @@ impl S3Server {
         unreachable!()
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` for [`Self::start_tls`])
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Options for `storage::open_with` (object_store's S3 config keys) that point a store at
     /// this server, whatever the process environment says.
     pub fn options(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut options = vec![
             ("aws_endpoint", self.endpoint()),
-            ("aws_allow_http", "true".into()),
             ("aws_access_key_id", "test".into()),
             ("aws_secret_access_key", "test".into()),
             ("aws_region", "us-east-1".into()),
             ("aws_virtual_hosted_style_request", "false".into()),
-        ]
+        ];
+        if self.tls {
+            options.push(("allow_invalid_certificates", "true".into()));
+        } else {
+            options.push(("aws_allow_http", "true".into()));
+        }
+        options
     }
 
     /// Creates `bucket` (object_store cannot) with a plain HTTP PUT; returns `s3://bucket`.
     pub fn create_bucket(&self, bucket: &str) -> String {
+        if self.tls {
+            let out = Command::new(python())
+                .args(["-c", CREATE_BUCKET_TLS, &self.port.to_string(), bucket])
+                .output()
+                .expect("run python3 to create the bucket");
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "200",
+                "creating bucket {bucket} over TLS: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return format!("s3://{bucket}");
+        }
         let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
         write!(
             conn,
@@ -146,6 +185,7 @@ impl S3Server {
         let log = std::fs::File::create(&log_path).expect("moto log file");
         let mut child = Command::new(python())
             .args(["-c", LAUNCHER, &self.port.to_string()])
+            .args(self.tls.then_some("tls"))
             .stdin(Stdio::piped())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
