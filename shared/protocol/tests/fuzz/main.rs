@@ -9,47 +9,20 @@
 //! `SEGTUNE_FUZZ_SECS=600 cargo test -p protocol --test fuzz -- --nocapture` runs for ten
 //! minutes and prints the number of cases.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use protocol::{
     DatasetEvent, DatasetFailed, DatasetReady, JobFailed, Manifest, PreprocessRequest, Progress,
     Reward, StudyEvent, StudySpec, TrainJob, Trained,
 };
 use serde::{Serialize, de::DeserializeOwned};
-
-struct Counting;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-/// Held while measuring, so that a test running alongside cannot raise `LARGEST`.
-static MEASURING: Mutex<()> = Mutex::new(());
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use test_support::fuzz::{self, LargestAlloc, hex};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: LargestAlloc = LargestAlloc;
 
 const TIME_LIMIT: Duration = Duration::from_secs(1);
 
@@ -165,14 +138,13 @@ fn build(input: &Input) -> Vec<u8> {
 /// Decodes `bytes` as `T`: returns within the time limit, allocates within the bound, and
 /// anything decoded encodes again.
 fn check_as<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<(), String> {
-    let _measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let what = std::any::type_name::<T>();
     let bound = (1 << 20) + 64 * bytes.len();
-    LARGEST.store(0, Ordering::Relaxed);
-    let start = Instant::now();
-    let decoded = protocol::decode::<T>(bytes);
-    let elapsed = start.elapsed();
-    let largest = LARGEST.load(Ordering::Relaxed);
+    let fuzz::Measured {
+        value: decoded,
+        elapsed,
+        largest_alloc: largest,
+    } = fuzz::measure(|| protocol::decode::<T>(bytes));
     if elapsed > TIME_LIMIT {
         return Err(format!("{what}: took {elapsed:?}"));
     }
@@ -212,56 +184,12 @@ fn check_all(bytes: &[u8]) -> Result<(), String> {
     check_as::<Manifest>(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Runs `PROPTEST_CASES` cases (default `default_cases`), or batches of them until
-/// `SEGTUNE_FUZZ_SECS` have passed; returns the number of cases run.
-fn run_fuzz<S: Strategy>(
-    what: &str,
-    default_cases: u32,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) -> u64 {
-    let secs: Option<u64> = std::env::var("SEGTUNE_FUZZ_SECS")
-        .ok()
-        .map(|s| s.parse().expect("SEGTUNE_FUZZ_SECS is a number of seconds"));
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .map(|s| s.parse().expect("PROPTEST_CASES is a number"))
-        .unwrap_or(default_cases);
-    let deadline = secs.map(|s| Instant::now() + Duration::from_secs(s));
-    let start = Instant::now();
-    let mut total = 0u64;
-    loop {
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        match runner.run(&strategy, &test) {
-            Ok(()) => total += cases as u64,
-            Err(TestError::Fail(why, _)) => panic!("{what}: {why}"),
-            Err(TestError::Abort(why)) => panic!("{what}: aborted: {why}"),
-        }
-        if deadline.is_none_or(|d| Instant::now() >= d) {
-            break;
-        }
-    }
-    println!(
-        "{what}: {total} cases in {:.1} s, no failure",
-        start.elapsed().as_secs_f64()
-    );
-    total
-}
-
 #[test]
 fn mutated_messages_never_panic_hang_or_over_allocate() {
     for g in GOLDEN {
         check_all(g).unwrap();
     }
-    run_fuzz("protocol", 1000, input(), |input| {
+    fuzz::run("protocol", 1000, input(), |input| {
         let bytes = build(&input);
         check_all(&bytes).map_err(|e| TestCaseError::fail(format!("{e}\ninput: {}", hex(&bytes))))
     });

@@ -11,45 +11,17 @@
 //! minutes and prints the number of cases. A failure prints the minimal input as hex: add
 //! it to `regressions` below.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::TestCaseError;
+use test_support::fuzz::{self, LargestAlloc, hex, unhex};
 use volume::{Geometry, NiftiError, ReadLimits, Volume, read_nifti, read_nifti_bytes};
 
-/// Records the largest single allocation since the last reset.
-struct Counting;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-/// Held while measuring, so that a test running alongside cannot raise `LARGEST`.
-static MEASURING: Mutex<()> = Mutex::new(());
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: LargestAlloc = LargestAlloc;
 
 const GIB: usize = 1 << 30;
 const TIME_LIMIT: Duration = Duration::from_secs(1);
@@ -274,13 +246,8 @@ fn build(case: &Case, seeds: &[Vec<u8>], edges: &[[u8; 4]]) -> (Vec<u8>, &'stati
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Reads `bytes` from memory and from `file`; checks time, allocation and error shape.
 fn check(bytes: &[u8], name: &str, file: &std::path::Path) -> Result<(), String> {
-    let _measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let limits = ReadLimits::default();
     let gz = bytes.starts_with(&[0x1f, 0x8b]);
     let justified = if gz {
@@ -291,15 +258,17 @@ fn check(bytes: &[u8], name: &str, file: &std::path::Path) -> Result<(), String>
     let bound = justified.min(GIB);
     std::fs::write(file, bytes).map_err(|e| e.to_string())?;
     for from_file in [false, true] {
-        LARGEST.store(0, Ordering::Relaxed);
-        let start = Instant::now();
-        let result = if from_file {
-            read_nifti(file, &limits)
-        } else {
-            read_nifti_bytes(bytes, name, &limits)
-        };
-        let elapsed = start.elapsed();
-        let largest = LARGEST.load(Ordering::Relaxed);
+        let fuzz::Measured {
+            value: result,
+            elapsed,
+            largest_alloc: largest,
+        } = fuzz::measure(|| {
+            if from_file {
+                read_nifti(file, &limits)
+            } else {
+                read_nifti_bytes(bytes, name, &limits)
+            }
+        });
         let how = if from_file { "file" } else { "bytes" };
         if elapsed > TIME_LIMIT {
             return Err(format!("{how}: took {elapsed:?}"));
@@ -342,46 +311,6 @@ fn check_error(e: &NiftiError, how: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `PROPTEST_CASES` cases (default `default_cases`), or batches of them until
-/// `SEGTUNE_FUZZ_SECS` have passed; returns the number of cases run.
-fn run_fuzz<S: Strategy>(
-    what: &str,
-    default_cases: u32,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) -> u64 {
-    let secs: Option<u64> = std::env::var("SEGTUNE_FUZZ_SECS")
-        .ok()
-        .map(|s| s.parse().expect("SEGTUNE_FUZZ_SECS is a number of seconds"));
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .map(|s| s.parse().expect("PROPTEST_CASES is a number"))
-        .unwrap_or(default_cases);
-    let deadline = secs.map(|s| Instant::now() + Duration::from_secs(s));
-    let start = Instant::now();
-    let mut total = 0u64;
-    loop {
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        match runner.run(&strategy, &test) {
-            Ok(()) => total += cases as u64,
-            Err(TestError::Fail(why, _)) => panic!("{what}: {why}"),
-            Err(TestError::Abort(why)) => panic!("{what}: aborted: {why}"),
-        }
-        if deadline.is_none_or(|d| Instant::now() >= d) {
-            break;
-        }
-    }
-    println!(
-        "{what}: {total} cases in {:.1} s, no failure",
-        start.elapsed().as_secs_f64()
-    );
-    total
-}
-
 #[test]
 fn mutated_nifti_never_panics_hangs_or_over_allocates() {
     let seeds = seeds();
@@ -393,7 +322,7 @@ fn mutated_nifti_never_panics_hangs_or_over_allocates() {
         assert!(img.is_ok(), "seed {i} must read: {:?}", img.err());
     }
     let dir = tempfile::tempdir().unwrap();
-    run_fuzz("nifti", 1000, case(), |case| {
+    fuzz::run("nifti", 1000, case(), |case| {
         let (bytes, name) = build(&case, &seeds, &edges);
         let file = dir.path().join(name);
         check(&bytes, name, &file)
@@ -406,10 +335,7 @@ mod regressions {
     use super::*;
 
     fn run(hex: &str, name: &str) -> Result<(), String> {
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes = unhex(hex);
         let dir = tempfile::tempdir().unwrap();
         check(&bytes, name, &dir.path().join(name))
     }
