@@ -187,6 +187,23 @@ pub fn conv3d(
     padding: usize,
     stride: usize,
 ) -> Result<Tensor> {
+    let geom = geometry(x, w, bias, padding, stride)?;
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = Conv3d { geom };
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+/// Validates the arguments of a 3D convolution (both tiers) and returns its geometry.
+pub(super) fn geometry(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<ConvGeom> {
     let [n, cin, d, h, wd] = dims5(x, "conv3d input")?;
     let [cout, wcin, k, k2, k3] = dims5(w, "conv3d weight")?;
     if wcin != cin {
@@ -207,16 +224,11 @@ pub fn conv3d(
     if let Some(b) = bias {
         check_vec(b, cout, "conv3d bias")?;
     }
-    let Some(geom) = ConvGeom::forward(n, cin, cout, k, [d, h, wd], padding, stride) else {
-        bail!(
+    match ConvGeom::forward(n, cin, cout, k, [d, h, wd], padding, stride) {
+        Some(geom) => Ok(geom),
+        None => bail!(
             "segmodel: conv3d input {:?} is smaller than the kernel {k} with padding {padding}",
             x.shape()
-        )
-    };
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let op = Conv3d { geom };
-    match bias {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-        None => x.apply_op2(&w, op),
+        ),
     }
 }

@@ -123,7 +123,8 @@ impl CustomOp2 for SoftDiceScores {
     no_gpu_fwd!(2);
 }
 
-fn check(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<()> {
+/// Validates the arguments of the Dice loss (both tiers).
+pub(super) fn check(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<()> {
     if logits.dtype() != DType::F32 || logits.rank() < 3 {
         bail!(
             "segmodel: dice loss logits must be f32 [B, K, ...], got {:?} {:?}",

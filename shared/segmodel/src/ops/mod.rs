@@ -8,6 +8,7 @@
 
 mod act;
 mod conv;
+pub mod generic;
 mod loss;
 mod norm;
 mod pool;

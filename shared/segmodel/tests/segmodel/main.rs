@@ -4,6 +4,7 @@
 mod act;
 mod checkpoint;
 mod conv;
+mod generic;
 mod infer;
 mod learn;
 mod loss;
