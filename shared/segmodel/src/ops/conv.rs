@@ -172,15 +172,8 @@ impl CustomOp2 for Conv3dWeightGrad {
     no_gpu_fwd!(2);
 }
 
-/// 3D convolution (cross-correlation, as PyTorch `conv3d`) with zero padding.
-///
-/// Shapes: `x [N, Cin, D, H, W]`, `w [Cout, Cin, k, k, k]`, `bias [Cout]` ->
-/// `[N, Cout, Do, Ho, Wo]` with `Do = (D + 2·padding − k) / stride + 1`. Any cubic `k` and
-/// stride work; the U-Net uses k = 3 (padding 1) and k = 1. The bias is fused into the
-/// forward pass and its gradient is a per-channel reduction. The input gradient is only
-/// computed when `x` is tracked. For stride 2 it convolves the zero-dilated output gradient,
-/// which costs 8× the FLOPs it needs (fine for now: the U-Net downsamples by max-pooling).
-pub fn conv3d(
+/// The kernel tier of [`super::conv3d`].
+pub(super) fn conv3d(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,

@@ -158,10 +158,12 @@ pub(super) fn check(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> R
     Ok(())
 }
 
-/// Softmax soft Dice loss (+ optional cross-entropy), fused into one op; see
-/// [`DiceLossConfig`]. `logits [B, K, D, H, W]`, `labels [B, D, H, W]` (u8/u32/i64 class
-/// indices < K) -> scalar. No gradient flows to the labels.
-pub fn soft_dice_loss(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<Tensor> {
+/// The kernel tier of [`super::soft_dice_loss`].
+pub(super) fn soft_dice_loss(
+    logits: &Tensor,
+    labels: &Tensor,
+    cfg: &DiceLossConfig,
+) -> Result<Tensor> {
     check(logits, labels, cfg)?;
     logits.contiguous()?.apply_op2(
         &labels.contiguous()?,
@@ -172,7 +174,7 @@ pub fn soft_dice_loss(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) ->
 }
 
 /// Per-class soft Dice `[K]` (background included), without gradient.
-pub(crate) fn soft_dice_scores(
+pub(super) fn soft_dice_scores(
     logits: &Tensor,
     labels: &Tensor,
     cfg: &DiceLossConfig,

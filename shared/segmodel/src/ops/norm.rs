@@ -121,14 +121,8 @@ impl CustomOp3 for InstanceNormGrad {
     no_gpu_fwd!(3);
 }
 
-/// Instance normalization with affine parameters and a fused activation:
-/// `y = act(γ_c · (x − mean) / sqrt(var + eps) + β_c)`, statistics per sample and channel
-/// over all spatial positions (biased variance, as PyTorch `InstanceNorm3d(affine=True)`).
-///
-/// Shapes: `x [N, C, ...]` (any rank ≥ 3, typically `[N, C, D, H, W]`), `gamma`, `beta` `[C]`
-/// -> same shape as `x`. One fused forward pass and one fused backward pass; the
-/// activation mask is recomputed from `x` in the backward pass.
-pub fn instance_norm3d(
+/// The kernel tier of [`super::instance_norm3d`].
+pub(super) fn instance_norm3d(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,

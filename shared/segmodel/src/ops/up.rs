@@ -148,10 +148,8 @@ impl CustomOp3 for Up2Grad {
     no_gpu_fwd!(3);
 }
 
-/// 2× upsampling by a transposed convolution with kernel 2, stride 2 (PyTorch
-/// `ConvTranspose3d(cin, cout, 2, stride=2)`): `x [N, Cin, D, H, W]`, `w [Cin, Cout, 2, 2, 2]`,
-/// `bias [Cout]` -> `[N, Cout, 2D, 2H, 2W]`.
-pub fn conv_transpose3d_2x(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// The kernel tier of [`super::conv_transpose3d_2x`].
+pub(super) fn conv_transpose3d_2x(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let op = Up2 {
         geom: geometry(x, w, bias)?,
     };

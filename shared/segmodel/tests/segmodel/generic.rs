@@ -290,3 +290,60 @@ fn generic_ops_validate_like_the_kernels() -> Result<()> {
     assert!(generic::leaky_relu(&x, -1.0).is_err());
     Ok(())
 }
+
+#[test]
+fn generic_ops_path_picks_the_tier_by_device() {
+    use segmodel::ops::OpsPath;
+    let cpu = Device::Cpu;
+    assert!(OpsPath::Auto.uses_kernels(&cpu));
+    assert!(!OpsPath::Generic.uses_kernels(&cpu));
+    assert!(OpsPath::HostKernels.uses_kernels(&cpu));
+    assert_eq!(OpsPath::default(), OpsPath::Auto);
+    for (s, p) in [
+        ("auto", OpsPath::Auto),
+        ("generic", OpsPath::Generic),
+        ("host-kernels", OpsPath::HostKernels),
+    ] {
+        assert_eq!(s.parse::<OpsPath>(), Ok(p));
+    }
+    assert!("cuda".parse::<OpsPath>().unwrap_err().contains("generic"));
+}
+
+/// A U-Net step (forward, loss, backward) with `ops: Generic` runs no hand-written kernel and
+/// makes no host round trip; `Auto` and `HostKernels` on the CPU run the kernels (directly:
+/// no host copies on the CPU either).
+#[test]
+fn generic_unet_runs_no_kernel_op() -> Result<()> {
+    use segmodel::ops::OpsPath;
+    use segmodel::{UNetConfig, seeded_var_builder, unet3d};
+    let dev = Device::Cpu;
+    let x = tensor(
+        &Rng::new(1).vec(2 * 16 * 16 * 16),
+        &[2, 1, 16, 16, 16],
+        &dev,
+    )?;
+    let y = labels(&[2, 16, 16, 16], 2, DType::U8, 2)?;
+    for (ops, kernels) in [
+        (OpsPath::Generic, false),
+        (OpsPath::Auto, true),
+        (OpsPath::HostKernels, true),
+    ] {
+        let cfg = UNetConfig {
+            channels: vec![4, 8],
+            ops,
+            ..Default::default()
+        };
+        let varmap = candle_nn::VarMap::new();
+        let net = unet3d(&cfg, seeded_var_builder(&varmap, 3, DType::F32, &dev))?;
+        let before = segmodel::traffic();
+        let logits = candle_core::Module::forward(&net, &x)?;
+        let loss = ops.soft_dice_loss(&logits, &y, &DiceLossConfig::default())?;
+        loss.backward()?;
+        let t = segmodel::traffic().since(before);
+        assert_eq!(t.round_trips, 0, "{ops:?}");
+        // 2 levels = 3 blocks: 6 convs + 6 norms, 1 pool, 1 upsampling, the head, the loss.
+        let want = if kernels { 16 } else { 0 };
+        assert_eq!(t.kernel_ops, want, "{ops:?}");
+    }
+    Ok(())
+}
