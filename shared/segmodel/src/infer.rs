@@ -143,7 +143,7 @@ pub fn sliding_window_probs(
         let logits = model.forward(&x)?;
         let p = candle_nn::ops::softmax(&logits, 1)?;
         let kk = p.dim(1)?;
-        let p: Vec<f32> = p.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
+        let p: Vec<f32> = crate::host::intermediate_vec(&p)?;
         if acc.is_empty() {
             k = kk;
             acc = vec![0f32; k * pvox];

@@ -17,6 +17,7 @@
 pub(crate) mod cpu;
 
 pub mod checkpoint;
+pub mod host;
 pub mod infer;
 pub mod init;
 pub mod loss;
@@ -32,6 +33,7 @@ pub use candle_core;
 pub use candle_nn;
 
 pub use checkpoint::{CheckpointError, inference_unet, load_checkpoint, save_checkpoint};
+pub use host::{HostTraffic, traffic};
 pub use init::seeded_var_builder;
 pub use loss::{DiceLossConfig, soft_dice_loss, soft_dice_scores};
 pub use setup::{enable_flush_denormals, flush_denormals_enabled, init_compute_threads};

@@ -40,5 +40,5 @@ impl Default for DiceLossConfig {
 /// (background included, whatever `cfg.include_background`; no gradient). A cheap training
 /// metric; the evaluator's hard Dice on argmax is a different quantity.
 pub fn soft_dice_scores(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<Tensor> {
-    crate::ops::soft_dice_scores(logits, labels, cfg)
+    crate::ops::OpsPath::Auto.soft_dice_scores(logits, labels, cfg)
 }

@@ -2,8 +2,10 @@
 //! constructor taking a `VarBuilder`, and `impl Module`.
 //!
 //! Parameter names: `weight` and `bias` under the builder's prefix, as candle-nn and PyTorch.
+//! Every layer runs its op through an [`OpsPath`] (default [`OpsPath::Auto`]; `with_ops`
+//! changes it).
 
-use crate::ops::{self, Activation};
+use crate::ops::{Activation, OpsPath};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder, init};
 
@@ -31,11 +33,22 @@ pub struct Conv3d {
     weight: Tensor,
     bias: Option<Tensor>,
     cfg: Conv3dConfig,
+    ops: OpsPath,
 }
 
 impl Conv3d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv3dConfig) -> Self {
-        Self { weight, bias, cfg }
+        Self {
+            weight,
+            bias,
+            cfg,
+            ops: OpsPath::Auto,
+        }
+    }
+
+    /// The same layer running its op through `ops`.
+    pub fn with_ops(self, ops: OpsPath) -> Self {
+        Self { ops, ..self }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -64,13 +77,13 @@ pub fn conv3d(
         true => Some(vb.get_with_hints(out_channels, "bias", init::ZERO)?),
         false => None,
     };
-    Ok(Conv3d { weight, bias, cfg })
+    Ok(Conv3d::new(weight, bias, cfg))
 }
 
 impl Module for Conv3d {
     /// `[B, Cin, D, H, W] -> [B, Cout, Do, Ho, Wo]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::conv3d(
+        self.ops.conv3d(
             x,
             &self.weight,
             self.bias.as_ref(),
@@ -86,6 +99,14 @@ impl Module for Conv3d {
 pub struct ConvTranspose3d2x {
     weight: Tensor,
     bias: Option<Tensor>,
+    ops: OpsPath,
+}
+
+impl ConvTranspose3d2x {
+    /// The same layer running its op through `ops`.
+    pub fn with_ops(self, ops: OpsPath) -> Self {
+        Self { ops, ..self }
+    }
 }
 
 /// Builds a [`ConvTranspose3d2x`]: weight normal with std `1/sqrt(Cin)` (each output voxel
@@ -106,13 +127,18 @@ pub fn conv_transpose3d_2x(
         true => Some(vb.get_with_hints(out_channels, "bias", init::ZERO)?),
         false => None,
     };
-    Ok(ConvTranspose3d2x { weight, bias })
+    Ok(ConvTranspose3d2x {
+        weight,
+        bias,
+        ops: OpsPath::Auto,
+    })
 }
 
 impl Module for ConvTranspose3d2x {
     /// `[B, Cin, D, H, W] -> [B, Cout, 2D, 2H, 2W]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::conv_transpose3d_2x(x, &self.weight, self.bias.as_ref())
+        self.ops
+            .conv_transpose3d_2x(x, &self.weight, self.bias.as_ref())
     }
 }
 
@@ -140,6 +166,14 @@ pub struct InstanceNorm3d {
     weight: Tensor,
     bias: Tensor,
     cfg: InstanceNormConfig,
+    ops: OpsPath,
+}
+
+impl InstanceNorm3d {
+    /// The same layer running its op through `ops`.
+    pub fn with_ops(self, ops: OpsPath) -> Self {
+        Self { ops, ..self }
+    }
 }
 
 pub fn instance_norm3d(
@@ -149,12 +183,18 @@ pub fn instance_norm3d(
 ) -> Result<InstanceNorm3d> {
     let weight = vb.get_with_hints(channels, "weight", init::ONE)?;
     let bias = vb.get_with_hints(channels, "bias", init::ZERO)?;
-    Ok(InstanceNorm3d { weight, bias, cfg })
+    Ok(InstanceNorm3d {
+        weight,
+        bias,
+        cfg,
+        ops: OpsPath::Auto,
+    })
 }
 
 impl Module for InstanceNorm3d {
     /// `[B, C, D, H, W] -> [B, C, D, H, W]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::instance_norm3d(x, &self.weight, &self.bias, self.cfg.eps, self.cfg.act)
+        self.ops
+            .instance_norm3d(x, &self.weight, &self.bias, self.cfg.eps, self.cfg.act)
     }
 }

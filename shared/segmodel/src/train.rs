@@ -2,13 +2,14 @@
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::init::seeded_var_builder;
-use crate::loss::{DiceLossConfig, soft_dice_loss};
+use crate::loss::DiceLossConfig;
 use crate::unet::{UNet3d, UNetConfig, unet3d};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
 /// Runs forward, Dice loss, backward and one optimizer step; returns the loss before the
-/// step. `images [B, Cin, D, H, W]` f32, `labels [B, D, H, W]` class indices.
+/// step (its one read back to the host, [`crate::host`]). The model's
+/// [`UNetConfig::ops`](crate::UNetConfig::ops) picks the tier of the loss too. `images [B, Cin, D, H, W]` f32, `labels [B, D, H, W]` class indices.
 pub fn train_step<O: Optimizer>(
     model: &UNet3d,
     opt: &mut O,
@@ -17,9 +18,9 @@ pub fn train_step<O: Optimizer>(
     loss: &DiceLossConfig,
 ) -> Result<f32> {
     let logits = model.forward(images)?;
-    let l = soft_dice_loss(&logits, labels, loss)?;
+    let l = model.config().ops.soft_dice_loss(&logits, labels, loss)?;
     opt.backward_step(&l)?;
-    l.to_scalar::<f32>()
+    crate::host::result_scalar::<f32>(&l)
 }
 
 /// Optimizer and loss settings of a [`SegTrainer`].

@@ -11,7 +11,7 @@
 use crate::nn::{
     self, Conv3d, Conv3dConfig, ConvTranspose3d2x, InstanceNorm3d, InstanceNormConfig,
 };
-use crate::ops::{Activation, max_pool3d_2x};
+use crate::ops::{Activation, OpsPath};
 use candle_core::{Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
@@ -27,6 +27,9 @@ pub struct UNetConfig {
     pub norm_eps: f64,
     /// Negative slope of the activations (0 = ReLU, nnU-Net uses 0.01).
     pub leaky_slope: f64,
+    /// Which tier runs the ops (default: the kernels on the CPU, the generic ops elsewhere).
+    /// Not part of the architecture: checkpoints load whatever it is.
+    pub ops: OpsPath,
 }
 
 impl Default for UNetConfig {
@@ -37,6 +40,7 @@ impl Default for UNetConfig {
             channels: vec![16, 32, 64, 128],
             norm_eps: 1e-5,
             leaky_slope: 0.0,
+            ops: OpsPath::Auto,
         }
     }
 }
@@ -101,11 +105,12 @@ fn conv_block(cin: usize, cout: usize, cfg: &UNetConfig, vb: VarBuilder) -> Resu
         eps: cfg.norm_eps,
         act: cfg.act(),
     };
+    let ops = cfg.ops;
     Ok(ConvBlock {
-        conv1: nn::conv3d(cin, cout, 3, conv_cfg, vb.pp("conv1"))?,
-        norm1: nn::instance_norm3d(cout, norm_cfg, vb.pp("norm1"))?,
-        conv2: nn::conv3d(cout, cout, 3, conv_cfg, vb.pp("conv2"))?,
-        norm2: nn::instance_norm3d(cout, norm_cfg, vb.pp("norm2"))?,
+        conv1: nn::conv3d(cin, cout, 3, conv_cfg, vb.pp("conv1"))?.with_ops(ops),
+        norm1: nn::instance_norm3d(cout, norm_cfg, vb.pp("norm1"))?.with_ops(ops),
+        conv2: nn::conv3d(cout, cout, 3, conv_cfg, vb.pp("conv2"))?.with_ops(ops),
+        norm2: nn::instance_norm3d(cout, norm_cfg, vb.pp("norm2"))?.with_ops(ops),
     })
 }
 
@@ -140,12 +145,10 @@ pub fn unet3d(cfg: &UNetConfig, vb: VarBuilder) -> Result<UNet3d> {
     let mut up = Vec::with_capacity(levels - 1);
     let mut dec = Vec::with_capacity(levels - 1);
     for i in 0..levels - 1 {
-        up.push(nn::conv_transpose3d_2x(
-            ch[i + 1],
-            ch[i],
-            true,
-            vb.pp(format!("up.{i}")),
-        )?);
+        up.push(
+            nn::conv_transpose3d_2x(ch[i + 1], ch[i], true, vb.pp(format!("up.{i}")))?
+                .with_ops(cfg.ops),
+        );
         dec.push(conv_block(
             2 * ch[i],
             ch[i],
@@ -159,7 +162,8 @@ pub fn unet3d(cfg: &UNetConfig, vb: VarBuilder) -> Result<UNet3d> {
         1,
         Conv3dConfig::default(),
         vb.pp("head"),
-    )?;
+    )?
+    .with_ops(cfg.ops);
     Ok(UNet3d {
         cfg: cfg.clone(),
         enc,
@@ -208,7 +212,7 @@ impl Module for UNet3d {
         let mut h = x.clone();
         for (i, block) in self.enc.iter().enumerate() {
             if i > 0 {
-                h = max_pool3d_2x(&h)?;
+                h = self.cfg.ops.max_pool3d_2x(&h)?;
             }
             h = block.forward(&h)?;
             if i < last {

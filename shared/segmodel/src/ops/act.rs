@@ -57,9 +57,16 @@ impl CustomOp2 for LeakyReluGrad {
     no_gpu_fwd!(2);
 }
 
-/// Leaky ReLU `x > 0 ? x : slope·x` (any shape, `f32`, `slope ≥ 0`). The backward pass reads
-/// its mask from the output; at `x = 0` the derivative is `slope` (0 for ReLU, as PyTorch).
-pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+/// The kernel tier of [`super::leaky_relu`].
+pub(super) fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    check(x, slope)?;
+    x.contiguous()?.apply_op1(LeakyRelu {
+        slope: slope as f32,
+    })
+}
+
+/// Validates the arguments of a leaky ReLU (both tiers).
+pub(super) fn check(x: &Tensor, slope: f64) -> Result<()> {
     if x.dtype() != DType::F32 {
         bail!(
             "segmodel: leaky_relu input must be f32, got {:?}",
@@ -69,12 +76,5 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     if !(slope >= 0.0 && slope.is_finite()) {
         bail!("segmodel: leaky_relu slope must be finite and >= 0, got {slope}")
     }
-    x.contiguous()?.apply_op1(LeakyRelu {
-        slope: slope as f32,
-    })
-}
-
-/// ReLU with a one-pass backward (candle's own takes five elementwise ops).
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    leaky_relu(x, 0.0)
+    Ok(())
 }

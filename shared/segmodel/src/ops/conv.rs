@@ -172,21 +172,31 @@ impl CustomOp2 for Conv3dWeightGrad {
     no_gpu_fwd!(2);
 }
 
-/// 3D convolution (cross-correlation, as PyTorch `conv3d`) with zero padding.
-///
-/// Shapes: `x [N, Cin, D, H, W]`, `w [Cout, Cin, k, k, k]`, `bias [Cout]` ->
-/// `[N, Cout, Do, Ho, Wo]` with `Do = (D + 2·padding − k) / stride + 1`. Any cubic `k` and
-/// stride work; the U-Net uses k = 3 (padding 1) and k = 1. The bias is fused into the
-/// forward pass and its gradient is a per-channel reduction. The input gradient is only
-/// computed when `x` is tracked. For stride 2 it convolves the zero-dilated output gradient,
-/// which costs 8× the FLOPs it needs (fine for now: the U-Net downsamples by max-pooling).
-pub fn conv3d(
+/// The kernel tier of [`super::conv3d`].
+pub(super) fn conv3d(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     padding: usize,
     stride: usize,
 ) -> Result<Tensor> {
+    let geom = geometry(x, w, bias, padding, stride)?;
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = Conv3d { geom };
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+/// Validates the arguments of a 3D convolution (both tiers) and returns its geometry.
+pub(super) fn geometry(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<ConvGeom> {
     let [n, cin, d, h, wd] = dims5(x, "conv3d input")?;
     let [cout, wcin, k, k2, k3] = dims5(w, "conv3d weight")?;
     if wcin != cin {
@@ -207,16 +217,11 @@ pub fn conv3d(
     if let Some(b) = bias {
         check_vec(b, cout, "conv3d bias")?;
     }
-    let Some(geom) = ConvGeom::forward(n, cin, cout, k, [d, h, wd], padding, stride) else {
-        bail!(
+    match ConvGeom::forward(n, cin, cout, k, [d, h, wd], padding, stride) {
+        Some(geom) => Ok(geom),
+        None => bail!(
             "segmodel: conv3d input {:?} is smaller than the kernel {k} with padding {padding}",
             x.shape()
-        )
-    };
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let op = Conv3d { geom };
-    match bias {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-        None => x.apply_op2(&w, op),
+        ),
     }
 }

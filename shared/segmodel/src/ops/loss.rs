@@ -123,7 +123,8 @@ impl CustomOp2 for SoftDiceScores {
     no_gpu_fwd!(2);
 }
 
-fn check(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<()> {
+/// Validates the arguments of the Dice loss (both tiers).
+pub(super) fn check(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<()> {
     if logits.dtype() != DType::F32 || logits.rank() < 3 {
         bail!(
             "segmodel: dice loss logits must be f32 [B, K, ...], got {:?} {:?}",
@@ -157,10 +158,12 @@ fn check(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<()> {
     Ok(())
 }
 
-/// Softmax soft Dice loss (+ optional cross-entropy), fused into one op; see
-/// [`DiceLossConfig`]. `logits [B, K, D, H, W]`, `labels [B, D, H, W]` (u8/u32/i64 class
-/// indices < K) -> scalar. No gradient flows to the labels.
-pub fn soft_dice_loss(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<Tensor> {
+/// The kernel tier of [`super::soft_dice_loss`].
+pub(super) fn soft_dice_loss(
+    logits: &Tensor,
+    labels: &Tensor,
+    cfg: &DiceLossConfig,
+) -> Result<Tensor> {
     check(logits, labels, cfg)?;
     logits.contiguous()?.apply_op2(
         &labels.contiguous()?,
@@ -171,7 +174,7 @@ pub fn soft_dice_loss(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) ->
 }
 
 /// Per-class soft Dice `[K]` (background included), without gradient.
-pub(crate) fn soft_dice_scores(
+pub(super) fn soft_dice_scores(
     logits: &Tensor,
     labels: &Tensor,
     cfg: &DiceLossConfig,

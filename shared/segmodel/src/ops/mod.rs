@@ -1,50 +1,267 @@
-//! Differentiable 3D ops as candle [`CustomOp1`]/[`CustomOp2`]/[`CustomOp3`]s.
+//! Differentiable 3D ops in two tiers.
 //!
-//! Each op validates shapes when it is built and runs the kernel from [`crate::cpu`] on the
-//! CPU; on CUDA it runs the same kernel on host copies of its inputs ([`via_host`]: correct,
-//! not fast) until CUDA kernels exist. Backward passes are themselves custom
-//! ops (without backward), so a CUDA port only has to fill in `cuda_fwd` everywhere.
-//! All ops take and return `f32` tensors; inputs are made contiguous first.
+//! - The hand-written kernels: candle [`CustomOp1`]/[`CustomOp2`]/[`CustomOp3`]s whose CPU
+//!   kernels live in [`crate::cpu`]; their backward passes are custom ops too.
+//! - [`generic`]: the same ops from candle's stock tensor ops, which run on every device.
+//!
+//! [`OpsPath`] picks the tier per call: the kernels on the CPU, the generic ops on any other
+//! device ([`OpsPath::Auto`], what the free functions here use). A kernel is never run on
+//! host copies of GPU tensors unless asked for ([`OpsPath::HostKernels`], for debugging).
+//! All ops take and return `f32` tensors; the kernels make their inputs contiguous first.
 
 mod act;
 mod conv;
+pub mod generic;
 mod loss;
 mod norm;
 mod pool;
 mod up;
 
-pub use act::{leaky_relu, relu};
-pub use conv::conv3d;
-pub use loss::soft_dice_loss;
-pub(crate) use loss::soft_dice_scores;
-pub use norm::{Activation, instance_norm3d};
-pub use pool::max_pool3d_2x;
-pub use up::conv_transpose3d_2x;
+pub use norm::Activation;
 
 use crate::cpu;
+use crate::loss::DiceLossConfig;
 use candle_core::{
-    CpuStorage, CustomOp1, DType, Error, Layout, Result, Shape, Tensor, backend::BackendStorage,
-    bail,
+    CpuStorage, CustomOp1, DType, Device, Error, Layout, Result, Shape, Tensor,
+    backend::BackendStorage, bail,
 };
 use std::borrow::Cow;
 
-/// The error every op returns on a device without a kernel.
+/// Which tier runs the ops: a setting of the model ([`crate::UNetConfig::ops`]), of the
+/// layers ([`crate::nn`]) and of the sliding window ([`crate::infer::SlidingWindow::ops`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OpsPath {
+    /// The hand-written kernels for CPU tensors, the generic ops on any other device.
+    #[default]
+    Auto,
+    /// The generic ops on every device: what a GPU runs, run on the CPU to check it.
+    Generic,
+    /// The hand-written CPU kernels on every device. On a GPU each op copies its inputs to
+    /// the host and its result back (two transfers, CPU speed): for debugging only; the first
+    /// such op of the process logs a warning.
+    HostKernels,
+}
+
+impl OpsPath {
+    /// Whether an op on `device` runs its hand-written kernel.
+    pub fn uses_kernels(self, device: &Device) -> bool {
+        match self {
+            OpsPath::Auto => device.is_cpu(),
+            OpsPath::Generic => false,
+            OpsPath::HostKernels => true,
+        }
+    }
+
+    fn kernels(self, device: &Device) -> bool {
+        let k = self.uses_kernels(device);
+        if k {
+            crate::host::count_kernel_op();
+        }
+        k
+    }
+
+    /// See [`conv3d`].
+    pub fn conv3d(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        padding: usize,
+        stride: usize,
+    ) -> Result<Tensor> {
+        match self.kernels(x.device()) {
+            true => conv::conv3d(x, w, bias, padding, stride),
+            false => generic::conv3d(x, w, bias, padding, stride),
+        }
+    }
+
+    /// See [`max_pool3d_2x`].
+    pub fn max_pool3d_2x(self, x: &Tensor) -> Result<Tensor> {
+        match self.kernels(x.device()) {
+            true => pool::max_pool3d_2x(x),
+            false => generic::max_pool3d_2x(x),
+        }
+    }
+
+    /// See [`conv_transpose3d_2x`].
+    pub fn conv_transpose3d_2x(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match self.kernels(x.device()) {
+            true => up::conv_transpose3d_2x(x, w, bias),
+            false => generic::conv_transpose3d_2x(x, w, bias),
+        }
+    }
+
+    /// See [`instance_norm3d`].
+    pub fn instance_norm3d(
+        self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        act: Activation,
+    ) -> Result<Tensor> {
+        match self.kernels(x.device()) {
+            true => norm::instance_norm3d(x, gamma, beta, eps, act),
+            false => generic::instance_norm3d(x, gamma, beta, eps, act),
+        }
+    }
+
+    /// See [`leaky_relu`].
+    pub fn leaky_relu(self, x: &Tensor, slope: f64) -> Result<Tensor> {
+        match self.kernels(x.device()) {
+            true => act::leaky_relu(x, slope),
+            false => generic::leaky_relu(x, slope),
+        }
+    }
+
+    /// See [`soft_dice_loss`].
+    pub fn soft_dice_loss(
+        self,
+        logits: &Tensor,
+        labels: &Tensor,
+        cfg: &DiceLossConfig,
+    ) -> Result<Tensor> {
+        match self.kernels(logits.device()) {
+            true => loss::soft_dice_loss(logits, labels, cfg),
+            false => generic::soft_dice_loss(logits, labels, cfg),
+        }
+    }
+
+    /// See [`crate::loss::soft_dice_scores`].
+    pub fn soft_dice_scores(
+        self,
+        logits: &Tensor,
+        labels: &Tensor,
+        cfg: &DiceLossConfig,
+    ) -> Result<Tensor> {
+        match self.kernels(logits.device()) {
+            true => loss::soft_dice_scores(logits, labels, cfg),
+            false => generic::soft_dice_scores(logits, labels, cfg),
+        }
+    }
+}
+
+impl std::str::FromStr for OpsPath {
+    type Err = String;
+
+    /// `auto`, `generic` or `host-kernels`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(OpsPath::Auto),
+            "generic" => Ok(OpsPath::Generic),
+            "host-kernels" => Ok(OpsPath::HostKernels),
+            other => Err(format!(
+                "unknown ops path {other:?} (expected auto, generic or host-kernels)"
+            )),
+        }
+    }
+}
+
+/// 3D convolution (cross-correlation, as PyTorch `conv3d`) with zero padding.
+///
+/// Shapes: `x [N, Cin, D, H, W]`, `w [Cout, Cin, k, k, k]`, `bias [Cout]` ->
+/// `[N, Cout, Do, Ho, Wo]` with `Do = (D + 2·padding − k) / stride + 1`. Any cubic `k` and
+/// stride work; the U-Net uses k = 3 (padding 1) and k = 1. The CPU kernel fuses the bias
+/// into the forward pass, computes the input gradient only when `x` is tracked, and for
+/// stride 2 convolves the zero-dilated output gradient, which costs 8× the FLOPs it needs
+/// (fine for now: the U-Net downsamples by max-pooling). [`OpsPath::Auto`].
+pub fn conv3d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    OpsPath::Auto.conv3d(x, w, bias, padding, stride)
+}
+
+/// 2×2×2 max-pooling with stride 2: `[N, C, D, H, W] -> [N, C, D/2, H/2, W/2]` (floor, odd
+/// remainders dropped, as PyTorch `max_pool3d(x, 2)`). The kernel sends the gradient to the
+/// first maximum of each window in (d, h, w) order, like PyTorch's argmax. [`OpsPath::Auto`].
+pub fn max_pool3d_2x(x: &Tensor) -> Result<Tensor> {
+    OpsPath::Auto.max_pool3d_2x(x)
+}
+
+/// 2× upsampling by a transposed convolution with kernel 2, stride 2 (PyTorch
+/// `ConvTranspose3d(cin, cout, 2, stride=2)`): `x [N, Cin, D, H, W]`, `w [Cin, Cout, 2, 2, 2]`,
+/// `bias [Cout]` -> `[N, Cout, 2D, 2H, 2W]`. [`OpsPath::Auto`].
+pub fn conv_transpose3d_2x(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    OpsPath::Auto.conv_transpose3d_2x(x, w, bias)
+}
+
+/// Instance normalization with affine parameters and a fused activation:
+/// `y = act(γ_c · (x − mean) / sqrt(var + eps) + β_c)`, statistics per sample and channel
+/// over all spatial positions (biased variance, as PyTorch `InstanceNorm3d(affine=True)`).
+///
+/// Shapes: `x [N, C, ...]` (any rank ≥ 3, typically `[N, C, D, H, W]`), `gamma`, `beta` `[C]`
+/// -> same shape as `x`. The kernel is one fused forward pass and one fused backward pass
+/// that recomputes the activation mask from `x`. [`OpsPath::Auto`].
+pub fn instance_norm3d(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Activation,
+) -> Result<Tensor> {
+    OpsPath::Auto.instance_norm3d(x, gamma, beta, eps, act)
+}
+
+/// Leaky ReLU `x > 0 ? x : slope·x` (any shape, `f32`, `slope ≥ 0`). The kernel's backward
+/// pass reads its mask from the output; at `x = 0` the derivative is `slope` (0 for ReLU, as
+/// PyTorch). [`OpsPath::Auto`].
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    OpsPath::Auto.leaky_relu(x, slope)
+}
+
+/// ReLU; the kernel's backward is one pass (candle's own takes five elementwise ops).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    leaky_relu(x, 0.0)
+}
+
+/// Softmax soft Dice loss (+ optional cross-entropy), see [`DiceLossConfig`].
+/// `logits [B, K, D, H, W]`, `labels [B, D, H, W]` (u8/u32/i64 class indices < K) ->
+/// scalar. No gradient flows to the labels. The kernel fuses it into one op.
+/// [`OpsPath::Auto`].
+pub fn soft_dice_loss(logits: &Tensor, labels: &Tensor, cfg: &DiceLossConfig) -> Result<Tensor> {
+    OpsPath::Auto.soft_dice_loss(logits, labels, cfg)
+}
+
+/// The error every kernel op returns on a device it cannot run on (Metal).
 pub(crate) fn unsupported_device(op: &str, device: &str) -> Error {
     Error::Msg(format!(
-        "segmodel: `{op}` has no {device} kernel yet (CPU only for now)"
+        "segmodel: the `{op}` kernel cannot run on {device} (use OpsPath::Auto or Generic)"
     ))
     .bt()
 }
 
 /// Runs a CPU kernel for tensors on a GPU device: copies the inputs to the host, runs
 /// `cpu_fwd` there and copies the result back. Correct on any device, but every call pays
-/// two host-device transfers and runs at CPU speed: it makes a CUDA trainer work (the
-/// standard candle ops around these run on the GPU) until `segmodel` has CUDA kernels.
+/// two host-device transfers and runs at CPU speed. Reached only through
+/// [`OpsPath::HostKernels`] (a debugging setting): each call counts as a host round trip
+/// ([`crate::host`]) and the first one of the process logs a warning.
 pub(crate) mod via_host {
     use candle_core::{
         CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape,
         backend::{BackendDevice, BackendStorage},
     };
+
+    static WARNED: std::sync::Once = std::sync::Once::new();
+
+    fn note(op: &str) {
+        crate::host::count_round_trip();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                op,
+                "segmodel ops run their CPU kernels on host copies of device tensors \
+                 (OpsPath::HostKernels): two transfers per op, CPU speed; for debugging only"
+            )
+        });
+    }
 
     /// Storage whose device makes storage of the same type (every candle backend).
     pub(crate) trait Host: BackendStorage<Device: BackendDevice<Storage = Self>> {}
@@ -54,10 +271,13 @@ pub(crate) mod via_host {
         Ok((like.device().storage_from_cpu_storage(&out.0)?, out.1))
     }
 
+    #[allow(clippy::disallowed_methods)] // counted by `note`
     pub(crate) fn fwd1<O: CustomOp1, S: Host>(op: &O, s: &S, l: &Layout) -> Result<(S, Shape)> {
+        note(op.name());
         back(s, op.cpu_fwd(&s.to_cpu_storage()?, l)?)
     }
 
+    #[allow(clippy::disallowed_methods)] // counted by `note`
     pub(crate) fn fwd2<O: CustomOp2, S: Host>(
         op: &O,
         s1: &S,
@@ -65,11 +285,12 @@ pub(crate) mod via_host {
         s2: &S,
         l2: &Layout,
     ) -> Result<(S, Shape)> {
+        note(op.name());
         let out = op.cpu_fwd(&s1.to_cpu_storage()?, l1, &s2.to_cpu_storage()?, l2)?;
         back(s1, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::disallowed_methods)] // counted by `note`
     pub(crate) fn fwd3<O: CustomOp3, S: Host>(
         op: &O,
         s1: &S,
@@ -79,6 +300,7 @@ pub(crate) mod via_host {
         s3: &S,
         l3: &Layout,
     ) -> Result<(S, Shape)> {
+        note(op.name());
         let out = op.cpu_fwd(
             &s1.to_cpu_storage()?,
             l1,
@@ -347,6 +569,7 @@ mod tests {
         };
         assert_eq!(lb.start_offset(), 24);
 
+        let before = crate::host::traffic();
         let (direct, shape) = ChannelSum.cpu_fwd(sa, la)?;
         let (hosted, hshape) = via_host::fwd1(&ChannelSum, sa, la)?;
         assert_eq!((values(&hosted), hshape), (values(&direct), shape));
@@ -360,6 +583,8 @@ mod tests {
         let (hosted, _) = via_host::fwd3(&Mix, sa, la, sb, lb, sc, lc)?;
         let want: Vec<f32> = want.iter().map(|v| v + 3.0).collect();
         assert_eq!(values(&hosted), want);
+        // Each call is one counted round trip (the direct cpu_fwd is none).
+        assert_eq!(crate::host::traffic().since(before).round_trips, 3);
         Ok(())
     }
 }

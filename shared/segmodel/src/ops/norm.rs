@@ -14,7 +14,7 @@ pub enum Activation {
 
 impl Activation {
     /// The kernel's negative slope: 1 is the identity, 0 ReLU.
-    fn slope(self) -> Result<f32> {
+    pub(super) fn slope(self) -> Result<f32> {
         Ok(match self {
             Self::Identity => 1.0,
             Self::Relu => 0.0,
@@ -121,20 +121,30 @@ impl CustomOp3 for InstanceNormGrad {
     no_gpu_fwd!(3);
 }
 
-/// Instance normalization with affine parameters and a fused activation:
-/// `y = act(γ_c · (x − mean) / sqrt(var + eps) + β_c)`, statistics per sample and channel
-/// over all spatial positions (biased variance, as PyTorch `InstanceNorm3d(affine=True)`).
-///
-/// Shapes: `x [N, C, ...]` (any rank ≥ 3, typically `[N, C, D, H, W]`), `gamma`, `beta` `[C]`
-/// -> same shape as `x`. One fused forward pass and one fused backward pass; the
-/// activation mask is recomputed from `x` in the backward pass.
-pub fn instance_norm3d(
+/// The kernel tier of [`super::instance_norm3d`].
+pub(super) fn instance_norm3d(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
     act: Activation,
 ) -> Result<Tensor> {
+    let op = InstanceNorm {
+        eps,
+        slope: check(x, gamma, beta, eps, act)?,
+    };
+    x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+}
+
+/// Validates the arguments of an instance norm (both tiers); returns the activation's slope.
+pub(super) fn check(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Activation,
+) -> Result<f32> {
     if x.dtype() != DType::F32 || x.rank() < 3 {
         bail!(
             "segmodel: instance_norm input must be f32 [N, C, ...], got {:?} {:?}",
@@ -148,10 +158,5 @@ pub fn instance_norm3d(
     if eps.is_nan() || eps <= 0.0 {
         bail!("segmodel: instance_norm eps must be > 0, got {eps}")
     }
-    let op = InstanceNorm {
-        eps,
-        slope: act.slope()?,
-    };
-    x.contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+    act.slope()
 }

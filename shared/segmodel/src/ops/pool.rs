@@ -61,11 +61,8 @@ impl CustomOp2 for MaxPool2Grad {
     no_gpu_fwd!(2);
 }
 
-/// 2×2×2 max-pooling with stride 2: `[N, C, D, H, W] -> [N, C, D/2, H/2, W/2]` (floor, odd
-/// remainders dropped, as PyTorch `max_pool3d(x, 2)`). The gradient goes to the first
-/// maximum of each window in (d, h, w) order, like PyTorch's argmax (candle's `max`
-/// backward would split it across ties).
-pub fn max_pool3d_2x(x: &Tensor) -> Result<Tensor> {
+/// The kernel tier of [`super::max_pool3d_2x`].
+pub(super) fn max_pool3d_2x(x: &Tensor) -> Result<Tensor> {
     dims5(x, "max_pool3d input")?;
     x.contiguous()?.apply_op1(MaxPool2)
 }

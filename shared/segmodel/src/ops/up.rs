@@ -148,10 +148,20 @@ impl CustomOp3 for Up2Grad {
     no_gpu_fwd!(3);
 }
 
-/// 2× upsampling by a transposed convolution with kernel 2, stride 2 (PyTorch
-/// `ConvTranspose3d(cin, cout, 2, stride=2)`): `x [N, Cin, D, H, W]`, `w [Cin, Cout, 2, 2, 2]`,
-/// `bias [Cout]` -> `[N, Cout, 2D, 2H, 2W]`.
-pub fn conv_transpose3d_2x(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// The kernel tier of [`super::conv_transpose3d_2x`].
+pub(super) fn conv_transpose3d_2x(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let op = Up2 {
+        geom: geometry(x, w, bias)?,
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+/// Validates the arguments of a 2× transposed convolution (both tiers).
+pub(super) fn geometry(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<UpGeom> {
     let [n, cin, d, h, wd] = dims5(x, "conv_transpose3d_2x input")?;
     let [wcin, cout, k1, k2, k3] = dims5(w, "conv_transpose3d_2x weight")?;
     if wcin != cin || [k1, k2, k3] != [2, 2, 2] {
@@ -163,17 +173,10 @@ pub fn conv_transpose3d_2x(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
     if let Some(b) = bias {
         check_vec(b, cout, "conv_transpose3d_2x bias")?;
     }
-    let op = Up2 {
-        geom: UpGeom {
-            n,
-            cin,
-            cout,
-            dims: [d, h, wd],
-        },
-    };
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    match bias {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-        None => x.apply_op2(&w, op),
-    }
+    Ok(UpGeom {
+        n,
+        cin,
+        cout,
+        dims: [d, h, wd],
+    })
 }

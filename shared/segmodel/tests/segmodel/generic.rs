@@ -1,0 +1,349 @@
+//! The device-generic ops (`segmodel::ops::generic`, built from candle's stock ops) against
+//! the hand-written CPU kernels, on the CPU backend: the forward pass within 1e-5 and every
+//! input's gradient within 1e-4 (relative to the largest expected magnitude), on odd shapes
+//! and on the shapes of the U-Net 8-16-32 at 2×1×32³. The kernels themselves are proven
+//! against naive f64 loops in the other modules, so this chains the generic tier to them.
+//!
+//! `cargo test -p segmodel generic` runs every test of the generic tier.
+
+use crate::reference::{Rng, assert_close, tensor, values};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use segmodel::DiceLossConfig;
+use segmodel::ops::{self, Activation, generic};
+
+const FWD_TOL: f64 = 1e-5;
+const GRAD_TOL: f64 = 1e-4;
+
+/// Random inputs of the given shapes as tracked variables, values in [-1, 1) shifted by
+/// `offset` per input (so a norm's γ can sit around 1).
+fn vars(shapes: &[&[usize]], offsets: &[f64], seed: u64) -> Result<Vec<Var>> {
+    let mut rng = Rng::new(seed);
+    shapes
+        .iter()
+        .zip(offsets)
+        .map(|(s, &o)| {
+            let n: usize = s.iter().product();
+            let v: Vec<f64> = rng.vec(n).into_iter().map(|x| x + o).collect();
+            Var::from_tensor(&tensor(&v, s, &Device::Cpu)?)
+        })
+        .collect()
+}
+
+/// Runs `kernel` and `generic` on the same variables, compares their outputs, then the
+/// gradients of `Σ y·g` (g random, the same for both) with respect to every variable.
+fn compare(
+    what: &str,
+    inputs: &[Var],
+    seed: u64,
+    kernel: impl Fn(&[Tensor]) -> Result<Tensor>,
+    generic: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<()> {
+    let xs: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let yk = kernel(&xs)?;
+    let yg = generic(&xs)?;
+    assert_eq!(yk.dims(), yg.dims(), "{what}: output shape");
+    let want = values(&yk)?;
+    assert_close(&values(&yg)?, &want, FWD_TOL, &format!("{what}: forward"));
+    let g = tensor(
+        &Rng::new(seed ^ 0x5eed).vec(yk.elem_count()),
+        yk.dims(),
+        &Device::Cpu,
+    )?;
+    let gk = (&yk * &g)?.sum_all()?.backward()?;
+    let gg = (&yg * &g)?.sum_all()?.backward()?;
+    for (i, x) in xs.iter().enumerate() {
+        let want = gk.get(x).expect("kernel gradient");
+        let got = gg.get(x).expect("generic gradient");
+        assert_close(
+            &values(got)?,
+            &values(want)?,
+            GRAD_TOL,
+            &format!("{what}: gradient of input {i}"),
+        );
+    }
+    Ok(())
+}
+
+/// (name, N, Cin, Cout, k, [D, H, W], padding, stride, bias)
+type ConvCase = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    [usize; 3],
+    usize,
+    usize,
+    bool,
+);
+
+fn conv_cases() -> Vec<ConvCase> {
+    vec![
+        ("odd k3 p1", 2, 3, 4, 3, [7, 9, 11], 1, 1, true),
+        ("odd k3 p1 no bias", 2, 3, 4, 3, [7, 9, 11], 1, 1, false),
+        ("odd k3 p0", 2, 3, 4, 3, [7, 9, 11], 0, 1, true),
+        ("odd k3 p1 stride 2", 2, 3, 4, 3, [7, 9, 11], 1, 2, true),
+        ("odd k1", 2, 3, 4, 1, [7, 9, 11], 0, 1, true),
+        ("odd k1 stride 2", 2, 3, 4, 1, [7, 9, 11], 0, 2, false),
+        ("odd k5 p2", 1, 2, 3, 5, [6, 7, 9], 2, 1, true),
+        // The U-Net 8-16-32 on 2×1×32³: first conv, a decoder conv after the skip
+        // concatenation, the deepest level, and the 1×1×1 head.
+        ("unet enc.0.conv1", 2, 1, 8, 3, [32; 3], 1, 1, false),
+        ("unet dec.0.conv1", 2, 16, 8, 3, [32; 3], 1, 1, false),
+        ("unet enc.2.conv2", 2, 32, 32, 3, [8; 3], 1, 1, false),
+        ("unet head", 2, 8, 2, 1, [32; 3], 0, 1, true),
+    ]
+}
+
+#[test]
+fn generic_conv3d_matches_the_kernel() -> Result<()> {
+    for (i, (name, n, cin, cout, k, [d, h, w], pad, stride, bias)) in
+        conv_cases().into_iter().enumerate()
+    {
+        let seed = 10 + i as u64;
+        let (xshape, wshape, bshape) = ([n, cin, d, h, w], [cout, cin, k, k, k], [cout]);
+        let mut shapes: Vec<&[usize]> = vec![&xshape, &wshape];
+        if bias {
+            shapes.push(&bshape);
+        }
+        let v = vars(&shapes, &[0.0; 3], seed)?;
+        compare(
+            &format!("conv3d {name}"),
+            &v,
+            seed,
+            |t| ops::conv3d(&t[0], &t[1], t.get(2), pad, stride),
+            |t| generic::conv3d(&t[0], &t[1], t.get(2), pad, stride),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn generic_max_pool_matches_the_kernel() -> Result<()> {
+    for (i, shape) in [[2, 3, 7, 9, 11], [2, 8, 32, 32, 32], [1, 16, 16, 16, 16]]
+        .into_iter()
+        .enumerate()
+    {
+        let v = vars(&[&shape], &[0.0], 30 + i as u64)?;
+        compare(
+            &format!("max_pool {shape:?}"),
+            &v,
+            30 + i as u64,
+            |t| ops::max_pool3d_2x(&t[0]),
+            |t| generic::max_pool3d_2x(&t[0]),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn generic_conv_transpose_matches_the_kernel() -> Result<()> {
+    // (N, Cin, Cout, [D, H, W], bias): odd shapes, then the U-Net's two upsamplings.
+    let cases = [
+        (2, 3, 4, [7, 9, 11], true),
+        (2, 3, 4, [3, 4, 5], false),
+        (2, 32, 16, [8, 8, 8], true),
+        (2, 16, 8, [16, 16, 16], true),
+    ];
+    for (i, (n, cin, cout, [d, h, w], bias)) in cases.into_iter().enumerate() {
+        let seed = 40 + i as u64;
+        let (xshape, wshape, bshape) = ([n, cin, d, h, w], [cin, cout, 2, 2, 2], [cout]);
+        let mut shapes: Vec<&[usize]> = vec![&xshape, &wshape];
+        if bias {
+            shapes.push(&bshape);
+        }
+        let v = vars(&shapes, &[0.0; 3], seed)?;
+        compare(
+            &format!("conv_transpose {:?}", (n, cin, cout, [d, h, w], bias)),
+            &v,
+            seed,
+            |t| ops::conv_transpose3d_2x(&t[0], &t[1], t.get(2)),
+            |t| generic::conv_transpose3d_2x(&t[0], &t[1], t.get(2)),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn generic_instance_norm_matches_the_kernel() -> Result<()> {
+    let acts = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu(0.01),
+        Activation::LeakyRelu(1.5),
+    ];
+    let shapes = [[2, 3, 7, 9, 11], [2, 8, 32, 32, 32]];
+    for (i, (act, shape)) in acts
+        .iter()
+        .flat_map(|a| shapes.iter().map(move |s| (*a, *s)))
+        .enumerate()
+    {
+        let seed = 50 + i as u64;
+        let c = shape[1];
+        // γ around 1, β around 0, and an input with a per-channel offset (via β of a prior
+        // layer) does not matter: the statistics remove it.
+        let v = vars(&[&shape, &[c], &[c]], &[0.3, 1.0, 0.0], seed)?;
+        compare(
+            &format!("instance_norm {act:?} {shape:?}"),
+            &v,
+            seed,
+            |t| ops::instance_norm3d(&t[0], &t[1], &t[2], 1e-5, act),
+            |t| generic::instance_norm3d(&t[0], &t[1], &t[2], 1e-5, act),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn generic_leaky_relu_matches_the_kernel() -> Result<()> {
+    for (i, slope) in [0.0, 0.01, 0.5, 2.0].into_iter().enumerate() {
+        let v = vars(&[&[2, 3, 7, 9, 11]], &[0.0], 60 + i as u64)?;
+        compare(
+            &format!("leaky_relu {slope}"),
+            &v,
+            60 + i as u64,
+            |t| ops::leaky_relu(&t[0], slope),
+            |t| generic::leaky_relu(&t[0], slope),
+        )?;
+    }
+    Ok(())
+}
+
+fn labels(shape: &[usize], k: usize, dtype: DType, seed: u64) -> Result<Tensor> {
+    let mut rng = Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<u32> = (0..n).map(|_| rng.below(k) as u32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+#[test]
+fn generic_dice_loss_matches_the_kernel() -> Result<()> {
+    let cfgs = [
+        DiceLossConfig::default(),
+        DiceLossConfig {
+            include_background: true,
+            ..Default::default()
+        },
+        DiceLossConfig {
+            ce_weight: 1.0,
+            smooth: 1.0,
+            ..Default::default()
+        },
+    ];
+    // (logits shape, labels dtype): odd, then the U-Net's head output at 2×1×32³.
+    let cases = [
+        (vec![2, 3, 7, 9, 11], DType::U8),
+        (vec![2, 3, 7, 9, 11], DType::I64),
+        (vec![2, 2, 32, 32, 32], DType::U32),
+    ];
+    let mut i = 0;
+    for cfg in cfgs {
+        for (shape, dtype) in &cases {
+            i += 1;
+            let seed = 70 + i;
+            let k = shape[1];
+            let mut lshape = shape.clone();
+            lshape.remove(1);
+            let lab = labels(&lshape, k, *dtype, seed)?;
+            // Logits scaled up so the softmax is far from uniform.
+            let v = vars(&[shape], &[0.0], seed)?;
+            let scaled = Var::from_tensor(&(v[0].as_tensor() * 3.0)?)?;
+            compare(
+                &format!("dice {cfg:?} {shape:?} {dtype:?}"),
+                &[scaled],
+                seed,
+                |t| ops::soft_dice_loss(&t[0], &lab, &cfg),
+                |t| generic::soft_dice_loss(&t[0], &lab, &cfg),
+            )?;
+            let want = values(&segmodel::soft_dice_scores(v[0].as_tensor(), &lab, &cfg)?)?;
+            let got = values(&generic::soft_dice_scores(v[0].as_tensor(), &lab, &cfg)?)?;
+            assert_close(
+                &got,
+                &want,
+                FWD_TOL,
+                &format!("dice scores {cfg:?} {shape:?}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The generic ops refuse what the kernels refuse, with the same messages.
+#[test]
+fn generic_ops_validate_like_the_kernels() -> Result<()> {
+    let dev = &Device::Cpu;
+    let x = Tensor::zeros((1, 2, 4, 4, 4), DType::F32, dev)?;
+    let w_bad = Tensor::zeros((3, 5, 3, 3, 3), DType::F32, dev)?;
+    // First lines only: the rest is a backtrace when RUST_BACKTRACE is set.
+    let first = |e: candle_core::Error| e.to_string().lines().next().map(str::to_string);
+    let e1 = first(ops::conv3d(&x, &w_bad, None, 1, 1).unwrap_err()).unwrap();
+    let e2 = first(generic::conv3d(&x, &w_bad, None, 1, 1).unwrap_err()).unwrap();
+    assert_eq!(e1, e2);
+    assert!(e1.contains("input channels"), "{e1}");
+    let w = Tensor::zeros((3, 2, 3, 3, 3), DType::F32, dev)?;
+    assert!(generic::conv3d(&x, &w, None, 3, 1).is_err(), "padding >= k");
+    let g = Tensor::ones(3, DType::F32, dev)?;
+    assert!(generic::instance_norm3d(&x, &g, &g, 1e-5, Activation::Relu).is_err());
+    let logits = Tensor::zeros((1, 1, 4, 4, 4), DType::F32, dev)?;
+    let lab = Tensor::zeros((1, 4, 4, 4), DType::U8, dev)?;
+    assert!(generic::soft_dice_loss(&logits, &lab, &DiceLossConfig::default()).is_err());
+    assert!(generic::leaky_relu(&x, -1.0).is_err());
+    Ok(())
+}
+
+#[test]
+fn generic_ops_path_picks_the_tier_by_device() {
+    use segmodel::ops::OpsPath;
+    let cpu = Device::Cpu;
+    assert!(OpsPath::Auto.uses_kernels(&cpu));
+    assert!(!OpsPath::Generic.uses_kernels(&cpu));
+    assert!(OpsPath::HostKernels.uses_kernels(&cpu));
+    assert_eq!(OpsPath::default(), OpsPath::Auto);
+    for (s, p) in [
+        ("auto", OpsPath::Auto),
+        ("generic", OpsPath::Generic),
+        ("host-kernels", OpsPath::HostKernels),
+    ] {
+        assert_eq!(s.parse::<OpsPath>(), Ok(p));
+    }
+    assert!("cuda".parse::<OpsPath>().unwrap_err().contains("generic"));
+}
+
+/// A U-Net step (forward, loss, backward) with `ops: Generic` runs no hand-written kernel and
+/// makes no host round trip; `Auto` and `HostKernels` on the CPU run the kernels (directly:
+/// no host copies on the CPU either).
+#[test]
+fn generic_unet_runs_no_kernel_op() -> Result<()> {
+    use segmodel::ops::OpsPath;
+    use segmodel::{UNetConfig, seeded_var_builder, unet3d};
+    let dev = Device::Cpu;
+    let x = tensor(
+        &Rng::new(1).vec(2 * 16 * 16 * 16),
+        &[2, 1, 16, 16, 16],
+        &dev,
+    )?;
+    let y = labels(&[2, 16, 16, 16], 2, DType::U8, 2)?;
+    for (ops, kernels) in [
+        (OpsPath::Generic, false),
+        (OpsPath::Auto, true),
+        (OpsPath::HostKernels, true),
+    ] {
+        let cfg = UNetConfig {
+            channels: vec![4, 8],
+            ops,
+            ..Default::default()
+        };
+        let varmap = candle_nn::VarMap::new();
+        let net = unet3d(&cfg, seeded_var_builder(&varmap, 3, DType::F32, &dev))?;
+        let before = segmodel::traffic();
+        let logits = candle_core::Module::forward(&net, &x)?;
+        let loss = ops.soft_dice_loss(&logits, &y, &DiceLossConfig::default())?;
+        loss.backward()?;
+        let t = segmodel::traffic().since(before);
+        assert_eq!(t.round_trips, 0, "{ops:?}");
+        // 2 levels = 3 blocks: 6 convs + 6 norms, 1 pool, 1 upsampling, the head, the loss.
+        let want = if kernels { 16 } else { 0 };
+        assert_eq!(t.kernel_ops, want, "{ops:?}");
+    }
+    Ok(())
+}
