@@ -17,9 +17,11 @@ use clap::Args;
 use protocol::{DatasetRef, DatasetSource, StudySpec};
 
 use crate::{
-    study,
+    study::{
+        self,
+        watch::{self, FollowOptions, Outcome, Output},
+    },
     up::{Stack, StackConfig},
-    watch::{self, FollowOptions, Outcome, Output},
 };
 
 /// `studies/demo.toml`, built in so `segtune demo` works from any folder.
@@ -189,7 +191,7 @@ async fn search(
             None
         }
     };
-    match crate::report::write_report(js, &spec.study, reports).await {
+    match study::report::write_report(js, &spec.study, reports).await {
         Ok(r) => eprintln!(
             "wrote {} report files to {}",
             r.files.len(),

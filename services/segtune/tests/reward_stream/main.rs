@@ -314,7 +314,7 @@ async fn write_report_from_the_streams() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("reports/rpt");
-    let s = segtune::report::write_report(&js, "rpt", &out)
+    let s = segtune::study::report::write_report(&js, "rpt", &out)
         .await
         .unwrap();
     assert_eq!(s.jobs, 5);
@@ -549,7 +549,7 @@ async fn unknown_study_and_missing_broker_are_one_line_errors() {
         !dir.path().join("r").exists(),
         "no report folder for an unknown study"
     );
-    let err = segtune::report::write_report(&js, "nope", dir.path())
+    let err = segtune::study::report::write_report(&js, "nope", dir.path())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unknown study"), "{err}");

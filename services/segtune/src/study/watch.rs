@@ -22,7 +22,7 @@ use protocol::{
     Progress, Reward, Scale, Strategy, StudyEvent, StudyEventKind, StudySpec, subjects,
 };
 
-use crate::bus;
+use super::bus;
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {

@@ -21,7 +21,7 @@ use plotters::{
 };
 use protocol::{Dimension, Reward, Scale, Strategy, StudyEvent, StudyEventKind, StudySpec};
 
-use crate::rewards::{format_value, short_name};
+use super::rewards::{format_value, short_name};
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -264,7 +264,7 @@ pub async fn write_report(
     study: &str,
     out: &Path,
 ) -> anyhow::Result<ReportSummary> {
-    let (rewards, events) = crate::rewards::replay_study(js, study).await?;
+    let (rewards, events) = super::rewards::replay_study(js, study).await?;
     let record = StudyRecord::from_messages(study, &rewards, &events);
     write_files(&record, out)
 }
@@ -276,7 +276,7 @@ pub async fn run(a: ReportArgs) -> anyhow::Result<()> {
     } else {
         a.out
     };
-    let js = crate::rewards::connect_once(&a.nats, "segtune-report").await?;
+    let js = super::rewards::connect_once(&a.nats, "segtune-report").await?;
     let s = write_report(&js, &a.study, &out).await?;
     eprintln!(
         "study {}: {} jobs, best Dice {:.4} ({}); wrote {} files to {}",

@@ -1,5 +1,8 @@
 //! `segtune study submit FILE [--wait]`: hand a study to the controller over NATS and follow
 //! it until it is done (with `segtune study watch`'s follower).
+//!
+//! The other study commands live beside it: `watch`, `report`, `rewards`, and `bus`, the
+//! CLI's side of NATS that they all read the study through.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -8,16 +11,21 @@ use async_nats::jetstream;
 use clap::{Args, Subcommand};
 use protocol::subjects;
 
+pub mod bus;
+pub mod report;
+pub mod rewards;
+pub mod watch;
+
 #[derive(Debug, Subcommand)]
 pub enum StudyCommand {
     /// Submit a study file (see studies/*.toml) to the controller.
     Submit(SubmitArgs),
     /// Follow a study live: running jobs, finished jobs with their Dice, best so far, ETA.
-    Watch(crate::watch::WatchArgs),
+    Watch(watch::WatchArgs),
     /// Write a study's report: plots (PNG + SVG), jobs.csv, best.toml, summary.md/.html.
-    Report(crate::report::ReportArgs),
+    Report(report::ReportArgs),
     /// Print a study's rewards (replayed from the start): a table, or JSON lines with --json.
-    Rewards(crate::rewards::RewardsArgs),
+    Rewards(rewards::RewardsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -40,9 +48,9 @@ pub struct SubmitArgs {
 pub async fn run(cmd: StudyCommand) -> anyhow::Result<()> {
     match cmd {
         StudyCommand::Submit(a) => submit(a).await,
-        StudyCommand::Watch(a) => crate::watch::run(a).await,
-        StudyCommand::Report(a) => crate::report::run(a).await,
-        StudyCommand::Rewards(a) => crate::rewards::run(a).await,
+        StudyCommand::Watch(a) => watch::run(a).await,
+        StudyCommand::Report(a) => report::run(a).await,
+        StudyCommand::Rewards(a) => rewards::run(a).await,
     }
 }
 
@@ -55,18 +63,18 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::bail!("{}: invalid study:\n{}", a.file.display(), lines.join("\n"));
     }
-    let (client, js) = crate::bus::connect(&a.nats).await?;
+    let (client, js) = bus::connect(&a.nats).await?;
     submit_spec(&js, &a.nats, &spec).await?;
     if !a.wait {
         println!("{}", spec.study);
         return Ok(());
     }
-    let opts = crate::watch::FollowOptions {
+    let opts = watch::FollowOptions {
         start_timeout: None,
-        output: crate::watch::Output::auto(),
+        output: watch::Output::auto(),
         best_file: a.best,
     };
-    crate::watch::follow(&client, &js, &spec.study, &opts)
+    watch::follow(&client, &js, &spec.study, &opts)
         .await
         .map(|_| ())
 }
@@ -79,10 +87,10 @@ pub async fn submit_spec(
     spec: &protocol::StudySpec,
 ) -> anyhow::Result<()> {
     let controller = subjects::durable::CONTROLLER_SUBMISSIONS;
-    if !crate::bus::await_pullers(js, controller, 1, Duration::from_secs(7)).await? {
+    if !bus::await_pullers(js, controller, 1, Duration::from_secs(7)).await? {
         anyhow::bail!(
             "no controller is taking submissions on {nats_url}: {}",
-            crate::bus::START_HINT
+            bus::START_HINT
         );
     }
     runtime::publish(
