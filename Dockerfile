@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # segtune images; compose.yaml builds both final targets:
 #   cpu   every binary (CLI, preprocessor, controller, CPU trainer and evaluator) on Debian slim
 #   cuda  segtune-trainer and segtune-evaluator built with `--features cuda` by
@@ -8,8 +7,21 @@
 # The CUDA kernels are built for CUDA_COMPUTE_CAP (default 90 = H100/H200):
 #   docker compose build --build-arg CUDA_COMPUTE_CAP=89 trainer
 # and need an NVIDIA driver >= 580 (CUDA 13.0) on the host.
+#
+# The CPU image's binaries come from one of two stages (CPU_BINARIES):
+#   build     (default) `cargo build --release` inside the Rust image: needs the image and
+#             crates.io; what `docker compose build` / `up` does on a host with network.
+#   prebuilt  binaries built on the host, in `prebuilt/` of the build context:
+#             scripts/docker-cpu-image makes that context and builds the image (offline
+#             machines and CI). They must run on Debian bookworm (glibc 2.36): the stage runs
+#             each one before it is copied.
+# Either way the `cpu` image is the same: the five binaries in /usr/local/bin, the user, the
+# studies, the environment.
+# No `# syntax=` line: BuildKit's built-in Dockerfile frontend builds this file, so nothing
+# is pulled for it (RUN --mount needs BuildKit: Docker >= 23, or buildx).
 
 ARG RUST_IMAGE=rust:1.95.0-bookworm
+ARG CPU_BINARIES=build
 
 # ---- CPU build: every binary of the workspace ------------------------------------------
 FROM ${RUST_IMAGE} AS build
@@ -22,6 +34,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && for b in segtune segtune-preprocessor segtune-controller segtune-trainer segtune-evaluator; do \
       cp "target/release/$b" /out/ && strip "/out/$b"; \
     done
+
+# ---- CPU binaries built on the host (CPU_BINARIES=prebuilt) -----------------------------
+FROM debian:bookworm-slim AS prebuilt
+COPY prebuilt/ /out/
+RUN for b in segtune segtune-preprocessor segtune-controller segtune-trainer segtune-evaluator; do \
+      "/out/$b" --help >/dev/null || { echo "prebuilt/$b does not run on bookworm" >&2; exit 1; }; \
+    done
+
+FROM ${CPU_BINARIES} AS cpu-binaries
 
 # ---- CUDA build: the recipe of scripts/build-cuda, run as is ---------------------------
 FROM ${RUST_IMAGE} AS build-cuda
@@ -51,7 +72,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --create-home segtune \
  && mkdir -p /data && chown segtune /data
-COPY --from=build /out/ /usr/local/bin/
+COPY --from=cpu-binaries /out/ /usr/local/bin/
 # The study files (the compose `demo` service submits studies/demo.toml).
 COPY studies/ /opt/segtune/studies/
 ENV SEGTUNE_STORE=/data/store SEGTUNE_NATS=nats://nats:4222
