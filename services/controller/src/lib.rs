@@ -539,13 +539,3 @@ pub fn job_seed(study_seed: u64, index: u32) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
-
-/// Durable consumer of one study's rewards.
-pub fn rewards_durable(study: &str) -> String {
-    format!("{}-{study}", subjects::durable::CONTROLLER_REWARDS)
-}
-
-/// Durable consumer of one study's dead letters.
-pub fn deadletter_durable(study: &str) -> String {
-    format!("{}-{study}", subjects::durable::CONTROLLER_DEADLETTER)
-}
