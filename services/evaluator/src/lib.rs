@@ -33,6 +33,14 @@ pub struct Settings {
     pub device: String,
 }
 
+impl runtime::Validate for Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
+        runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
+        engine::check_device(&self.device)
+    }
+}
+
 pub struct App {
     pub js: jetstream::Context,
     pub store: DynStore,
@@ -158,3 +166,18 @@ async fn score(app: &App, t: &Trained) -> Result<Reward, JobError> {
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use runtime::Validate as _;
+
+    #[test]
+    fn a_device_that_is_not_cpu_or_cuda_is_a_config_error() {
+        let settings = super::Settings {
+            nats: runtime::DEFAULT_NATS.into(),
+            store: "memory:///".into(),
+            device: "gpu".into(),
+        };
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("--device") && err.contains("gpu"), "{err}");
+    }
+}

@@ -44,6 +44,22 @@ pub struct App {
     pub worker: String,
 }
 
+impl runtime::Validate for Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
+        runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
+        anyhow::ensure!(
+            self.parallel_cases >= 1,
+            "--parallel-cases (SEGTUNE_PARALLEL_CASES) must be at least 1, got 0"
+        );
+        anyhow::ensure!(
+            self.max_voxels >= 1,
+            "--max-voxels (SEGTUNE_MAX_VOXELS) must be at least 1, got 0"
+        );
+        Ok(())
+    }
+}
+
 impl App {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let store = storage::open(&settings.store)?;
@@ -207,3 +223,19 @@ async fn publish_event(
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use runtime::Validate as _;
+
+    #[test]
+    fn zero_parallel_cases_is_a_config_error() {
+        let settings = super::Settings {
+            nats: runtime::DEFAULT_NATS.into(),
+            store: "memory:///".into(),
+            parallel_cases: 0,
+            max_voxels: 1 << 30,
+        };
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("--parallel-cases"), "{err}");
+    }
+}

@@ -66,6 +66,14 @@ impl Default for Options {
     }
 }
 
+impl runtime::Validate for Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
+        runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
+        engine::check_device(&self.device)
+    }
+}
+
 impl App {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let device = engine::device(&settings.device)?;
@@ -273,3 +281,21 @@ async fn run_job(
     }))
 }
 
+#[cfg(test)]
+mod tests {
+    use runtime::Validate as _;
+
+    #[test]
+    fn an_empty_nats_url_is_a_config_error() {
+        let settings = super::Settings {
+            nats: " ".into(),
+            store: "memory:///".into(),
+            device: "cpu".into(),
+        };
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--nats") && err.contains("SEGTUNE_NATS"),
+            "{err}"
+        );
+    }
+}

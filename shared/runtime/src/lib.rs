@@ -33,6 +33,8 @@ pub fn init_tracing() {
 
 mod auth;
 pub use auth::*;
+mod service;
+pub use service::{Shutdown, Validate, ensure_set, service_main};
 pub mod worker;
 
 pub const ENV_LOG: &str = "SEGTUNE_LOG";
