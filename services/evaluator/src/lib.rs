@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use engine::{DatasetCache, JobError};
 use protocol::{Reward, SCHEMA_VERSION, Trained, subjects};
-use runtime::worker::{DeadLetters, Handler, Verdict};
+use runtime::worker::{Handler, Verdict};
 use storage::DynStore;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -85,7 +85,6 @@ impl Handler for App {
     type Done = Rewarded;
     const ROLE: &'static str = "evaluator";
     const DURABLE: &'static str = subjects::durable::EVALUATORS;
-    const DEAD_LETTERS: DeadLetters = DeadLetters::PerStudy;
 
     fn js(&self) -> &jetstream::Context {
         &self.js

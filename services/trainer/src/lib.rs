@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use engine::{DatasetCache, JobError, JobSpec};
 use protocol::{Progress, SCHEMA_VERSION, TrainJob, Trained, subjects};
-use runtime::worker::{DeadLetters, Handler, Verdict};
+use runtime::worker::{Handler, Verdict};
 use storage::DynStore;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -112,7 +112,6 @@ impl Handler for App {
     type Done = TrainedJob;
     const ROLE: &'static str = "trainer";
     const DURABLE: &'static str = subjects::durable::TRAINERS;
-    const DEAD_LETTERS: DeadLetters = DeadLetters::PerStudy;
 
     fn js(&self) -> &jetstream::Context {
         &self.js

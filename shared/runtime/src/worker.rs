@@ -92,7 +92,8 @@ pub trait Handler: Sync {
     const ROLE: &'static str;
     /// The durable pull consumer served (from `protocol::subjects::durable`).
     const DURABLE: &'static str;
-    const DEAD_LETTERS: DeadLetters;
+    /// Where dead letters go; default: the job's study's.
+    const DEAD_LETTERS: DeadLetters = DeadLetters::PerStudy;
 
     fn js(&self) -> &jetstream::Context;
     /// This replica's name, written into dead letters.

@@ -8,7 +8,7 @@ use std::{
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use protocol::{JobFailed, subjects};
-use runtime::worker::{DeadLetters, Handler, Outcome, Verdict, handle_next};
+use runtime::worker::{Handler, Outcome, Verdict, handle_next};
 use serde::{Deserialize, Serialize};
 use test_support::NatsServer;
 
@@ -32,7 +32,6 @@ impl Handler for Tester {
     type Done = String;
     const ROLE: &'static str = "tester";
     const DURABLE: &'static str = subjects::durable::TRAINERS;
-    const DEAD_LETTERS: DeadLetters = DeadLetters::PerStudy;
 
     fn js(&self) -> &jetstream::Context {
         &self.js
