@@ -824,14 +824,10 @@ fn uses(role: &str) -> Vec<Op> {
             ops.extend(provisioning());
             ops.extend(work_consumer(durable::CONTROLLER_SUBMISSIONS));
             for (stream, consumer, filter) in [
-                (
-                    stream::REWARDS,
-                    controller::rewards_durable(S),
-                    subjects::rewards(S),
-                ),
+                (stream::REWARDS, durable::rewards(S), subjects::rewards(S)),
                 (
                     stream::DEADLETTER,
-                    controller::deadletter_durable(S),
+                    durable::deadletter(S),
                     subjects::deadletter(S),
                 ),
             ] {

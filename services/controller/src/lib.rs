@@ -62,8 +62,10 @@ pub struct Settings {
     pub stream_replicas: u8,
 }
 
-impl Settings {
-    pub fn validate(&self) -> anyhow::Result<()> {
+impl runtime::Validate for Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
+        runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
         anyhow::ensure!(
             self.ack_wait_secs.is_finite() && self.ack_wait_secs >= 0.1,
             "--ack-wait-secs (SEGTUNE_CONTROLLER_ACK_WAIT) must be at least 0.1, got {}",
@@ -108,7 +110,7 @@ pub struct App {
 impl App {
     /// Opens the store, connects (retrying until the broker is up) and provisions JetStream.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        settings.validate()?;
+        runtime::Validate::validate(settings)?;
         let store = storage::open(&settings.store)?;
         let client = runtime::connect(&settings.nats, "segtune-controller").await?;
         let js = jetstream::new(client);
@@ -540,12 +542,20 @@ pub fn job_seed(study_seed: u64, index: u32) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Durable consumer of one study's rewards.
-pub fn rewards_durable(study: &str) -> String {
-    format!("{}-{study}", subjects::durable::CONTROLLER_REWARDS)
-}
+#[cfg(test)]
+mod tests {
+    use runtime::Validate as _;
 
-/// Durable consumer of one study's dead letters.
-pub fn deadletter_durable(study: &str) -> String {
-    format!("{}-{study}", subjects::durable::CONTROLLER_DEADLETTER)
+    #[test]
+    fn a_job_ack_wait_under_a_second_is_a_config_error() {
+        let settings = super::Settings {
+            nats: runtime::DEFAULT_NATS.into(),
+            store: "memory:///".into(),
+            ack_wait_secs: 30.0,
+            job_ack_wait_secs: 0.5,
+            stream_replicas: 1,
+        };
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("--job-ack-wait-secs"), "{err}");
+    }
 }

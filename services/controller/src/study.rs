@@ -22,7 +22,7 @@ use search::{SearchSpace, Searcher};
 use tokio::sync::watch;
 
 use crate::{
-    App, deadletter_durable, job_id, job_seed, rewards_durable,
+    App, job_id, job_seed,
     state::{
         Best, FailureEntry, JobEntry, JobStatus, Outgoing, Phase, RewardEntry, STATE_SCHEMA,
         StudyState,
@@ -423,14 +423,14 @@ impl Study {
         let rewards = Self::feed(
             &self.app,
             subjects::stream::REWARDS,
-            rewards_durable(&study),
+            subjects::durable::rewards(&study),
             subjects::rewards(&study),
         )
         .await?;
         let deadletter = Self::feed(
             &self.app,
             subjects::stream::DEADLETTER,
-            deadletter_durable(&study),
+            subjects::durable::deadletter(&study),
             subjects::deadletter(&study),
         )
         .await?;
@@ -838,8 +838,14 @@ impl Study {
         self.feeds = None;
         let study = self.id().to_string();
         for (stream, durable) in [
-            (subjects::stream::REWARDS, rewards_durable(&study)),
-            (subjects::stream::DEADLETTER, deadletter_durable(&study)),
+            (
+                subjects::stream::REWARDS,
+                subjects::durable::rewards(&study),
+            ),
+            (
+                subjects::stream::DEADLETTER,
+                subjects::durable::deadletter(&study),
+            ),
         ] {
             if let Ok(s) = self.app.js.get_stream(stream).await
                 && let Err(e) = s.delete_consumer(&durable).await

@@ -4,13 +4,16 @@
 //! job and how long training and evaluation took) on `segtune.rewards.<study>` with
 //! `Nats-Msg-Id` = job id, then acks.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use engine::{DatasetCache, JobError};
-use protocol::{JobFailed, Reward, SCHEMA_VERSION, Trained, subjects};
-use runtime::Worked;
+use protocol::{Reward, SCHEMA_VERSION, Trained, subjects};
+use runtime::worker::{Handler, Verdict};
 use storage::DynStore;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -30,6 +33,14 @@ pub struct Settings {
     pub device: String,
 }
 
+impl runtime::Validate for Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
+        runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
+        engine::check_device(&self.device)
+    }
+}
+
 pub struct App {
     pub js: jetstream::Context,
     pub store: DynStore,
@@ -42,131 +53,79 @@ impl App {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let device = engine::device(&settings.device)?;
         let store = storage::open(&settings.store)?;
-        let client = runtime::connect(&settings.nats, "segtune-evaluator").await?;
-        let js = jetstream::new(client);
-        runtime::provision_with_retry(&js, None).await?;
+        let js = runtime::worker::connect(&settings.nats, Self::ROLE).await?;
         Ok(Self {
             js,
             store,
             device,
             cache: DatasetCache::default(),
-            worker: runtime::worker_name("evaluator"),
+            worker: runtime::worker_name(Self::ROLE),
         })
     }
 }
 
+/// A scored job, as [`runtime::worker::handle_next`] reports it.
 #[derive(Debug, PartialEq)]
-pub enum Outcome {
-    Idle,
-    Rewarded { job_id: String, mean: f64 },
-    DeadLettered { job_id: String },
-    Retried { job_id: String },
-    Interrupted,
+pub struct Rewarded {
+    pub job_id: String,
+    pub mean: f64,
 }
 
+pub type Outcome = runtime::worker::Outcome<Rewarded>;
+
+/// Serves the `evaluators` consumer until `shutdown` resolves.
 pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let consumer = runtime::consumer(&app.js, subjects::durable::EVALUATORS).await?;
-    tokio::pin!(shutdown);
-    tracing::info!(worker = %app.worker, device = ?app.device, "evaluator ready");
-    loop {
-        match handle_next(&app, &consumer, shutdown.as_mut()).await {
-            Ok(Outcome::Interrupted) => break,
-            Ok(o) => tracing::debug!(outcome = ?o, "step"),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "step failed; retrying shortly");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = &mut shutdown => break,
-                }
-            }
-        }
-    }
-    // Acks and naks are queued, not sent: flush them before the connection goes away (a nak
-    // lost here would leave the job to wait out its AckWait instead of moving on at once).
-    if let Err(e) = app.js.client().flush().await {
-        tracing::warn!(error = %e, "flushing acks on shutdown failed");
-    }
-    tracing::info!("evaluator stopped");
-    Ok(())
+    tracing::info!(device = ?app.device, "compute device");
+    runtime::worker::serve(&app, shutdown).await
 }
 
-pub async fn handle_next(
-    app: &App,
-    consumer: &jetstream::consumer::PullConsumer,
-    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> anyhow::Result<Outcome> {
-    let msg = tokio::select! {
-        m = runtime::pull_one(consumer, Duration::from_secs(5)) => m?,
-        _ = &mut shutdown => return Ok(Outcome::Interrupted),
-    };
-    let Some(msg) = msg else {
-        return Ok(Outcome::Idle);
-    };
-    let attempt = runtime::delivery_attempt(&msg);
-    let failed = |study: &str, job_id: &str, reason: String| JobFailed {
-        schema: SCHEMA_VERSION,
-        study: study.to_string(),
-        job_id: job_id.to_string(),
-        reason,
-        original_subject: msg.subject.to_string(),
-        deliveries: attempt,
-        worker: app.worker.clone(),
-    };
-    let trained: Trained = match protocol::decode(&msg.payload) {
-        Ok(t) => t,
-        Err(e) => {
-            let study = msg.subject.rsplit('.').next().unwrap_or("").to_string();
-            runtime::dead_letter(&app.js, &msg, &failed(&study, "", e.to_string())).await?;
-            return Ok(Outcome::DeadLettered {
-                job_id: String::new(),
-            });
-        }
-    };
-    tracing::info!(job = %trained.job_id, "evaluating");
-    // The consumer's AckWait (the controller's `--job-ack-wait-secs`) times the progress acks.
-    let ack_wait = runtime::consumer_ack_wait(consumer).await;
-    let work = score(app, &trained);
-    let result = match runtime::work_with_progress_acks(&msg, ack_wait, work, shutdown).await {
-        Worked::Done(r) => r,
-        Worked::Interrupted => return Ok(Outcome::Interrupted),
-    };
-    match result {
-        Ok(reward) => {
-            let mean = reward.mean;
-            runtime::publish(
-                &app.js,
-                subjects::rewards(&trained.study),
-                Some(&trained.job_id),
-                protocol::encode(&reward)?,
-            )
-            .await
-            .context("publishing Reward")?;
-            msg.double_ack()
-                .await
-                .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
-            tracing::info!(job = %trained.job_id, dice = mean, "reward published");
-            Ok(Outcome::Rewarded {
-                job_id: trained.job_id,
-                mean,
-            })
-        }
-        Err(JobError::Permanent(reason)) => {
-            let f = failed(&trained.study, &trained.job_id, reason);
-            runtime::dead_letter(&app.js, &msg, &f).await?;
-            Ok(Outcome::DeadLettered {
-                job_id: trained.job_id,
-            })
-        }
-        Err(JobError::Transient(reason)) => {
-            tracing::warn!(job = %trained.job_id, %reason, "transient failure; retrying later");
-            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await
-                .map_err(|e| anyhow::anyhow!("nak failed: {e}"))?;
-            Ok(Outcome::Retried {
-                job_id: trained.job_id,
-            })
-        }
-        Err(JobError::Cancelled) => Ok(Outcome::Interrupted),
+impl Handler for App {
+    type Job = Trained;
+    type Worked = Result<Reward, JobError>;
+    type Done = Rewarded;
+    const ROLE: &'static str = "evaluator";
+    const DURABLE: &'static str = subjects::durable::EVALUATORS;
+
+    fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+    fn worker(&self) -> &str {
+        &self.worker
+    }
+    fn key(job: &Trained) -> (&str, &str) {
+        (&job.study, &job.job_id)
+    }
+
+    async fn work(&self, job: &Trained, _: u64, _: Arc<AtomicBool>) -> Result<Reward, JobError> {
+        tracing::info!(job = %job.job_id, "evaluating");
+        score(self, job).await
+    }
+
+    async fn finish(
+        &self,
+        job: &Trained,
+        _: u64,
+        scored: Result<Reward, JobError>,
+    ) -> anyhow::Result<Verdict<Rewarded>> {
+        let reward = match scored {
+            Ok(reward) => reward,
+            Err(JobError::Permanent(reason)) => return Ok(Verdict::Permanent(reason)),
+            Err(JobError::Transient(reason)) => return Ok(Verdict::Transient(reason)),
+            Err(JobError::Cancelled) => return Ok(Verdict::Interrupted),
+        };
+        runtime::publish(
+            &self.js,
+            subjects::rewards(&job.study),
+            Some(&job.job_id),
+            protocol::encode(&reward)?,
+        )
+        .await
+        .context("publishing Reward")?;
+        tracing::info!(job = %job.job_id, dice = reward.mean, "reward published");
+        Ok(Verdict::Done(Rewarded {
+            job_id: job.job_id.clone(),
+            mean: reward.mean,
+        }))
     }
 }
 
@@ -204,4 +163,20 @@ async fn score(app: &App, t: &Trained) -> Result<Reward, JobError> {
         final_loss: t.final_loss,
         eval_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use runtime::Validate as _;
+
+    #[test]
+    fn a_device_that_is_not_cpu_or_cuda_is_a_config_error() {
+        let settings = super::Settings {
+            nats: runtime::DEFAULT_NATS.into(),
+            store: "memory:///".into(),
+            device: "gpu".into(),
+        };
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("--device") && err.contains("gpu"), "{err}");
+    }
 }

@@ -3,13 +3,17 @@
 //! with `DatasetReady` or `DatasetFailed`. A request is acked only after its answer is
 //! stored in JetStream; while it runs, in-progress acks keep it from being redelivered.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use protocol::{
     DatasetEvent, DatasetFailed, DatasetReady, PreprocessRequest, SCHEMA_VERSION, subjects,
 };
+use runtime::worker::{DeadLetters, Handler, Verdict};
 use storage::DynStore;
 
 /// Configuration (flags or `SEGTUNE_*` env vars).
@@ -40,12 +44,26 @@ pub struct App {
     pub worker: String,
 }
 
+impl runtime::Validate for Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
+        runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
+        anyhow::ensure!(
+            self.parallel_cases >= 1,
+            "--parallel-cases (SEGTUNE_PARALLEL_CASES) must be at least 1, got 0"
+        );
+        anyhow::ensure!(
+            self.max_voxels >= 1,
+            "--max-voxels (SEGTUNE_MAX_VOXELS) must be at least 1, got 0"
+        );
+        Ok(())
+    }
+}
+
 impl App {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let store = storage::open(&settings.store)?;
-        let client = runtime::connect(&settings.nats, "segtune-preprocessor").await?;
-        let js = jetstream::new(client);
-        runtime::provision_with_retry(&js, None).await?;
+        let js = runtime::worker::connect(&settings.nats, Self::ROLE).await?;
         Ok(Self {
             js,
             store,
@@ -55,187 +73,141 @@ impl App {
                 },
                 parallel_cases: settings.parallel_cases,
             },
-            worker: runtime::worker_name("preprocessor"),
+            worker: runtime::worker_name(Self::ROLE),
         })
     }
 }
 
-/// What one step did.
+/// What became of a request that was answered.
 #[derive(Debug, PartialEq)]
-pub enum Outcome {
-    Idle,
-    Ready { dataset_id: String, reused: bool },
-    Failed { dataset_id: Option<String> },
-    Rejected,
-    Interrupted,
+pub enum Answer {
+    Ready {
+        dataset_id: String,
+        reused: bool,
+    },
+    /// `DatasetFailed` published and the request dead-lettered.
+    Failed {
+        dataset_id: Option<String>,
+    },
 }
+
+pub type Outcome = runtime::worker::Outcome<Answer>;
 
 /// Serves requests until `shutdown` resolves.
 pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let consumer = runtime::consumer(&app.js, subjects::durable::PREPROCESSORS).await?;
-    tokio::pin!(shutdown);
-    tracing::info!(worker = %app.worker, "preprocessor ready");
-    loop {
-        let step = handle_next(&app, &consumer, shutdown.as_mut());
-        match step.await {
-            Ok(Outcome::Interrupted) => break,
-            Ok(outcome) => tracing::debug!(?outcome, "step"),
-            Err(e) => {
-                tracing::warn!(error = %e, "step failed; retrying shortly");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = &mut shutdown => break,
-                }
+    runtime::worker::serve(&app, shutdown).await
+}
+
+impl Handler for App {
+    type Job = PreprocessRequest;
+    type Worked = Result<dataprep::Outcome, dataprep::Failure>;
+    type Done = Answer;
+    const ROLE: &'static str = "preprocessor";
+    const DURABLE: &'static str = subjects::durable::PREPROCESSORS;
+    /// A failed request is answered with a `DatasetFailed` and also filed with every other
+    /// piece of work that will not be retried, whichever service it failed in.
+    const DEAD_LETTERS: DeadLetters = DeadLetters::Subject(subjects::DEADLETTER_PREPROCESS);
+
+    fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+    fn worker(&self) -> &str {
+        &self.worker
+    }
+    /// No study: a request's dead letter is named by its request id.
+    fn key(req: &PreprocessRequest) -> (&str, &str) {
+        ("", &req.request_id)
+    }
+
+    async fn lease(&self, _: &jetstream::consumer::PullConsumer) -> runtime::Lease {
+        runtime::Lease {
+            ack_wait: runtime::ack_wait(Self::DURABLE),
+            progress_acks: true,
+        }
+    }
+
+    /// Answered on `segtune.datasets._unknown`: there is no request id to match it by, but a
+    /// requester waiting on the unknown subject learns that something was refused.
+    async fn undecodable(
+        &self,
+        msg: &jetstream::Message,
+        error: &protocol::DecodeError,
+    ) -> anyhow::Result<String> {
+        tracing::error!(error = %error, "undecodable preprocess request; rejecting it");
+        let failed = DatasetFailed {
+            schema: SCHEMA_VERSION,
+            request_id: String::new(),
+            dataset_id: None,
+            source: protocol::DatasetSource::Local {
+                path: String::new(),
+            },
+            errors: vec![protocol::CaseError {
+                case: String::new(),
+                file: msg.subject.to_string(),
+                reason: error.to_string(),
+            }],
+        };
+        let event = DatasetEvent::Failed(failed);
+        publish_event(self, subjects::DATASETS_UNKNOWN, None, event).await?;
+        Ok(format!("undecodable preprocess request: {error}"))
+    }
+
+    async fn work(&self, req: &PreprocessRequest, _: u64, _: Arc<AtomicBool>) -> Self::Worked {
+        tracing::info!(request = %req.request_id, source = %req.source, "preprocessing");
+        dataprep::preprocess(&self.store, &req.source, &req.params, &self.options).await
+    }
+
+    async fn finish(
+        &self,
+        req: &PreprocessRequest,
+        _: u64,
+        worked: Self::Worked,
+    ) -> anyhow::Result<Verdict<Answer>> {
+        match worked {
+            Ok(o) => {
+                let ready = DatasetReady {
+                    schema: SCHEMA_VERSION,
+                    request_id: req.request_id.clone(),
+                    dataset_id: o.dataset_id.clone(),
+                    manifest_key: storage::keys::manifest(&o.dataset_id)?,
+                    train_cases: o.manifest.train_cases().count() as u32,
+                    validation_cases: o.manifest.validation_cases().count() as u32,
+                    reused: o.reused,
+                };
+                let id = format!("ready-{}-{}", req.request_id, o.dataset_id);
+                let subject = subjects::dataset(&o.dataset_id);
+                publish_event(self, &subject, Some(&id), DatasetEvent::Ready(ready)).await?;
+                Ok(Verdict::Done(Answer::Ready {
+                    dataset_id: o.dataset_id,
+                    reused: o.reused,
+                }))
+            }
+            Err(f) => {
+                let summary = f.summary();
+                tracing::warn!(request = %req.request_id, "{summary}");
+                let subject = f
+                    .dataset_id
+                    .as_deref()
+                    .map(subjects::dataset)
+                    .unwrap_or_else(|| subjects::DATASETS_UNKNOWN.to_string());
+                let failed = DatasetFailed {
+                    schema: SCHEMA_VERSION,
+                    request_id: req.request_id.clone(),
+                    dataset_id: f.dataset_id.clone(),
+                    source: req.source.clone(),
+                    errors: f.errors,
+                };
+                let id = format!("failed-{}", req.request_id);
+                publish_event(self, &subject, Some(&id), DatasetEvent::Failed(failed)).await?;
+                Ok(Verdict::Answered {
+                    outcome: Answer::Failed {
+                        dataset_id: f.dataset_id,
+                    },
+                    reason: summary,
+                })
             }
         }
     }
-    // Acks and naks are queued, not sent: flush them before the connection goes away (a nak
-    // lost here would leave the job to wait out its AckWait instead of moving on at once).
-    if let Err(e) = app.js.client().flush().await {
-        tracing::warn!(error = %e, "flushing acks on shutdown failed");
-    }
-    tracing::info!("preprocessor stopped");
-    Ok(())
-}
-
-/// Pulls one request (waiting up to 5 s) and handles it.
-pub async fn handle_next(
-    app: &App,
-    consumer: &jetstream::consumer::PullConsumer,
-    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> anyhow::Result<Outcome> {
-    let msg = tokio::select! {
-        m = runtime::pull_one(consumer, Duration::from_secs(5)) => m?,
-        _ = &mut shutdown => return Ok(Outcome::Interrupted),
-    };
-    let Some(msg) = msg else {
-        return Ok(Outcome::Idle);
-    };
-    let req: PreprocessRequest = match protocol::decode(&msg.payload) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "undecodable preprocess request; rejecting it");
-            let failed = DatasetFailed {
-                schema: SCHEMA_VERSION,
-                request_id: String::new(),
-                dataset_id: None,
-                source: protocol::DatasetSource::Local {
-                    path: String::new(),
-                },
-                errors: vec![protocol::CaseError {
-                    case: String::new(),
-                    file: msg.subject.to_string(),
-                    reason: e.to_string(),
-                }],
-            };
-            publish_event(
-                app,
-                subjects::DATASETS_UNKNOWN,
-                None,
-                DatasetEvent::Failed(failed),
-            )
-            .await?;
-            // No request id to name it by: the dead letter's id is its place in the stream.
-            dead_letter(
-                app,
-                &msg,
-                "",
-                format!("undecodable preprocess request: {e}"),
-            )
-            .await?;
-            msg.ack_with(AckKind::Term)
-                .await
-                .map_err(|e| anyhow::anyhow!("term failed: {e}"))?;
-            return Ok(Outcome::Rejected);
-        }
-    };
-    tracing::info!(request = %req.request_id, source = %req.source, "preprocessing");
-
-    let ack_wait = runtime::ack_wait(subjects::durable::PREPROCESSORS);
-    let work = dataprep::preprocess(&app.store, &req.source, &req.params, &app.options);
-    let result = match runtime::work_with_progress_acks(&msg, ack_wait, work, shutdown).await {
-        runtime::Worked::Done(r) => r,
-        // Naked already: another replica takes the request at once.
-        runtime::Worked::Interrupted => return Ok(Outcome::Interrupted),
-    };
-
-    let outcome = match result {
-        Ok(o) => {
-            let ready = DatasetReady {
-                schema: SCHEMA_VERSION,
-                request_id: req.request_id.clone(),
-                dataset_id: o.dataset_id.clone(),
-                manifest_key: storage::keys::manifest(&o.dataset_id)?,
-                train_cases: o.manifest.train_cases().count() as u32,
-                validation_cases: o.manifest.validation_cases().count() as u32,
-                reused: o.reused,
-            };
-            let id = format!("ready-{}-{}", req.request_id, o.dataset_id);
-            publish_event(
-                app,
-                &subjects::dataset(&o.dataset_id),
-                Some(&id),
-                DatasetEvent::Ready(ready),
-            )
-            .await?;
-            Outcome::Ready {
-                dataset_id: o.dataset_id,
-                reused: o.reused,
-            }
-        }
-        Err(f) => {
-            let summary = f.summary();
-            tracing::warn!(request = %req.request_id, "{summary}");
-            let subject = f
-                .dataset_id
-                .as_deref()
-                .map(subjects::dataset)
-                .unwrap_or_else(|| subjects::DATASETS_UNKNOWN.to_string());
-            let failed = DatasetFailed {
-                schema: SCHEMA_VERSION,
-                request_id: req.request_id.clone(),
-                dataset_id: f.dataset_id.clone(),
-                source: req.source.clone(),
-                errors: f.errors,
-            };
-            let id = format!("failed-{}", req.request_id);
-            publish_event(app, &subject, Some(&id), DatasetEvent::Failed(failed)).await?;
-            dead_letter(app, &msg, &req.request_id, summary).await?;
-            Outcome::Failed {
-                dataset_id: f.dataset_id,
-            }
-        }
-    };
-    msg.double_ack()
-        .await
-        .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
-    Ok(outcome)
-}
-
-/// Records a failed request on `segtune.deadletter._preprocess` (the DEADLETTER stream holds
-/// every piece of work that will not be retried, whichever service it failed in).
-async fn dead_letter(
-    app: &App,
-    msg: &jetstream::Message,
-    request_id: &str,
-    reason: String,
-) -> anyhow::Result<()> {
-    let failed = protocol::JobFailed {
-        schema: SCHEMA_VERSION,
-        study: String::new(),
-        job_id: request_id.to_string(),
-        reason,
-        original_subject: msg.subject.to_string(),
-        deliveries: runtime::delivery_attempt(msg),
-        worker: app.worker.clone(),
-    };
-    runtime::publish_dead_letter(
-        &app.js,
-        subjects::DEADLETTER_PREPROCESS.to_string(),
-        &failed,
-        runtime::message_origin(msg),
-    )
-    .await
 }
 
 async fn publish_event(
@@ -249,4 +221,21 @@ async fn publish_event(
         .await
         .with_context(|| format!("publishing to {subject}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use runtime::Validate as _;
+
+    #[test]
+    fn zero_parallel_cases_is_a_config_error() {
+        let settings = super::Settings {
+            nats: runtime::DEFAULT_NATS.into(),
+            store: "memory:///".into(),
+            parallel_cases: 0,
+            max_voxels: 1 << 30,
+        };
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("--parallel-cases"), "{err}");
+    }
 }

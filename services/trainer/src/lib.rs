@@ -17,14 +17,13 @@
 use std::{
     future::Future,
     sync::{Arc, atomic::AtomicBool},
-    time::Duration,
 };
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use engine::{DatasetCache, JobError, JobSpec};
-use protocol::{JobFailed, Progress, SCHEMA_VERSION, TrainJob, Trained, subjects};
-use runtime::Leased;
+use protocol::{Progress, SCHEMA_VERSION, TrainJob, Trained, subjects};
+use runtime::worker::{Handler, Verdict};
 use storage::DynStore;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -67,168 +66,110 @@ impl Default for Options {
     }
 }
 
+impl runtime::Validate for Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
+        runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
+        engine::check_device(&self.device)
+    }
+}
+
 impl App {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let device = engine::device(&settings.device)?;
         let store = storage::open(&settings.store)?;
-        let client = runtime::connect(&settings.nats, "segtune-trainer").await?;
-        let js = jetstream::new(client.clone());
-        runtime::provision_with_retry(&js, None).await?;
+        let js = runtime::worker::connect(&settings.nats, Self::ROLE).await?;
         Ok(Self {
+            client: js.client(),
             js,
-            client,
             store,
             device,
             cache: DatasetCache::default(),
-            worker: runtime::worker_name("trainer"),
+            worker: runtime::worker_name(Self::ROLE),
             options: Options::default(),
         })
     }
 }
 
+/// A trained job, as [`runtime::worker::handle_next`] reports it.
 #[derive(Debug, PartialEq)]
-pub enum Outcome {
-    Idle,
-    Trained {
-        job_id: String,
-    },
-    DeadLettered {
-        job_id: String,
-    },
-    Retried {
-        job_id: String,
-    },
-    /// The job was redelivered to another trainer while this one was paused: dropped here.
-    Superseded {
-        job_id: String,
-        attempt: u64,
-    },
-    Interrupted,
+pub struct TrainedJob {
+    pub job_id: String,
 }
 
+pub type Outcome = runtime::worker::Outcome<TrainedJob>;
+
+/// Serves the `trainers` consumer until `shutdown` resolves.
 pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let consumer = runtime::consumer(&app.js, subjects::durable::TRAINERS).await?;
-    tokio::pin!(shutdown);
-    tracing::info!(worker = %app.worker, device = ?app.device, "trainer ready");
-    loop {
-        match handle_next(&app, &consumer, shutdown.as_mut()).await {
-            Ok(Outcome::Interrupted) => break,
-            Ok(o) => tracing::debug!(outcome = ?o, "step"),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "step failed; retrying shortly");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = &mut shutdown => break,
-                }
-            }
-        }
-    }
-    // Acks and naks are queued, not sent: flush them before the connection goes away (a nak
-    // lost here would leave the job to wait out its AckWait instead of moving on at once).
-    if let Err(e) = app.js.client().flush().await {
-        tracing::warn!(error = %e, "flushing acks on shutdown failed");
-    }
-    tracing::info!("trainer stopped");
-    Ok(())
+    tracing::info!(device = ?app.device, "compute device");
+    runtime::worker::serve(&app, shutdown).await
 }
 
-/// Pulls one job (waiting up to 5 s) and runs it to its end.
-pub async fn handle_next(
-    app: &App,
-    consumer: &jetstream::consumer::PullConsumer,
-    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> anyhow::Result<Outcome> {
-    let msg = tokio::select! {
-        m = runtime::pull_one(consumer, Duration::from_secs(5)) => m?,
-        _ = &mut shutdown => return Ok(Outcome::Interrupted),
-    };
-    let Some(msg) = msg else {
-        return Ok(Outcome::Idle);
-    };
-    let attempt = runtime::delivery_attempt(&msg);
-    let failed = |study: &str, job_id: &str, reason: String| JobFailed {
-        schema: SCHEMA_VERSION,
-        study: study.to_string(),
-        job_id: job_id.to_string(),
-        reason,
-        original_subject: msg.subject.to_string(),
-        deliveries: attempt,
-        worker: app.worker.clone(),
-    };
-    let job: TrainJob = match protocol::decode(&msg.payload) {
-        Ok(j) => j,
-        Err(e) => {
-            let study = msg.subject.rsplit('.').next().unwrap_or("").to_string();
-            runtime::dead_letter(&app.js, &msg, &failed(&study, "", e.to_string())).await?;
-            return Ok(Outcome::DeadLettered {
-                job_id: String::new(),
-            });
+impl Handler for App {
+    type Job = TrainJob;
+    /// `None`: a later delivery turned up before the checkpoint was stored.
+    type Worked = Result<Option<Trained>, JobError>;
+    type Done = TrainedJob;
+    const ROLE: &'static str = "trainer";
+    const DURABLE: &'static str = subjects::durable::TRAINERS;
+
+    fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+    fn worker(&self) -> &str {
+        &self.worker
+    }
+    fn key(job: &TrainJob) -> (&str, &str) {
+        (&job.study, &job.job_id)
+    }
+
+    async fn lease(&self, consumer: &jetstream::consumer::PullConsumer) -> runtime::Lease {
+        runtime::Lease {
+            ack_wait: runtime::consumer_ack_wait(consumer).await,
+            progress_acks: self.options.progress_acks,
         }
-    };
-    tracing::info!(job = %job.job_id, attempt, "training");
-    let lease = runtime::Lease {
-        ack_wait: runtime::consumer_ack_wait(consumer).await,
-        progress_acks: app.options.progress_acks,
-    };
-    let cancel = Arc::new(AtomicBool::new(false));
-    let work = run_job(app, &job, attempt, cancel.clone());
-    let still_live = || is_live_delivery(app, &job, attempt);
-    let superseded = |cancel: &AtomicBool| {
-        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(
-            job = %job.job_id,
-            attempt,
-            "job superseded: it was redelivered to another trainer while this one was stalled; \
-             abandoning it (nothing stored, published or acked)"
-        );
-        Ok(Outcome::Superseded {
+    }
+
+    async fn still_live(&self, job: &TrainJob, attempt: u64) -> anyhow::Result<bool> {
+        is_live_delivery(self, job, attempt).await
+    }
+
+    async fn work(&self, job: &TrainJob, attempt: u64, cancel: Arc<AtomicBool>) -> Self::Worked {
+        tracing::info!(job = %job.job_id, attempt, "training");
+        run_job(self, job, attempt, cancel).await
+    }
+
+    async fn finish(
+        &self,
+        job: &TrainJob,
+        attempt: u64,
+        worked: Self::Worked,
+    ) -> anyhow::Result<Verdict<TrainedJob>> {
+        let trained = match worked {
+            Ok(Some(trained)) => trained,
+            Ok(None) => return Ok(Verdict::Superseded),
+            Err(JobError::Permanent(reason)) => return Ok(Verdict::Permanent(reason)),
+            Err(JobError::Transient(reason)) => return Ok(Verdict::Transient(reason)),
+            Err(JobError::Cancelled) => return Ok(Verdict::Interrupted),
+        };
+        let payload = protocol::encode(&trained)?;
+        let ack = runtime::publish(
+            &self.js,
+            subjects::trained(&job.study),
+            Some(&job.job_id),
+            payload,
+        )
+        .await
+        .context("publishing Trained")?;
+        if ack.duplicate {
+            // Another attempt committed first (it was live when it checked): its result,
+            // with its own checkpoint, is the one downstream sees.
+            tracing::warn!(job = %job.job_id, attempt, "another attempt's result was accepted first; this one is dropped");
+        }
+        tracing::info!(job = %job.job_id, loss = trained.final_loss, seconds = trained.train_seconds, "trained");
+        Ok(Verdict::Done(TrainedJob {
             job_id: job.job_id.clone(),
-            attempt,
-        })
-    };
-    let result = match runtime::work_under_lease(&msg, lease, still_live, work, shutdown).await {
-        Leased::Done(r) => r,
-        Leased::Interrupted => {
-            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Ok(Outcome::Interrupted);
-        }
-        Leased::Superseded => return superseded(&cancel),
-    };
-    match result {
-        Ok(None) => superseded(&cancel),
-        Ok(Some(trained)) => {
-            let payload = protocol::encode(&trained)?;
-            let ack = runtime::publish(
-                &app.js,
-                subjects::trained(&job.study),
-                Some(&job.job_id),
-                payload,
-            )
-            .await
-            .context("publishing Trained")?;
-            if ack.duplicate {
-                // Another attempt committed first (it was live when it checked): its result,
-                // with its own checkpoint, is the one downstream sees.
-                tracing::warn!(job = %job.job_id, attempt, "another attempt's result was accepted first; this one is dropped");
-            }
-            msg.double_ack()
-                .await
-                .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
-            tracing::info!(job = %job.job_id, loss = trained.final_loss, seconds = trained.train_seconds, "trained");
-            Ok(Outcome::Trained { job_id: job.job_id })
-        }
-        Err(JobError::Permanent(reason)) => {
-            runtime::dead_letter(&app.js, &msg, &failed(&job.study, &job.job_id, reason)).await?;
-            Ok(Outcome::DeadLettered { job_id: job.job_id })
-        }
-        Err(JobError::Transient(reason)) => {
-            tracing::warn!(job = %job.job_id, %reason, "transient failure; job goes back to the queue");
-            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await
-                .map_err(|e| anyhow::anyhow!("nak failed: {e}"))?;
-            Ok(Outcome::Retried { job_id: job.job_id })
-        }
-        Err(JobError::Cancelled) => Ok(Outcome::Interrupted),
+        }))
     }
 }
 
@@ -337,4 +278,23 @@ async fn run_job(
         worker: app.worker.clone(),
         attempt,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use runtime::Validate as _;
+
+    #[test]
+    fn an_empty_nats_url_is_a_config_error() {
+        let settings = super::Settings {
+            nats: " ".into(),
+            store: "memory:///".into(),
+            device: "cpu".into(),
+        };
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--nats") && err.contains("SEGTUNE_NATS"),
+            "{err}"
+        );
+    }
 }

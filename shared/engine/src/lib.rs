@@ -432,3 +432,14 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
         n => anyhow::bail!("SEGTUNE_DEVICE={n:?}: expected cpu, cuda or cuda:N"),
     }
 }
+
+/// Checks that `name` is a device [`device`] can parse (`cpu`, `cuda`, `cuda:N`), without
+/// opening it: for settings validation, before anything connects.
+pub fn check_device(name: &str) -> anyhow::Result<()> {
+    let ordinal = name.strip_prefix("cuda:").map(str::parse::<usize>);
+    anyhow::ensure!(
+        matches!(name, "cpu" | "cuda") || matches!(ordinal, Some(Ok(_))),
+        "--device (SEGTUNE_DEVICE) must be cpu, cuda or cuda:N, got {name:?}"
+    );
+    Ok(())
+}

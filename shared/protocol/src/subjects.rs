@@ -61,6 +61,15 @@ pub mod durable {
     pub const CONTROLLER_DEADLETTER: &str = "controller-deadletter";
     /// The controller's reader of `ADVISORIES` (see `controller::max_deliveries`).
     pub const CONTROLLER_MAX_DELIVERIES: &str = "controller-max-deliveries";
+
+    /// The controller's consumer of one study's rewards.
+    pub fn rewards(study: &str) -> String {
+        format!("{CONTROLLER_REWARDS}-{study}")
+    }
+    /// The controller's consumer of one study's dead letters.
+    pub fn deadletter(study: &str) -> String {
+        format!("{CONTROLLER_DEADLETTER}-{study}")
+    }
 }
 
 /// Where nats-server announces that a consumer delivered a message MaxDeliver times without

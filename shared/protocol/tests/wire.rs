@@ -399,6 +399,9 @@ fn subject_tokens_are_checked() {
     assert_eq!(jobs("demo"), "segtune.jobs.demo");
     assert_eq!(progress("demo", "j1"), "segtune.progress.demo.j1");
     assert_eq!(study_events("demo"), "segtune.studies.demo.events");
+    // Live per-study consumers carry these names: a rename would orphan them.
+    assert_eq!(durable::rewards("demo"), "controller-rewards-demo");
+    assert_eq!(durable::deadletter("demo"), "controller-deadletter-demo");
 }
 
 #[test]

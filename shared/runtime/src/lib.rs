@@ -33,6 +33,9 @@ pub fn init_tracing() {
 
 mod auth;
 pub use auth::*;
+mod service;
+pub use service::{Shutdown, Validate, ensure_set, service_main};
+pub mod worker;
 
 pub const ENV_LOG: &str = "SEGTUNE_LOG";
 pub const ENV_WORKER: &str = "SEGTUNE_WORKER";
@@ -396,34 +399,6 @@ pub fn worker_name(role: &str) -> String {
     })
 }
 
-/// How a piece of work bounded by [`work_with_progress_acks`] ended.
-pub enum Worked<T> {
-    Done(T),
-    /// Shutdown was requested; the message has been naked so another replica takes it now.
-    Interrupted,
-}
-
-/// Runs `work` while sending an in-progress ack on `msg` every third of `ack_wait`, so a
-/// long job is never redelivered while this worker is alive. If `shutdown` resolves first,
-/// naks the message at once and returns [`Worked::Interrupted`] (`work` is dropped).
-pub async fn work_with_progress_acks<T>(
-    msg: &jetstream::Message,
-    ack_wait: Duration,
-    work: impl std::future::Future<Output = T>,
-    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Worked<T> {
-    let lease = Lease {
-        ack_wait,
-        progress_acks: true,
-    };
-    let always_live = || async { Ok(true) };
-    match work_under_lease(msg, lease, always_live, work, shutdown).await {
-        Leased::Done(r) => Worked::Done(r),
-        Leased::Interrupted => Worked::Interrupted,
-        Leased::Superseded => unreachable!("an always-live lease is never superseded"),
-    }
-}
-
 /// How [`work_under_lease`] keeps a message's delivery.
 #[derive(Debug, Clone, Copy)]
 pub struct Lease {
@@ -496,23 +471,6 @@ where
             }
         }
     }
-}
-
-/// Dead-letters a job that will fail again on any replica: publishes `failed` to
-/// `segtune.deadletter.<study>` (awaiting the server's ack), then terminates the message so
-/// it is not redelivered. In this order, so the job is never lost between the two.
-pub async fn dead_letter(
-    js: &jetstream::Context,
-    msg: &jetstream::Message,
-    failed: &protocol::JobFailed,
-) -> anyhow::Result<()> {
-    let subject = protocol::subjects::deadletter(&dead_letter_study(&failed.study));
-    publish_dead_letter(js, subject, failed, message_origin(msg)).await?;
-    msg.ack_with(jetstream::AckKind::Term)
-        .await
-        .map_err(|e| anyhow::anyhow!("term failed: {e}"))?;
-    tracing::warn!(job = %failed.job_id, reason = %failed.reason, "job dead-lettered");
-    Ok(())
 }
 
 /// The study token a dead letter is filed under: the study, or `_unknown` when the failed

@@ -103,7 +103,7 @@ async fn study_runs_to_done_with_exactly_max_jobs_rewards_and_ordered_events() {
         !consumer_exists(
             &env.js,
             subjects::stream::REWARDS,
-            &controller::rewards_durable("s1"),
+            &subjects::durable::rewards("s1"),
         )
         .await
     })

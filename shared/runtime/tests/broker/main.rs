@@ -1,10 +1,12 @@
 //! Authentication and TLS against a real nats-server per test: each method of
 //! `runtime::NatsSettings` is accepted with the right secret and refused with a wrong one,
 //! and a server that requires TLS refuses plaintext and clients that do not trust its CA.
+//! `worker`: how the worker loop settles a message for each verdict of its handler.
 
 mod auth;
 mod creds;
 mod tls;
+mod worker;
 
 use std::time::Duration;
 
