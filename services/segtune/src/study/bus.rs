@@ -9,16 +9,24 @@ use async_nats::jetstream;
 pub const START_HINT: &str =
     "start the local stack with `segtune up` (or point --nats / SEGTUNE_NATS at a running server)";
 
-/// Connects once (no retry loop) and provisions the JetStream topology.
-pub async fn connect(url: &str) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let (options, url) = runtime::connect_options(url)?;
-    let url = url.as_str();
-    let client = options
-        .name("segtune-cli")
-        .connection_timeout(Duration::from_secs(3))
-        .connect(runtime::servers(url))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach NATS at {url} ({e}): {START_HINT}"))?;
+/// Connects once, failing fast (no retry loop: services use `runtime::connect`, which waits
+/// for the broker). `name` is the client name the server lists. Leaves the server as it is:
+/// the read-only commands use it.
+pub async fn connect(
+    url: &str,
+    name: &str,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let (client, _) = connect_once(url, name).await?;
+    let js = jetstream::new(client.clone());
+    Ok((client, js))
+}
+
+/// [`connect`], then provisions the JetStream topology (idempotent): for the commands that
+/// submit a study, wait for one to start, or run the stack.
+pub async fn connect_provisioned(
+    url: &str,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let (client, url) = connect_once(url, "segtune-cli").await?;
     let js = jetstream::new(client.clone());
     tokio::time::timeout(Duration::from_secs(15), runtime::provision(&js, None))
         .await
@@ -30,6 +38,19 @@ pub async fn connect(url: &str) -> anyhow::Result<(async_nats::Client, jetstream
         })?
         .map_err(|e| anyhow::anyhow!("{e:#} (NATS at {url}): is JetStream enabled (-js)?"))?;
     Ok((client, js))
+}
+
+/// The one place the CLI connects: the client, and the URL as it may be shown (without
+/// credentials).
+async fn connect_once(url: &str, name: &str) -> anyhow::Result<(async_nats::Client, String)> {
+    let (options, url) = runtime::connect_options(url)?;
+    let client = options
+        .name(name)
+        .connection_timeout(Duration::from_secs(3))
+        .connect(runtime::servers(&url))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach NATS at {url} ({e}): {START_HINT}"))?;
+    Ok((client, url))
 }
 
 /// Pull requests waiting on a durable consumer: each idle service replica keeps one open

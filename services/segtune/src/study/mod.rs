@@ -63,7 +63,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::bail!("{}: invalid study:\n{}", a.file.display(), lines.join("\n"));
     }
-    let (client, js) = bus::connect(&a.nats).await?;
+    let (client, js) = bus::connect_provisioned(&a.nats).await?;
     submit_spec(&js, &a.nats, &spec).await?;
     if !a.wait {
         println!("{}", spec.study);

@@ -120,27 +120,9 @@ pub async fn replay_study(
     Ok((rewards, events))
 }
 
-/// Connects once, failing fast: a command someone typed must not wait forever for a broker
-/// that is not there (services use `runtime::connect`, which does).
-pub async fn connect_once(url: &str, name: &str) -> anyhow::Result<jetstream::Context> {
-    let (options, url) = runtime::connect_options(url)?;
-    let client = options
-        .name(name)
-        .connection_timeout(Duration::from_secs(3))
-        .connect(runtime::servers(&url))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach NATS at {url} ({e}): start the stack, or point --nats / \
-                 SEGTUNE_NATS at a running server"
-            )
-        })?;
-    Ok(jetstream::new(client))
-}
-
 pub async fn run(a: RewardsArgs) -> anyhow::Result<()> {
     subjects::check_token("study id", &a.study)?;
-    let js = connect_once(&a.nats, "segtune-rewards").await?;
+    let (_, js) = super::bus::connect(&a.nats, "segtune-rewards").await?;
     let mut out = Printer::new(a.json);
     if !a.follow {
         let (rewards, _) = replay_study(&js, &a.study).await?;

@@ -66,7 +66,7 @@ pub async fn run(a: ReportArgs) -> anyhow::Result<()> {
     } else {
         a.out
     };
-    let js = crate::study::rewards::connect_once(&a.nats, "segtune-report").await?;
+    let (_, js) = crate::study::bus::connect(&a.nats, "segtune-report").await?;
     let s = write_report(&js, &a.study, &out).await?;
     eprintln!(
         "study {}: {} jobs, best Dice {:.4} ({}); wrote {} files to {}",

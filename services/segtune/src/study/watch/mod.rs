@@ -51,7 +51,7 @@ pub async fn run(a: WatchArgs) -> anyhow::Result<()> {
         "--wait-start must be a positive number of seconds"
     );
     subjects::check_token("study id", &a.id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (client, js) = bus::connect(&a.nats).await?;
+    let (client, js) = bus::connect_provisioned(&a.nats).await?;
     let opts = FollowOptions {
         start_timeout: Some(Duration::from_secs_f64(a.wait_start)),
         output: if a.plain {
