@@ -54,7 +54,7 @@ pub async fn write_report(
     study: &str,
     out: &Path,
 ) -> anyhow::Result<ReportSummary> {
-    let (rewards, events) = crate::study::rewards::replay_study(js, study).await?;
+    let (rewards, events) = crate::study::bus::replay_study(js, study).await?;
     let record = StudyRecord::from_messages(study, &rewards, &events);
     write_files(&record, out)
 }

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use futures::StreamExt;
 use protocol::{Progress, Reward, StudyEvent, subjects};
 
 use super::{
+    super::bus,
     FollowOptions, Outcome, Output,
     state::{Finish, View},
     write_strategy_file,
@@ -26,8 +27,10 @@ pub async fn follow(
         .subscribe(subjects::progress_all(study))
         .await
         .context("subscribing to progress")?;
-    let mut events = replay(js, subjects::stream::EVENTS, subjects::study_events(study)).await?;
-    let mut rewards = replay(js, subjects::stream::REWARDS, subjects::rewards(study)).await?;
+    let (mut events, _) =
+        bus::replay_consumer(js, subjects::stream::EVENTS, &subjects::study_events(study)).await?;
+    let (mut rewards, _) =
+        bus::replay_consumer(js, subjects::stream::REWARDS, &subjects::rewards(study)).await?;
     let mut view = View::new(study, opts.output);
     let give_up = opts.start_timeout.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -109,28 +112,4 @@ pub async fn follow(
             Ok(outcome)
         }
     }
-}
-
-/// An ordered consumer over `subject` from the first message kept.
-async fn replay(
-    js: &jetstream::Context,
-    stream: &str,
-    subject: String,
-) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
-    let s = js
-        .get_stream(stream)
-        .await
-        .with_context(|| format!("opening stream {stream}"))?;
-    let consumer = s
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject.clone(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("replaying {subject}"))?;
-    consumer
-        .messages()
-        .await
-        .with_context(|| format!("replaying {subject}"))
 }
