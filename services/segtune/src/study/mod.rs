@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use protocol::subjects;
 
 pub mod bus;
+pub mod format;
 pub mod report;
 pub mod rewards;
 pub mod watch;

@@ -8,7 +8,10 @@ use clap::Args;
 use futures::StreamExt;
 use protocol::{Reward, StudyEvent, StudyEventKind, subjects};
 
-use super::bus;
+use super::{
+    bus,
+    format::{format_value, short_name},
+};
 
 #[derive(Debug, Args)]
 pub struct RewardsArgs {
@@ -144,27 +147,5 @@ impl Printer {
         }
         writeln!(stdout, "{line}")?;
         Ok(stdout.flush()?)
-    }
-}
-
-/// Column header for a dimension: `p_noise` → `noise`, `learning_rate` → `lr`.
-pub fn short_name(dim: &str) -> String {
-    if dim == engine::LR_DIMENSION {
-        return "lr".into();
-    }
-    let s = dim.strip_prefix("p_").unwrap_or(dim);
-    s.chars().take(9).collect()
-}
-
-/// Probabilities with 3 decimals, small or large values (a learning rate) in scientific
-/// notation.
-pub fn format_value(dim: &str, v: f64) -> String {
-    let probability = dim.starts_with("p_");
-    if dim == engine::LR_DIMENSION
-        || (!probability && v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4))
-    {
-        format!("{v:.2e}")
-    } else {
-        format!("{v:.3}")
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    super::rewards::format_value,
+    super::format::format_value,
     record::StudyRecord,
     tables::{jobs_text, status_text, train_seconds_text, trainer_text},
 };

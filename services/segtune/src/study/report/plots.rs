@@ -11,7 +11,7 @@ use plotters::{
 use protocol::{Dimension, Scale};
 
 use super::{
-    super::rewards::format_value,
+    super::format::format_value,
     record::{StudyRecord, is_probability},
 };
 

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    super::rewards::{format_value, short_name},
+    super::format::{format_value, short_name},
     record::{JobRow, StudyRecord, StudyStatus},
 };
 

@@ -5,6 +5,7 @@ use std::{fmt::Write as _, io::Write as _};
 use protocol::Strategy;
 
 use super::{
+    super::format::short_name,
     Outcome, Output,
     state::{JobView, Stage, View, now_unix},
 };
@@ -46,7 +47,7 @@ impl View {
             .filter_map(|(name, log)| {
                 s.values
                     .get(name)
-                    .map(|v| format!("{}={}", short(name), value(*v, *log)))
+                    .map(|v| format!("{}={}", short_name(name), value(*v, *log)))
             })
             .collect::<Vec<_>>()
             .join(" ")
@@ -65,7 +66,8 @@ impl View {
     fn table_header(&self) -> String {
         let mut s = format!("  {:>4}", "job");
         for (name, _) in self.dims() {
-            let _ = write!(s, " {:>7}", short(&name));
+            let (column, w) = column(&name);
+            let _ = write!(s, " {column:>w$}");
         }
         let _ = write!(
             s,
@@ -79,11 +81,14 @@ impl View {
     fn table_row(&self, index: u32, j: &JobView) -> String {
         let mut s = format!("  {index:>4}");
         for (name, log) in self.dims() {
+            let (_, w) = column(&name);
             match j.strategy.values.get(&name) {
                 Some(v) => {
-                    let _ = write!(s, " {:>7}", value(*v, log));
+                    let _ = write!(s, " {:>w$}", value(*v, log));
                 }
-                None => s.push_str("       -"),
+                None => {
+                    let _ = write!(s, " {:>w$}", "-");
+                }
             }
         }
         match (&j.stage, j.dice) {
@@ -261,16 +266,12 @@ impl View {
     }
 }
 
-/// Column names: `p_sharpen` -> `sharpen`, `learning_rate` -> `lr`, at most 7 characters.
-fn short(name: &str) -> String {
-    if name == "learning_rate" {
-        return "lr".into();
-    }
-    name.strip_prefix("p_")
-        .unwrap_or(name)
-        .chars()
-        .take(7)
-        .collect()
+/// A dimension's column in the table: its short name, and a width that fits the name and a
+/// value (`1.0e-3`).
+fn column(name: &str) -> (String, usize) {
+    let short = short_name(name);
+    let width = short.chars().count().max(7);
+    (short, width)
 }
 
 fn value(v: f64, log: bool) -> String {
@@ -325,16 +326,44 @@ mod tests {
     use super::{super::state::Finish, *};
 
     #[test]
-    fn short_names_and_values() {
-        assert_eq!(short("p_sharpen"), "sharpen");
-        assert_eq!(short("p_rotate90"), "rotate9");
-        assert_eq!(short("learning_rate"), "lr");
+    fn values_bars_and_durations() {
         assert_eq!(value(0.5, false), "0.50");
         assert_eq!(value(1e-4, true), "1.0e-4");
         assert_eq!(bar(2, 4, 8), "[####----]");
         assert_eq!(bar(9, 4, 4), "[####]");
         assert_eq!(duration(75.0), "1m15s");
         assert_eq!(duration(3.2), "3s");
+    }
+
+    #[test]
+    fn a_long_dimension_name_widens_its_column() {
+        let mut view = View::new("s", Output::Quiet);
+        let strategy = Strategy {
+            values: [
+                ("p_flip".to_string(), 0.5),
+                ("p_rotate90".to_string(), 0.25),
+            ]
+            .into_iter()
+            .collect(),
+            unit: BTreeMap::new(),
+        };
+        view.event(at(
+            1.0,
+            StudyEventKind::Issued {
+                job_id: "s-0001".into(),
+                index: 1,
+                strategy,
+            },
+        ));
+        view.event(rewarded_at(2.0, 1, 0.5, 1));
+        // The same column name as `segtune study rewards` and the report give it, whole.
+        let header = view.table_header();
+        assert!(
+            header.starts_with("   job    flip rotate90    Dice"),
+            "{header}"
+        );
+        let row = view.table_row(1, &view.jobs[&1]);
+        assert!(row.starts_with("     1    0.50     0.25  0.5000"), "{row}");
     }
 
     fn issued(job_id: &str, index: u32) -> StudyEvent {
