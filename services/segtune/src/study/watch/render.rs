@@ -302,18 +302,15 @@ pub(super) fn duration(secs: f64) -> String {
     }
 }
 
-/// Columns of the terminal on stdout (lines are clipped to it so a redraw never wraps).
+/// Columns of the terminal on stdout (lines are clipped to it so a redraw never wraps);
+/// `COLUMNS`, else 120, when stdout is not a terminal.
 fn terminal_width() -> usize {
-    // SAFETY: TIOCGWINSZ fills a winsize struct we own; failure leaves it zeroed.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if ok && ws.ws_col > 0 {
-        ws.ws_col as usize
-    } else {
-        std::env::var("COLUMNS")
+    match terminal_size::terminal_size_of(std::io::stdout()) {
+        Some((terminal_size::Width(w), _)) => w as usize,
+        _ => std::env::var("COLUMNS")
             .ok()
             .and_then(|c| c.parse().ok())
-            .unwrap_or(120)
+            .unwrap_or(120),
     }
 }
 
