@@ -371,7 +371,7 @@ async fn await_broker(
             .await
             .is_ok()
         {
-            match bus::connect(url).await {
+            match bus::connect_provisioned(url).await {
                 Ok(c) => return Ok(c),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => {}

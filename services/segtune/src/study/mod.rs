@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use protocol::subjects;
 
 pub mod bus;
+pub mod format;
 pub mod report;
 pub mod rewards;
 pub mod watch;
@@ -63,7 +64,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::bail!("{}: invalid study:\n{}", a.file.display(), lines.join("\n"));
     }
-    let (client, js) = bus::connect(&a.nats).await?;
+    let (client, js) = bus::connect_provisioned(&a.nats).await?;
     submit_spec(&js, &a.nats, &spec).await?;
     if !a.wait {
         println!("{}", spec.study);

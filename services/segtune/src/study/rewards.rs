@@ -1,23 +1,17 @@
 //! `segtune study rewards ID [--json] [--follow]`: the study's reward stream for shell users,
-//! and the replay helpers the report shares. Both streams read here (REWARDS, EVENTS) have
-//! limits retention, so an ephemeral ordered consumer with `DeliverPolicy::All` replays a
-//! study from its first message; nothing durable is left behind on the server.
+//! replayed from its first reward (see [`bus::replay_consumer`]).
 
-use std::{collections::HashSet, io::Write as _, time::Duration};
+use std::{collections::HashSet, io::Write as _};
 
-use anyhow::Context as _;
-use async_nats::jetstream::{
-    self,
-    consumer::{DeliverPolicy, pull::OrderedConfig},
-    stream::LastRawMessageErrorKind,
-};
+use async_nats::jetstream;
 use clap::Args;
 use futures::StreamExt;
 use protocol::{Reward, StudyEvent, StudyEventKind, subjects};
-use serde::de::DeserializeOwned;
 
-/// How long to wait for the next stored message before giving up on a replay.
-const REPLAY_STALL: Duration = Duration::from_secs(30);
+use super::{
+    bus,
+    format::{format_value, short_name},
+};
 
 #[derive(Debug, Args)]
 pub struct RewardsArgs {
@@ -33,117 +27,12 @@ pub struct RewardsArgs {
     pub nats: String,
 }
 
-/// An ordered, ephemeral consumer on `subject` that starts at the stream's first message,
-/// and the stream sequence of the last message stored on `subject` now (`None`: none yet).
-async fn open(
-    js: &jetstream::Context,
-    stream: &str,
-    subject: &str,
-) -> anyhow::Result<(jetstream::consumer::Consumer<OrderedConfig>, Option<u64>)> {
-    let stream = js.get_stream(stream).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read {subject}: this NATS server has no {stream} stream ({e}); has a \
-             segtune stack run on it?"
-        )
-    })?;
-    let last = last_sequence(&stream, subject).await?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("cannot open a consumer on {subject}"))?;
-    Ok((consumer, last))
-}
-
-async fn last_sequence(
-    stream: &jetstream::stream::Stream,
-    subject: &str,
-) -> anyhow::Result<Option<u64>> {
-    match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(Some(m.sequence)),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(anyhow::anyhow!(
-            "cannot read the last message on {subject}: {e}"
-        )),
-    }
-}
-
-/// Every message stored on `subject` of `stream` now, decoded, in stream order. Undecodable
-/// payloads are skipped with a warning (a newer schema must not break old readers).
-pub async fn replay<T: DeserializeOwned>(
-    js: &jetstream::Context,
-    stream: &str,
-    subject: &str,
-) -> anyhow::Result<Vec<T>> {
-    let (consumer, last) = open(js, stream, subject).await?;
-    let Some(last) = last else {
-        return Ok(Vec::new());
-    };
-    let mut messages = consumer.messages().await?;
-    let mut out = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(REPLAY_STALL, messages.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("replaying {subject}: no message for {REPLAY_STALL:?}"))?
-            .ok_or_else(|| anyhow::anyhow!("replaying {subject}: the consumer closed"))?
-            .with_context(|| format!("replaying {subject}"))?;
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(u64::MAX);
-        match protocol::decode::<T>(&msg.payload) {
-            Ok(v) => out.push(v),
-            Err(e) => tracing::warn!(%subject, seq, error = %e, "skipping an undecodable message"),
-        }
-        if seq >= last {
-            return Ok(out);
-        }
-    }
-}
-
-/// The study's stored rewards and events; an error when the bus has neither (unknown study).
-pub async fn replay_study(
-    js: &jetstream::Context,
-    study: &str,
-) -> anyhow::Result<(Vec<Reward>, Vec<StudyEvent>)> {
-    subjects::check_token("study id", study)?;
-    let rewards: Vec<Reward> =
-        replay(js, subjects::stream::REWARDS, &subjects::rewards(study)).await?;
-    let events: Vec<StudyEvent> =
-        replay(js, subjects::stream::EVENTS, &subjects::study_events(study)).await?;
-    if rewards.is_empty() && events.is_empty() {
-        anyhow::bail!(
-            "unknown study {study:?}: no events or rewards for it on this NATS server \
-             (check the id and SEGTUNE_NATS)"
-        );
-    }
-    Ok((rewards, events))
-}
-
-/// Connects once, failing fast: a command someone typed must not wait forever for a broker
-/// that is not there (services use `runtime::connect`, which does).
-pub async fn connect_once(url: &str, name: &str) -> anyhow::Result<jetstream::Context> {
-    let (options, url) = runtime::connect_options(url)?;
-    let client = options
-        .name(name)
-        .connection_timeout(Duration::from_secs(3))
-        .connect(runtime::servers(&url))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach NATS at {url} ({e}): start the stack, or point --nats / \
-                 SEGTUNE_NATS at a running server"
-            )
-        })?;
-    Ok(jetstream::new(client))
-}
-
 pub async fn run(a: RewardsArgs) -> anyhow::Result<()> {
     subjects::check_token("study id", &a.study)?;
-    let js = connect_once(&a.nats, "segtune-rewards").await?;
+    let (_, js) = bus::connect(&a.nats, "segtune-rewards").await?;
     let mut out = Printer::new(a.json);
     if !a.follow {
-        let (rewards, _) = replay_study(&js, &a.study).await?;
+        let (rewards, _) = bus::replay_study(&js, &a.study).await?;
         if rewards.is_empty() && !a.json {
             eprintln!("study {}: no rewards yet", a.study);
         }
@@ -160,18 +49,16 @@ pub async fn run(a: RewardsArgs) -> anyhow::Result<()> {
 /// stored before it are printed, or Ctrl-C.
 async fn follow(js: &jetstream::Context, study: &str, out: &mut Printer) -> anyhow::Result<()> {
     let rewards_subject = subjects::rewards(study);
-    let (rewards, _) = open(js, subjects::stream::REWARDS, &rewards_subject).await?;
-    let (events, last_event) =
-        open(js, subjects::stream::EVENTS, &subjects::study_events(study)).await?;
+    let (mut rewards, _) =
+        bus::replay_consumer(js, subjects::stream::REWARDS, &rewards_subject).await?;
+    let (mut events, last_event) =
+        bus::replay_consumer(js, subjects::stream::EVENTS, &subjects::study_events(study)).await?;
     if last_event.is_none() {
         anyhow::bail!(
             "unknown study {study:?}: no events for it on this NATS server (submit it first, \
              or check the id and SEGTUNE_NATS)"
         );
     }
-    let reward_stream = js.get_stream(subjects::stream::REWARDS).await?;
-    let mut rewards = rewards.messages().await?;
-    let mut events = events.messages().await?;
     let mut printed_through = 0u64;
     // Set when the study has ended: the stream sequence of its last reward then.
     let mut end_at: Option<u64> = None;
@@ -198,7 +85,11 @@ async fn follow(js: &jetstream::Context, study: &str, out: &mut Printer) -> anyh
                 let msg = e.ok_or_else(|| anyhow::anyhow!("the event consumer closed"))??;
                 let Ok(ev) = protocol::decode::<StudyEvent>(&msg.payload) else { continue };
                 if let StudyEventKind::Done { .. } | StudyEventKind::Failed { .. } = ev.event {
-                    end_at = Some(last_sequence(&reward_stream, &rewards_subject).await?.unwrap_or(0));
+                    end_at = Some(
+                        bus::last_sequence(js, subjects::stream::REWARDS, &rewards_subject)
+                            .await?
+                            .unwrap_or(0),
+                    );
                 }
             }
             _ = &mut ctrl_c => return Ok(()),
@@ -256,27 +147,5 @@ impl Printer {
         }
         writeln!(stdout, "{line}")?;
         Ok(stdout.flush()?)
-    }
-}
-
-/// Column header for a dimension: `p_noise` → `noise`, `learning_rate` → `lr`.
-pub fn short_name(dim: &str) -> String {
-    if dim == engine::LR_DIMENSION {
-        return "lr".into();
-    }
-    let s = dim.strip_prefix("p_").unwrap_or(dim);
-    s.chars().take(9).collect()
-}
-
-/// Probabilities with 3 decimals, small or large values (a learning rate) in scientific
-/// notation.
-pub fn format_value(dim: &str, v: f64) -> String {
-    let probability = dim.starts_with("p_");
-    if dim == engine::LR_DIMENSION
-        || (!probability && v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4))
-    {
-        format!("{v:.2e}")
-    } else {
-        format!("{v:.3}")
     }
 }

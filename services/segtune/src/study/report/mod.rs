@@ -1,0 +1,169 @@
+//! `segtune study report ID --out DIR`: plots (PNG + SVG), a CSV of the jobs, the best
+//! strategy as a strategy file, and a Markdown/HTML summary, all from what the bus keeps
+//! about a study (its rewards and its events). [`write_report`] reads the streams; the rest
+//! is pure (a [`StudyRecord`] in, text or files out), so it is tested without NATS:
+//! `record` folds the messages into the record, `tables` writes jobs.csv, best.toml and
+//! summary.md, `html` summary.html, `plots` the plots.
+
+mod html;
+mod plots;
+mod record;
+mod tables;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use clap::Args;
+use protocol::Strategy;
+
+pub use self::{
+    html::summary_html,
+    plots::plot_svg,
+    record::{JobRow, JobRun, StudyRecord, StudyStatus},
+    tables::{best_toml, jobs_csv, summary_markdown},
+};
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Study id.
+    pub study: String,
+    /// Output folder (created if missing; files in it are overwritten).
+    #[arg(long, default_value = "reports/<STUDY>")]
+    pub out: PathBuf,
+    #[arg(long, env = "SEGTUNE_NATS", default_value = runtime::DEFAULT_NATS)]
+    pub nats: String,
+}
+
+/// What [`write_report`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSummary {
+    pub study: String,
+    /// Rewarded jobs (one per job id).
+    pub jobs: usize,
+    pub best_job_id: String,
+    pub best_mean: f64,
+    pub best_strategy: Strategy,
+    /// Every file written, in `out`.
+    pub files: Vec<PathBuf>,
+}
+
+/// Reads the study from the bus and writes the report into `out` (created).
+pub async fn write_report(
+    js: &jetstream::Context,
+    study: &str,
+    out: &Path,
+) -> anyhow::Result<ReportSummary> {
+    let (rewards, events) = crate::study::bus::replay_study(js, study).await?;
+    let record = StudyRecord::from_messages(study, &rewards, &events);
+    write_files(&record, out)
+}
+
+pub async fn run(a: ReportArgs) -> anyhow::Result<()> {
+    protocol::subjects::check_token("study id", &a.study)?;
+    let out = if a.out.as_os_str() == "reports/<STUDY>" {
+        Path::new("reports").join(&a.study)
+    } else {
+        a.out
+    };
+    let (_, js) = crate::study::bus::connect(&a.nats, "segtune-report").await?;
+    let s = write_report(&js, &a.study, &out).await?;
+    eprintln!(
+        "study {}: {} jobs, best Dice {:.4} ({}); wrote {} files to {}",
+        s.study,
+        s.jobs,
+        s.best_mean,
+        s.best_job_id,
+        s.files.len(),
+        out.display()
+    );
+    for f in &s.files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
+/// Writes every report file for `rec` into `out`.
+pub fn write_files(rec: &StudyRecord, out: &Path) -> anyhow::Result<ReportSummary> {
+    let best = rec.best().ok_or_else(|| {
+        anyhow::anyhow!(
+            "study {:?} has no rewarded job yet: nothing to report",
+            rec.study
+        )
+    })?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the report folder {}", out.display()))?;
+    let mut files = Vec::new();
+    let mut svgs = Vec::new();
+    for (stem, title, plot) in plots::plots(rec) {
+        let png = out.join(format!("{stem}.png"));
+        plot.png(&png)
+            .with_context(|| format!("cannot draw {}", png.display()))?;
+        let svg = plot.svg()?;
+        let svg_path = out.join(format!("{stem}.svg"));
+        write(&svg_path, &svg)?;
+        files.push(png);
+        files.push(svg_path);
+        svgs.push((stem, title, svg));
+    }
+    let text_files = [
+        ("jobs.csv", jobs_csv(rec)),
+        ("best.toml", best_toml(rec)?),
+        ("summary.md", summary_markdown(rec)),
+        ("summary.html", summary_html(rec, &svgs)),
+    ];
+    for (name, text) in text_files {
+        let p = out.join(name);
+        write(&p, &text)?;
+        files.push(p);
+    }
+    Ok(ReportSummary {
+        study: rec.study.clone(),
+        jobs: rec.rows.len(),
+        best_job_id: best.job_id.clone(),
+        best_mean: best.mean,
+        best_strategy: best.strategy.clone(),
+        files,
+    })
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{record::fixtures::*, *};
+
+    #[test]
+    fn plots_render_with_the_embedded_font() {
+        let rec = record();
+        let dir = tempfile::tempdir().unwrap();
+        let summary = write_files(&rec, dir.path()).unwrap();
+        assert_eq!(summary.jobs, 12);
+        assert_eq!(summary.best_job_id, "demo-0009");
+        assert_eq!(summary.files.len(), 10);
+        for f in &summary.files {
+            assert!(std::fs::metadata(f).unwrap().len() > 100, "{}", f.display());
+        }
+        let svg = std::fs::read_to_string(dir.path().join("rewards.svg")).unwrap();
+        assert!(svg.contains("best so far"));
+        let best = std::fs::read_to_string(dir.path().join("best.svg")).unwrap();
+        for p in PROBS {
+            assert!(best.contains(p), "{p} missing from best.svg");
+        }
+        if let Ok(keep) = std::env::var("SEGTUNE_KEEP_REPORT") {
+            for f in &summary.files {
+                std::fs::copy(f, Path::new(&keep).join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn no_rewards_is_an_error_not_a_panic() {
+        let rec = StudyRecord::from_messages("demo", &[], &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let e = write_files(&rec, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("no rewarded job"), "{e}");
+    }
+}
