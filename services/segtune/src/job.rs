@@ -85,19 +85,10 @@ pub struct EvalArgs {
 
 /// The paper's routine strategy: every augmentation probability 0.5, learning rate 1e-4.
 pub fn routine_strategy() -> Strategy {
-    let mut values: BTreeMap<String, f64> = [
-        "p_sharpen",
-        "p_smooth",
-        "p_noise",
-        "p_contrast",
-        "p_shift",
-        "p_scale",
-        "p_flip",
-        "p_rotate90",
-    ]
-    .iter()
-    .map(|k| (k.to_string(), 0.5))
-    .collect();
+    let mut values: BTreeMap<String, f64> = search::AUGMENTATIONS
+        .iter()
+        .map(|k| (k.to_string(), 0.5))
+        .collect();
     values.insert(engine::LR_DIMENSION.into(), engine::ROUTINE_LR);
     Strategy {
         values,

@@ -68,17 +68,9 @@ async fn connect_once(url: &str, name: &str) -> anyhow::Result<(async_nats::Clie
 /// Pull requests waiting on a durable consumer: each idle service replica keeps one open
 /// (they poll every 5 s), so zero for longer than a poll means nobody is serving it.
 pub async fn waiting_pulls(js: &jetstream::Context, durable: &str) -> anyhow::Result<usize> {
-    let spec = protocol::streams::consumer_spec(durable)
-        .ok_or_else(|| anyhow::anyhow!("no consumer named {durable} in protocol::streams"))?;
-    let stream = js
-        .get_stream(spec.stream)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", spec.stream))?;
-    let info = stream
-        .consumer_info(durable)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read consumer {durable}: {e}"))?;
-    Ok(info.num_waiting)
+    // Opening the consumer reads its info from the server, the count included.
+    let consumer = runtime::consumer(js, durable).await?;
+    Ok(consumer.cached_info().num_waiting)
 }
 
 /// Waits up to `within` for at least `at_least` pull requests on `durable`.

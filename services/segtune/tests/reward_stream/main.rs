@@ -488,6 +488,9 @@ async fn rewards_command_prints_json_lines_and_a_table() {
     );
 }
 
+/// `rewards --follow` prints what is stored, then what comes live: rewards 4 and 5 are
+/// published only once it has printed the three stored ones, so they reach it only through
+/// the live path, and it must still be running to print them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewards_follow_ends_with_the_study() {
     let (nats, js) = setup().await;
@@ -498,17 +501,33 @@ async fn rewards_follow_ends_with_the_study() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map(|l| l.unwrap())
-            .collect::<Vec<String>>()
+    let (line_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if line_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let job_of = |l: &str| serde_json::from_str::<Reward>(l).unwrap().job_id;
+    let next_line = |what: &str| {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("`rewards --follow` printed no {what} ({e})"))
+    };
+    let mut jobs: Vec<String> = (1..=3)
+        .map(|i| job_of(&next_line(&format!("stored reward {i}"))))
+        .collect();
+
+    // Caught up with the stream: everything from here on is live.
     for i in 4..=5 {
         publish_reward(&js, &reward("fol", i)).await;
     }
     publish_done(&js, "fol").await;
+    jobs.extend((4..=5).map(|i| job_of(&next_line(&format!("live reward {i}")))));
+    let want: Vec<String> = (1..=5).map(|i| format!("fol-{i:04}")).collect();
+    assert_eq!(jobs, want);
+
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -521,13 +540,8 @@ async fn rewards_follow_ends_with_the_study() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success());
-    let lines = reader.join().unwrap();
-    let jobs: Vec<String> = lines
-        .iter()
-        .map(|l| serde_json::from_str::<Reward>(l).unwrap().job_id)
-        .collect();
-    let want: Vec<String> = (1..=5).map(|i| format!("fol-{i:04}")).collect();
-    assert_eq!(jobs, want);
+    let rest: Vec<String> = lines.iter().collect();
+    assert!(rest.is_empty(), "printed after the last reward: {rest:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,16 +228,8 @@ pub(super) mod fixtures {
 
     use super::StudyRecord;
 
-    pub const PROBS: [&str; 8] = [
-        "p_sharpen",
-        "p_smooth",
-        "p_noise",
-        "p_contrast",
-        "p_shift",
-        "p_scale",
-        "p_flip",
-        "p_rotate90",
-    ];
+    /// The paper's eight augmentation probabilities.
+    pub const PROBS: [&str; 8] = search::AUGMENTATIONS;
 
     /// A deterministic pseudo-random number in [0, 1) (splitmix-like), for fixture values.
     fn u(i: u64, j: u64) -> f64 {
