@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first thing to run on a GPU host (issue #7); never part of CI. One short script that
+# The first thing to run on a GPU host (segtune's 3D ops have run only on CPUs); never part of CI. One short script that
 # needs no Rust toolchain and no network: prebuilt binaries, this repository's checkout (for
 # the PyTorch twin of the benchmark) and the host's PyTorch environment.
 #

@@ -457,7 +457,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Fault 1: a trainer process killed with SIGKILL 30 % into a job. Nothing tells the broker
+/// A trainer process killed with SIGKILL 30 % into a job. Nothing tells the broker
 /// (no nak, the connection just drops), so the job comes back when its AckWait runs out
 /// after the last progress ack: between 2/3 AckWait and AckWait after the kill. Another
 /// replica trains it (attempt 2) and exactly one reward exists for the job id.
@@ -530,7 +530,7 @@ async fn kill_9_at_30_percent_redelivers_after_ack_wait_to_another_trainer_one_r
     evaluator.stop().await;
 }
 
-/// Fault 4: SIGTERM to a trainer process mid-job (what `docker stop` and Kubernetes send):
+/// SIGTERM to a trainer process mid-job (what `docker stop` and Kubernetes send):
 /// it naks the job and exits 0 within 2 s, and an idle replica starts the job within 5 s. The
 /// AckWait is long (30 s), so only the nak can hand the job over that fast.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,7 +600,7 @@ async fn sigterm_mid_job_naks_exits_0_within_2_s_and_another_replica_starts_it_w
     drop(b);
 }
 
-/// Fault 11, end to end: the store stops accepting the trainer's writes while it trains (its
+/// End to end, the store stops accepting the trainer's writes while it trains (its
 /// job folder is replaced by a plain file: ENOTDIR, since chmod does not stop root). Storing
 /// the checkpoint is retried, then fails as transient: the job is naked, not acked and not
 /// dead-lettered, nothing is published and no checkpoint or temp file exists. Once the
@@ -715,7 +715,7 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Fault 2: a job lasting over 10x AckWait keeps its one delivery with progress acks
+/// A job lasting over 10x AckWait keeps its one delivery with progress acks
 /// (attempt 1, nothing redelivered); the negative control, the same trainer with progress
 /// acks off, loses its job to an idle replica after one AckWait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -809,7 +809,7 @@ async fn a_job_lasting_10x_ack_wait_keeps_one_delivery_and_without_progress_acks
     );
 }
 
-/// Fault 3: no prefetch. Three trainers, twelve jobs of over AckWait each, the consumer's
+/// No prefetch. Three trainers, twelve jobs of over AckWait each, the consumer's
 /// state sampled every 100 ms: it never has more jobs out than trainers without a pull
 /// waiting (each idle trainer has exactly one pull for one message out; a busy one none),
 /// no trainer ever works on two jobs at once, and nothing is redelivered (a prefetched job
@@ -917,7 +917,7 @@ async fn three_trainers_twelve_jobs_never_hold_more_jobs_than_busy_trainers() {
     assert!(per_worker.len() >= 2, "the jobs spread: {per_worker:?}");
 }
 
-/// Fault 6: a stale trainer. Trainer A is stopped (SIGSTOP) 30 % into a job until the job has
+/// A stale trainer. Trainer A is stopped (SIGSTOP) 30 % into a job until the job has
 /// moved to trainer B (past AckWait), then continued (SIGCONT). Each delivery records its
 /// attempt in the store when it starts; A sees attempt 2 at its first lease check after
 /// resuming, abandons the job without storing, publishing or acking anything, and pulls
@@ -1035,7 +1035,7 @@ async fn sigstop_past_ack_wait_the_stale_trainer_abandons_and_one_result_is_acce
     evaluator.stop().await;
 }
 
-/// Fault 9: every service started 15 s before the broker (compose may start them in any
+/// Every service started 15 s before the broker (compose may start them in any
 /// order). None exits: connecting and provisioning retry until the broker answers. Each is
 /// pulling from its consumer (a pull request waiting on it) within 10 s of the broker
 /// accepting connections.

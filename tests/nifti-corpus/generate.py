@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes a corpus of malformed NIfTI-1 files (issue #6, item 13) into OUTDIR.
+"""Writes a corpus of malformed NIfTI-1 files, each breaking one header or data check, into OUTDIR.
 
 Usage: generate.py OUTDIR
 

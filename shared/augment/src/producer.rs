@@ -1,5 +1,5 @@
 //! A background thread that keeps augmented batches ready, so patch sampling and augmentation
-//! on the CPU overlap the training step on the device (DESIGN §5).
+//! on the CPU overlap the training step on the device.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};

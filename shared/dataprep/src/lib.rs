@@ -30,7 +30,7 @@ use volume::{
     write_nifti_bytes,
 };
 
-pub use source::Source;
+pub use source::{Source, SourceError};
 
 /// Bumped whenever the pipeline's output for the same input changes; part of the id.
 pub const PIPELINE_VERSION: u32 = 1;
@@ -201,16 +201,49 @@ pub async fn preprocess(
     })
 }
 
+/// Why a dataset's manifest could not be read; every variant names the dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The id cannot be a store key (it came from a message, not from this crate).
+    #[error(transparent)]
+    BadId(#[from] keys::KeyError),
+    #[error("dataset {dataset_id} not found in the store (no {key}); preprocess it first")]
+    NotFound { dataset_id: String, key: String },
+    /// The store failed (the message names the key); [`storage::StorageError::is_transient`] says
+    /// whether a retry may succeed.
+    #[error("dataset {dataset_id}: {source}")]
+    Store {
+        dataset_id: String,
+        #[source]
+        source: storage::StorageError,
+    },
+    #[error("dataset {dataset_id}: {key}: {source}")]
+    Decode {
+        dataset_id: String,
+        key: String,
+        #[source]
+        source: protocol::DecodeError,
+    },
+}
+
 /// Reads a dataset's manifest.
-pub async fn load_manifest(store: &DynStore, dataset_id: &str) -> anyhow::Result<Manifest> {
+pub async fn load_manifest(store: &DynStore, dataset_id: &str) -> Result<Manifest, ManifestError> {
     let key = keys::manifest(dataset_id)?;
     let bytes = storage::get(store, &key).await.map_err(|e| match e {
-        storage::StorageError::NotFound { .. } => anyhow::anyhow!(
-            "dataset {dataset_id} not found in the store (no {key}); preprocess it first"
-        ),
-        e => anyhow::anyhow!(e),
+        storage::StorageError::NotFound { .. } => ManifestError::NotFound {
+            dataset_id: dataset_id.to_string(),
+            key: key.clone(),
+        },
+        source => ManifestError::Store {
+            dataset_id: dataset_id.to_string(),
+            source,
+        },
     })?;
-    Ok(protocol::decode(&bytes)?)
+    protocol::decode(&bytes).map_err(|source| ManifestError::Decode {
+        dataset_id: dataset_id.to_string(),
+        key,
+        source,
+    })
 }
 
 /// Case names (image file names in `dataset.json`) become object-key segments: refuse every

@@ -4,7 +4,42 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use protocol::DatasetSource;
-use storage::DynStore;
+use storage::{DynStore, StorageError};
+
+/// Why a source file could not be read. The messages name the path or key but not the file
+/// as `dataset.json` lists it: the caller reports that next to them.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("file is missing ({} does not exist)", path.display())]
+    MissingFile { path: PathBuf },
+    #[error("file is missing (no object {key} in the store)")]
+    MissingObject { key: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blocking task hashing a local file did not finish (it panicked).
+    #[error("cannot read {}: {source}", path.display())]
+    Task {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error(transparent)]
+    Store(StorageError),
+}
+
+impl SourceError {
+    fn local(path: PathBuf, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            SourceError::MissingFile { path }
+        } else {
+            SourceError::Io { path, source }
+        }
+    }
+}
 
 pub enum Source {
     Local(PathBuf),
@@ -32,52 +67,54 @@ impl Source {
 
     /// Reads a file given relative to the task folder. Errors read "file is missing" or
     /// the I/O problem; the caller adds the file name.
-    pub async fn read(&self, rel: &str) -> anyhow::Result<Bytes> {
+    pub async fn read(&self, rel: &str) -> Result<Bytes, SourceError> {
         match self {
             Source::Local(dir) => {
                 let path = dir.join(rel);
                 match tokio::fs::read(&path).await {
                     Ok(b) => Ok(Bytes::from(b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        anyhow::bail!("file is missing ({} does not exist)", path.display())
-                    }
-                    Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+                    Err(e) => Err(SourceError::local(path, e)),
                 }
             }
             Source::Store { store, prefix } => {
                 let key = Self::key(prefix, rel);
                 match storage::get(store, &key).await {
                     Ok(b) => Ok(b),
-                    Err(storage::StorageError::NotFound { .. }) => {
-                        anyhow::bail!("file is missing (no object {key} in the store)")
-                    }
-                    Err(e) => Err(e.into()),
+                    Err(StorageError::NotFound { .. }) => Err(SourceError::MissingObject { key }),
+                    Err(e) => Err(SourceError::Store(e)),
                 }
             }
         }
     }
 
     /// Feeds a file's length and bytes into the dataset hash.
-    pub async fn hash_into(&self, rel: &str, hasher: &mut blake3::Hasher) -> anyhow::Result<()> {
+    pub async fn hash_into(
+        &self,
+        rel: &str,
+        hasher: &mut blake3::Hasher,
+    ) -> Result<(), SourceError> {
         hasher.update(rel.as_bytes());
         match self {
             Source::Local(dir) => {
                 let path = dir.join(rel);
-                let file = match std::fs::File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        anyhow::bail!("file is missing ({} does not exist)", path.display())
-                    }
-                    Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
-                };
-                let len = file.metadata()?.len();
+                let file =
+                    std::fs::File::open(&path).map_err(|e| SourceError::local(path.clone(), e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| SourceError::local(path.clone(), e))?
+                    .len();
                 hasher.update(&len.to_le_bytes());
                 let mut h = std::mem::take(hasher);
-                let h = tokio::task::spawn_blocking(move || -> anyhow::Result<blake3::Hasher> {
+                let h = tokio::task::spawn_blocking(move || -> std::io::Result<blake3::Hasher> {
                     h.update_reader(file)?;
                     Ok(h)
                 })
-                .await??;
+                .await
+                .map_err(|source| SourceError::Task {
+                    path: path.clone(),
+                    source,
+                })?
+                .map_err(|e| SourceError::local(path, e))?;
                 *hasher = h;
                 Ok(())
             }

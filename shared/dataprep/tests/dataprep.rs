@@ -304,3 +304,75 @@ async fn hostile_case_names_are_refused_and_nothing_is_written() {
     }
     assert!(storage::list(&store, "").await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_manifest_that_cannot_be_read_names_its_dataset() {
+    let store = storage::open("memory://").unwrap();
+    let e = dataprep::load_manifest(&store, "ct-0123")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, dataprep::ManifestError::NotFound { dataset_id, .. } if dataset_id == "ct-0123"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("preprocess it first"), "{e}");
+
+    let key = storage::keys::manifest("ct-0123").unwrap();
+    storage::put(&store, &key, b"not msgpack".to_vec())
+        .await
+        .unwrap();
+    let e = dataprep::load_manifest(&store, "ct-0123")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, dataprep::ManifestError::Decode { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("dataset ct-0123: {key}: cannot decode")),
+        "{e}"
+    );
+
+    let e = dataprep::load_manifest(&store, "../x").await.unwrap_err();
+    assert!(matches!(e, dataprep::ManifestError::BadId(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_missing_source_file_is_told_from_an_unreadable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dataprep::Source::open(
+        &DatasetSource::Local {
+            path: dir.path().display().to_string(),
+        },
+        storage::open("memory://").unwrap(),
+    );
+    let e = local.read("absent.nii.gz").await.unwrap_err();
+    assert!(
+        matches!(e, dataprep::SourceError::MissingFile { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().starts_with("file is missing ("), "{e}");
+    std::fs::create_dir(dir.path().join("a-folder.nii.gz")).unwrap();
+    let e = local.read("a-folder.nii.gz").await.unwrap_err();
+    assert!(matches!(e, dataprep::SourceError::Io { .. }), "{e:?}");
+    let mut hasher = blake3::Hasher::new();
+    let e = local
+        .hash_into("absent.nii.gz", &mut hasher)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, dataprep::SourceError::MissingFile { .. }),
+        "{e:?}"
+    );
+
+    let store = storage::open("memory://").unwrap();
+    let remote = dataprep::Source::open(
+        &DatasetSource::Store {
+            prefix: "raw/task".into(),
+        },
+        store,
+    );
+    let e = remote.read("absent.nii.gz").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "file is missing (no object raw/task/absent.nii.gz in the store)"
+    );
+}

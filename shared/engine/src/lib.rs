@@ -415,21 +415,77 @@ pub fn evaluate(
     })
 }
 
+/// Why `SEGTUNE_DEVICE` names no usable device; every variant carries the name as given.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("SEGTUNE_DEVICE={name:?}: expected cpu, cuda or cuda:N")]
+    Unknown { name: String },
+    #[error("SEGTUNE_DEVICE={name}: {source}")]
+    BadOrdinal {
+        name: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("SEGTUNE_DEVICE={name}: this binary was built without the `cuda` feature")]
+    NoCuda { name: String },
+    #[error("SEGTUNE_DEVICE={name}: {source}")]
+    Cuda {
+        name: String,
+        #[source]
+        source: segmodel::candle_core::Error,
+    },
+}
+
 /// `cpu`, or `cuda` / `cuda:N` when built with the `cuda` feature.
-pub fn device(name: &str) -> anyhow::Result<Device> {
+pub fn device(name: &str) -> Result<Device, DeviceError> {
     match name {
         "cpu" => Ok(Device::Cpu),
         n if n == "cuda" || n.starts_with("cuda:") => {
-            let ordinal: usize = n.strip_prefix("cuda:").unwrap_or("0").parse()?;
+            let ordinal: usize =
+                n.strip_prefix("cuda:")
+                    .unwrap_or("0")
+                    .parse()
+                    .map_err(|source| DeviceError::BadOrdinal {
+                        name: n.to_string(),
+                        source,
+                    })?;
             if cfg!(feature = "cuda") {
-                Ok(Device::new_cuda(ordinal)?)
+                Device::new_cuda(ordinal).map_err(|source| DeviceError::Cuda {
+                    name: n.to_string(),
+                    source,
+                })
             } else {
-                anyhow::bail!(
-                    "SEGTUNE_DEVICE={n}: this binary was built without the `cuda` feature"
-                )
+                Err(DeviceError::NoCuda {
+                    name: n.to_string(),
+                })
             }
         }
-        n => anyhow::bail!("SEGTUNE_DEVICE={n:?}: expected cpu, cuda or cuda:N"),
+        n => Err(DeviceError::Unknown {
+            name: n.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_are_checked_and_errors_name_them() {
+        assert!(matches!(device("cpu"), Ok(Device::Cpu)));
+        let e = device("tpu").unwrap_err();
+        assert!(matches!(e, DeviceError::Unknown { .. }));
+        assert_eq!(
+            e.to_string(),
+            "SEGTUNE_DEVICE=\"tpu\": expected cpu, cuda or cuda:N"
+        );
+        let e = device("cuda:x").unwrap_err();
+        assert!(matches!(e, DeviceError::BadOrdinal { .. }));
+        assert!(e.to_string().starts_with("SEGTUNE_DEVICE=cuda:x: "), "{e}");
+        if !cfg!(feature = "cuda") {
+            let e = device("cuda:1").unwrap_err();
+            assert!(matches!(e, DeviceError::NoCuda { .. }), "{e}");
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Every payload on the bus (DESIGN.md section 3). All are MessagePack maps with named fields
+//! Every payload on the bus (who sends which: ARCHITECTURE.md, "Message flow"). All are MessagePack maps with named fields
 //! and a `schema` version; see the README's "Reward stream" section for the field reference.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Search spaces and ask/tell searchers for training strategies (DESIGN.md section 1).
+//! Search spaces and ask/tell searchers for training strategies (the method: `docs/method.md`).
 //!
 //! A [`SearchSpace`] maps named knobs to the unit cube [0, 1]^K; a [`Searcher`] proposes
 //! points of the cube and learns from their rewards. The caller (the controller service) owns

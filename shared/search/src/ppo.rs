@@ -1,4 +1,4 @@
-//! The paper's controller H (section 3.2) as DESIGN.md section 1 reads it: an Elman RNN cell
+//! The paper's controller H (section 3.2) as `docs/method.md` reads it: an Elman RNN cell
 //! whose input is the previous strategy C_{i-1}, a K×2 softmax head, and PPO.
 //!
 //! Policy. One step per proposal, hidden state carried through the study:

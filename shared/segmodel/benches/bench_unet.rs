@@ -9,7 +9,7 @@
 //! Set `RAYON_NUM_THREADS` to fix the thread count. `train` and `sliding` run on
 //! `SEGMODEL_BENCH_DEVICE` (`cpu`, the default, or `cuda` in a `--features cuda` build, as
 //! `scripts/device-check.sh` runs it); `SEGMODEL_BENCH_PATCH` sets the training patch edge
-//! (default 64; the GPU comparison of issue #7 uses 96).
+//! (default 64; the GPU comparison `scripts/device-check.sh` runs uses 96).
 
 // The crate's clippy.toml routes its own host reads through a counter; benches read freely.
 #![allow(clippy::disallowed_methods)]

@@ -1,4 +1,4 @@
-//! Every object key segtune writes (DESIGN.md section 4).
+//! Every object key segtune writes: this module is the store's layout.
 //!
 //! Keys are built from names that come from users: study names, job ids, dataset ids and
 //! case names (file names in a user's `dataset.json`). Each such name becomes exactly one

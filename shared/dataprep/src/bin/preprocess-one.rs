@@ -4,12 +4,23 @@
 //! Usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS]
 //! Prints one JSON line per repeat, then the peak RSS.
 
-use std::{path::Path, time::Instant};
+use std::{error::Error, path::Path, process::ExitCode, time::Instant};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("preprocess-one: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Its errors name their file already (NIfTI errors start with the path).
+fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        anyhow::bail!("usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS]");
+        return Err("usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS]".into());
     }
     let (image, label, out) = (
         Path::new(&args[1]),
@@ -19,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let mr = match args[4].as_str() {
         "ct" => false,
         "mr" => true,
-        m => anyhow::bail!("modality {m:?}: expected ct or mr"),
+        m => return Err(format!("modality {m:?}: expected ct or mr").into()),
     };
     let repeats: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(1);
     std::fs::create_dir_all(out)?;
@@ -39,8 +50,7 @@ fn main() -> anyhow::Result<()> {
             &vec![window; channels],
             [5.0, 95.0],
             256,
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
+        )?;
         let t_process = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         std::fs::write(out.join("image.nii"), &p.image_nii)?;

@@ -1,4 +1,4 @@
-//! Byte-mutation fuzzing of every protocol decoder on stable Rust (issue #6 item 14): the
+//! Byte-mutation fuzzing of every protocol decoder on stable Rust: the
 //! checked-in golden payloads, mutated (bytes set, bits flipped, MessagePack length prefixes
 //! and markers planted, ranges inserted, removed or cut), and arbitrary bytes, decoded as
 //! every message type. Each decode must return (never panic) within 1 s, allocate no single

@@ -3,7 +3,7 @@
 //! The reader parses the 348-byte header itself instead of handing bytes to the `nifti`
 //! crate: that crate does not check `sizeof_hdr`, reads `dim` as `u16` (so negative extents
 //! become huge ones), panics when `bitpix` disagrees with `datatype`, and turns every voxel
-//! into NaN on a NaN `scl_slope` (see `notes/nats-jetstream-nifti-reliability.md` §4.3).
+//! into NaN on a NaN `scl_slope` (docs/reliability.md, "Why a header parser of our own").
 //! Every field we rely on is checked, with an error that names the file and the field, and
 //! only then is a buffer sized, from the header and [`ReadLimits`]; decompression is bounded
 //! by the same numbers, so a gzip bomb or a header claiming 30000³ voxels costs nothing.

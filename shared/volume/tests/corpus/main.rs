@@ -1,4 +1,4 @@
-//! The malformed-NIfTI corpus (issue #6 item 13): `tests/nifti-corpus/generate.py` writes
+//! The malformed-NIfTI corpus: `tests/nifti-corpus/generate.py` writes
 //! it into a temp dir, and every file goes through the reader with the default limits, from
 //! the path (streaming) and from bytes (as the preprocessor reads object-store data).
 //!

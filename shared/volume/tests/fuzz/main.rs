@@ -1,4 +1,4 @@
-//! Byte-mutation fuzzing of the NIfTI reader on stable Rust (issue #6 item 14), driven by
+//! Byte-mutation fuzzing of the NIfTI reader on stable Rust, driven by
 //! proptest: valid small files (plain and gzipped, with and without extensions, every
 //! geometry source) are mutated (bytes set, bits flipped, header fields set to edge values,
 //! ranges inserted, removed or cut) and read from bytes and from a file with the default
