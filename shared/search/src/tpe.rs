@@ -159,12 +159,13 @@ impl Tpe {
         let (l, g) = self.estimators();
         let n = self.settings.candidates;
         let rng = &mut self.rng;
+        let scratch = &mut Vec::new();
         if self.settings.multivariate {
             let mut best: Option<(f64, Vec<f64>)> = None;
             for _ in 0..n {
                 let j = l.draw_kernel(rng);
                 let x: Vec<f64> = (0..self.dims).map(|d| l.draw(rng, j, d)).collect();
-                let score = l.log_pdf(&x) - g.log_pdf(&x);
+                let score = l.log_pdf(&x, scratch) - g.log_pdf(&x, scratch);
                 if best.as_ref().is_none_or(|(s, _)| score > *s) {
                     best = Some((score, x));
                 }
@@ -177,7 +178,7 @@ impl Tpe {
                     for _ in 0..n {
                         let j = l.draw_kernel(rng);
                         let x = l.draw(rng, j, d);
-                        let score = l.log_pdf_dim(x, d) - g.log_pdf_dim(x, d);
+                        let score = l.log_pdf_dim(x, d, scratch) - g.log_pdf_dim(x, d, scratch);
                         if best.is_none_or(|(s, _)| score > s) {
                             best = Some((score, x));
                         }
@@ -307,6 +308,7 @@ pub(crate) struct Parzen {
     /// Kernel-major: `mu[j * dims + d]`.
     mu: Vec<f64>,
     sigma: Vec<f64>,
+    inv_sigma: Vec<f64>,
     /// ln of the kernel's density normalizer: −ln σ − ln √(2π) − ln(Φ(b) − Φ(a)) with
     /// a = −μ/σ, b = (1 − μ)/σ.
     log_norm: Vec<f64>,
@@ -339,23 +341,27 @@ impl Parzen {
                 sigma[j * dims + d] = s;
             }
         }
-        let half_ln_tau = 0.5 * std::f64::consts::TAU.ln();
+        let sqrt_tau = std::f64::consts::TAU.sqrt();
+        // Φ beyond 8.5σ is below 1e-17: it cannot change 1 − Φ(a) − Φ(−b), skip it.
+        let tail = |t: f64| if t < -8.5 { 0.0 } else { normal_cdf(t) };
         let log_norm = mu
             .iter()
             .zip(&sigma)
             .map(|(&m, &s)| {
                 let (a, b) = (-m / s, (1.0 - m) / s);
-                // a ≤ 0 ≤ b: both tails are at most 1/2, no cancellation.
-                let log_mass = (-normal_cdf(a) - normal_cdf(-b)).ln_1p();
-                -s.ln() - half_ln_tau - log_mass
+                // a ≤ 0 ≤ b: each tail is at most 1/2, the mass at least 1/3: one ln will do.
+                let mass = 1.0 - tail(a) - tail(-b);
+                -(s * sqrt_tau * mass).ln()
             })
             .collect();
+        let inv_sigma = sigma.iter().map(|s| 1.0 / s).collect();
         Self {
             dims,
             log_weights: w.iter().map(|x| x.ln()).collect(),
             cumulative,
             mu,
             sigma,
+            inv_sigma,
             log_norm,
         }
     }
@@ -382,42 +388,47 @@ impl Parzen {
         m // unreachable in practice: (2/3)^1000
     }
 
-    /// ln of the density at `x` (joint kernels).
-    pub(crate) fn log_pdf(&self, x: &[f64]) -> f64 {
+    /// ln of the density at `x` (joint kernels); `scratch` is working space.
+    pub(crate) fn log_pdf(&self, x: &[f64], scratch: &mut Vec<f64>) -> f64 {
         let k = self.dims;
-        log_sum_exp(self.log_weights.iter().enumerate().map(|(j, lw)| {
-            let row = j * k..(j + 1) * k;
-            let mut s = *lw;
-            for (((xd, m), sd), ln) in x
+        scratch.clear();
+        scratch.extend(
+            self.log_weights
                 .iter()
-                .zip(&self.mu[row.clone()])
-                .zip(&self.sigma[row.clone()])
-                .zip(&self.log_norm[row])
-            {
-                let z = (xd - m) / sd;
-                s += ln - 0.5 * z * z;
-            }
-            s
-        }))
+                .zip(self.mu.chunks_exact(k))
+                .zip(self.inv_sigma.chunks_exact(k))
+                .zip(self.log_norm.chunks_exact(k))
+                .map(|(((lw, mu), inv), ln)| {
+                    let mut s = *lw;
+                    for d in 0..k {
+                        let z = (x[d] - mu[d]) * inv[d];
+                        s += ln[d] - 0.5 * z * z;
+                    }
+                    s
+                }),
+        );
+        log_sum_exp(scratch)
     }
 
     /// ln of the marginal density of dimension `d` at `x`.
-    pub(crate) fn log_pdf_dim(&self, x: f64, d: usize) -> f64 {
+    pub(crate) fn log_pdf_dim(&self, x: f64, d: usize, scratch: &mut Vec<f64>) -> f64 {
         let k = self.dims;
-        log_sum_exp(self.log_weights.iter().enumerate().map(|(j, lw)| {
+        scratch.clear();
+        scratch.extend(self.log_weights.iter().enumerate().map(|(j, lw)| {
             let i = j * k + d;
-            let z = (x - self.mu[i]) / self.sigma[i];
+            let z = (x - self.mu[i]) * self.inv_sigma[i];
             lw + self.log_norm[i] - 0.5 * z * z
-        }))
+        }));
+        log_sum_exp(scratch)
     }
 }
 
-fn log_sum_exp(terms: impl Iterator<Item = f64> + Clone) -> f64 {
-    let max = terms.clone().fold(f64::NEG_INFINITY, f64::max);
+fn log_sum_exp(terms: &[f64]) -> f64 {
+    let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return max;
     }
-    max + terms.map(|t| (t - max).exp()).sum::<f64>().ln()
+    max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln()
 }
 
 #[cfg(test)]
@@ -467,9 +478,10 @@ mod tests {
             })
             .collect();
         let p = Parzen::new(&points, 2, 1.0);
+        let s = &mut vec![];
         for (x, want, want0) in GOLDEN {
-            close(p.log_pdf(&x), want, 1e-12);
-            close(p.log_pdf_dim(x[0], 0), want0, 1e-12);
+            close(p.log_pdf(&x, s), want, 1e-12);
+            close(p.log_pdf_dim(x[0], 0, s), want0, 1e-12);
         }
         // The density integrates to one over the square (midpoint rule).
         let n = 400;
@@ -477,7 +489,7 @@ mod tests {
         for i in 0..n {
             for j in 0..n {
                 let x = [(i as f64 + 0.5) / n as f64, (j as f64 + 0.5) / n as f64];
-                total += p.log_pdf(&x).exp() / (n * n) as f64;
+                total += p.log_pdf(&x, s).exp() / (n * n) as f64;
             }
         }
         close(total, 1.0, 1e-3);
