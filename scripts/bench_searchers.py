@@ -178,7 +178,7 @@ def main():
         row.append(f"{w[0]:.0f} / {w[1]:.0f}" if w else "—")
         print("| " + " | ".join(row) + " |")
 
-    # The targets, where both sides ran.
+    # Gaps to the reference implementations and to the best Optuna sampler.
     print()
     for ours_name, theirs in [("tpe", "optuna tpe"), ("cmaes", "optuna cmaes")]:
         if ours_name in timings and theirs in timings:
