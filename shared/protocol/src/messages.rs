@@ -142,7 +142,7 @@ pub struct StudySpec {
     pub study: String,
     pub dataset: DatasetRef,
     pub space: Vec<Dimension>,
-    /// `ppo-rnn`, `hill-discrete`, `hill-continuous`, `random`, `fixed`.
+    /// `ppo-rnn`, `tpe`, `cmaes`, `hill-discrete`, `hill-continuous`, `random`, `fixed`.
     pub searcher: String,
     #[serde(default)]
     pub searcher_settings: BTreeMap<String, f64>,

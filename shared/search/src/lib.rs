@@ -8,9 +8,11 @@
 //! searcher exactly (random generator included). No NATS, no async: plain data in and out.
 //!
 //! Searchers ([`build`] by name): `ppo-rnn` (the paper's RNN controller trained with PPO,
-//! [`PpoRnn`]), `hill-discrete` and `hill-continuous` (the paper's baselines), `random`,
-//! `fixed` (the paper's routine strategy).
+//! [`PpoRnn`]), `tpe` (Optuna's default TPE with the constant liar, [`Tpe`]), `cmaes`
+//! (CMA-ES as Optuna runs it, [`CmaEs`]), `hill-discrete` and `hill-continuous` (the paper's
+//! baselines), `random`, `fixed` (the paper's routine strategy).
 
+mod cmaes;
 mod error;
 mod hill;
 mod ppo;
@@ -20,7 +22,9 @@ mod settings;
 mod simple;
 mod space;
 pub mod special;
+mod tpe;
 
+pub use cmaes::{CmaEs, CmaSettings};
 pub use error::{SearchError, SpaceError};
 pub use hill::{HillContinuous, HillDiscrete};
 pub use ppo::{PpoRnn, PpoSettings};
@@ -29,3 +33,4 @@ pub use searcher::{KINDS, Memo, Proposal, Searcher, SearcherState, build, restor
 pub use settings::{Rule, SettingInfo};
 pub use simple::{Fixed, RandomSearch};
 pub use space::{AUGMENTATIONS, LEARNING_RATE, ROUTINE_LEARNING_RATE, SearchSpace};
+pub use tpe::{Tpe, TpeSettings};

@@ -5,14 +5,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cmaes::CmaEs;
 use crate::hill::{HillContinuous, HillDiscrete};
 use crate::ppo::PpoRnn;
 use crate::simple::{Fixed, RandomSearch};
+use crate::tpe::Tpe;
 use crate::{SearchError, SearchSpace, SettingInfo};
 
 /// Every searcher kind [`build`] knows.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 7] = [
     PpoRnn::KIND,
+    Tpe::KIND,
+    CmaEs::KIND,
     HillDiscrete::KIND,
     HillContinuous::KIND,
     RandomSearch::KIND,
@@ -38,6 +42,12 @@ pub struct Proposal {
 pub enum Memo {
     /// `random`, `fixed`: nothing.
     Plain,
+    /// `tpe`: nothing beyond the point (the searcher keeps the points still out for the
+    /// constant liar).
+    Tpe,
+    /// `cmaes`: the generation the point was drawn from; only rewards of the current
+    /// generation update the distribution.
+    Cma { generation: u64 },
     /// `ppo-rnn`: the RNN input C_{i-1} and hidden state h_{i-1} the action was drawn from, and
     /// the action's log-probability under the policy of that moment (PPO's "old" policy).
     Policy {
@@ -93,6 +103,10 @@ pub trait Searcher: Send + std::fmt::Debug {
 pub enum SearcherState {
     #[serde(rename = "ppo-rnn")]
     PpoRnn(PpoRnn),
+    #[serde(rename = "tpe")]
+    Tpe(Tpe),
+    #[serde(rename = "cmaes")]
+    CmaEs(CmaEs),
     #[serde(rename = "hill-discrete")]
     HillDiscrete(HillDiscrete),
     #[serde(rename = "hill-continuous")]
@@ -116,6 +130,8 @@ impl SearcherState {
     pub fn kind(&self) -> &'static str {
         match self {
             SearcherState::PpoRnn(_) => PpoRnn::KIND,
+            SearcherState::Tpe(_) => Tpe::KIND,
+            SearcherState::CmaEs(_) => CmaEs::KIND,
             SearcherState::HillDiscrete(_) => HillDiscrete::KIND,
             SearcherState::HillContinuous(_) => HillContinuous::KIND,
             SearcherState::Random(_) => RandomSearch::KIND,
@@ -157,6 +173,8 @@ impl SearcherState {
     pub fn into_searcher(self) -> Box<dyn Searcher> {
         match self {
             SearcherState::PpoRnn(s) => Box::new(s),
+            SearcherState::Tpe(s) => Box::new(s),
+            SearcherState::CmaEs(s) => Box::new(s),
             SearcherState::HillDiscrete(s) => Box::new(s),
             SearcherState::HillContinuous(s) => Box::new(s),
             SearcherState::Random(s) => Box::new(s),
@@ -176,6 +194,8 @@ pub fn build(
     let dims = space.len();
     Ok(match kind {
         PpoRnn::KIND => Box::new(PpoRnn::new(dims, settings, seed)?),
+        Tpe::KIND => Box::new(Tpe::new(dims, settings, seed)?),
+        CmaEs::KIND => Box::new(CmaEs::new(dims, settings, seed)?),
         HillDiscrete::KIND => Box::new(HillDiscrete::new(dims, settings, seed)?),
         HillContinuous::KIND => Box::new(HillContinuous::new(dims, settings, seed)?),
         RandomSearch::KIND => Box::new(RandomSearch::new(dims, settings, seed)?),
@@ -188,6 +208,8 @@ pub fn build(
 pub fn settings_of(kind: &str) -> Result<&'static [SettingInfo], SearchError> {
     Ok(match kind {
         PpoRnn::KIND => PpoRnn::SETTINGS,
+        Tpe::KIND => Tpe::SETTINGS,
+        CmaEs::KIND => CmaEs::SETTINGS,
         HillDiscrete::KIND => HillDiscrete::SETTINGS,
         HillContinuous::KIND => HillContinuous::SETTINGS,
         RandomSearch::KIND => RandomSearch::SETTINGS,

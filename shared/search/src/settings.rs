@@ -22,6 +22,10 @@ pub enum Rule {
     NonNegative,
     /// Finite and > 1.
     AboveOne,
+    /// 0 (off) or 1 (on).
+    Flag,
+    /// A whole number ≥ 0 (0 = off or automatic, as the setting says).
+    Whole,
 }
 
 impl Rule {
@@ -35,6 +39,8 @@ impl Rule {
                 Rule::BelowHalf => v > 0.0 && v < 0.5,
                 Rule::NonNegative => v >= 0.0,
                 Rule::AboveOne => v > 1.0,
+                Rule::Flag => v == 0.0 || v == 1.0,
+                Rule::Whole => v >= 0.0 && v.fract() == 0.0 && v <= 1e6,
             };
         if ok {
             Ok(())
@@ -47,6 +53,8 @@ impl Rule {
                 Rule::BelowHalf => "must be in (0, 0.5)",
                 Rule::NonNegative => "must be a finite number ≥ 0",
                 Rule::AboveOne => "must be a finite number > 1",
+                Rule::Flag => "must be 0 (off) or 1 (on)",
+                Rule::Whole => "must be a whole number ≥ 0",
             })
         }
     }

@@ -61,3 +61,20 @@ fn ppo_rnn_learns_and_beats_random_search() {
         "ppo-rnn median best {ppo_median:.4} vs random {random_median:.4}"
     );
 }
+
+#[test]
+fn tpe_and_cmaes_beat_random_search() {
+    let (random_best, _) = study("random");
+    let random_median = median(random_best);
+    for kind in ["tpe", "cmaes"] {
+        let (best, gain) = study(kind);
+        let m = median(best.clone());
+        println!("{kind} best: {best:.4?}, median {m:.4} (random {random_median:.4})");
+        println!("{kind} gains (last 50 − first 50): {gain:.4?}");
+        assert!(
+            m > random_median + 0.01,
+            "{kind} median best {m:.4} vs random {random_median:.4}"
+        );
+        assert!(gain.iter().all(|g| *g > 0.0), "{kind}: {gain:.4?}");
+    }
+}

@@ -4,6 +4,7 @@ mod common;
 mod factory;
 mod hill;
 mod learning;
+mod models;
 mod observe;
 mod persistence;
 mod space;

@@ -41,9 +41,27 @@ impl Driver {
 
 #[test]
 fn restored_searchers_continue_bit_for_bit() {
-    let space = SearchSpace::default_augmentation();
     for kind in KINDS {
-        let mut original = build(kind, &space, &BTreeMap::new(), 42).unwrap();
+        restores_bit_for_bit(kind, &BTreeMap::new());
+    }
+    // The variants that take other paths: independent TPE without the liar, CMA-ES with
+    // another population (restarts themselves: `models::cmaes_restarts_only_when_asked_to`).
+    let settings = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    };
+    restores_bit_for_bit(
+        "tpe",
+        &settings(&[("multivariate", 0.0), ("constant_liar", 0.0)]),
+    );
+    restores_bit_for_bit("cmaes", &settings(&[("popsize", 4.0), ("restarts", 3.0)]));
+}
+
+/// Runs `kind` for 30 rewards, restores a copy from its save and checks that both go on
+/// identically for 40 more.
+fn restores_bit_for_bit(kind: &str, settings: &BTreeMap<String, f64>) {
+    let space = SearchSpace::default_augmentation();
+    {
+        let mut original = build(kind, &space, settings, 42).unwrap();
         let mut driver = Driver::new(original.as_mut());
         for _ in 0..30 {
             driver.step(original.as_mut());
