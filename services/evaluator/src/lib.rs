@@ -37,7 +37,7 @@ impl runtime::Validate for Settings {
     fn validate(&self) -> anyhow::Result<()> {
         runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
         runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
-        engine::check_device(&self.device)
+        engine::check_device(&self.device).map_err(|e| anyhow::anyhow!("--device: {e}"))
     }
 }
 

@@ -466,6 +466,24 @@ pub fn device(name: &str) -> Result<Device, DeviceError> {
     }
 }
 
+/// Checks that `name` is a device [`device`] can parse (`cpu`, `cuda`, `cuda:N`), without
+/// opening it: for settings validation, before anything connects.
+pub fn check_device(name: &str) -> Result<(), DeviceError> {
+    match name.strip_prefix("cuda:") {
+        _ if matches!(name, "cpu" | "cuda") => Ok(()),
+        Some(n) => n
+            .parse::<usize>()
+            .map(drop)
+            .map_err(|source| DeviceError::BadOrdinal {
+                name: name.to_string(),
+                source,
+            }),
+        None => Err(DeviceError::Unknown {
+            name: name.to_string(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,15 +505,4 @@ mod tests {
             assert!(matches!(e, DeviceError::NoCuda { .. }), "{e}");
         }
     }
-}
-
-/// Checks that `name` is a device [`device`] can parse (`cpu`, `cuda`, `cuda:N`), without
-/// opening it: for settings validation, before anything connects.
-pub fn check_device(name: &str) -> anyhow::Result<()> {
-    let ordinal = name.strip_prefix("cuda:").map(str::parse::<usize>);
-    anyhow::ensure!(
-        matches!(name, "cpu" | "cuda") || matches!(ordinal, Some(Ok(_))),
-        "--device (SEGTUNE_DEVICE) must be cpu, cuda or cuda:N, got {name:?}"
-    );
-    Ok(())
 }
