@@ -1,14 +1,24 @@
 """Prints every reward of a segtune study, replayed from its first one, then live.
 Usage: SEGTUNE_NATS=nats://127.0.0.1:4222 python3 subscribe_rewards.py STUDY
+A broker with users (compose.yaml's, deploy/nats.conf): SEGTUNE_NATS_USER=admin and
+SEGTUNE_NATS_PASSWORD=... (or nats://user:password@host:port); replies then come to
+_INBOX_<user>, the one inbox such a broker lets the user read (SEGTUNE_NATS_INBOX_PREFIX
+overrides), as for the segtune CLI.
 Needs: python3 -m pip install nats-py msgpack (schemas: docs/reward-stream.md)."""
 import asyncio, os, sys
+from urllib.parse import urlparse
 
 import msgpack, nats
 from nats.js.api import DeliverPolicy
 
 
 async def main(study):
-    nc = await nats.connect(os.environ.get("SEGTUNE_NATS", "nats://127.0.0.1:4222"))
+    url = os.environ.get("SEGTUNE_NATS", "nats://127.0.0.1:4222")
+    user = os.environ.get("SEGTUNE_NATS_USER")
+    opts = {"user": user, "password": os.environ.get("SEGTUNE_NATS_PASSWORD", "")} if user else {}
+    user = user or urlparse(url.split(",")[0]).username
+    inbox = os.environ.get("SEGTUNE_NATS_INBOX_PREFIX") or (user and f"_INBOX_{user}")
+    nc = await nats.connect(url, **opts, **({"inbox_prefix": inbox} if inbox else {}))
     sub = await nc.jetstream().subscribe(f"segtune.rewards.{study}", ordered_consumer=True,
                                          deliver_policy=DeliverPolicy.ALL)
     async for msg in sub.messages:

@@ -12,8 +12,9 @@
 //! - and, with a real nats-server started from deploy/nats.conf, a study runs end to end with
 //!   every service connected as its role.
 //!
-//! There is no Docker engine here: building the images, the GPU reservation and compose's
-//! own parsing are not exercised.
+//! These checks need no Docker engine. tests/e2e/compose_engine.rs runs the CPU stack under
+//! one and checks compose's own reading of both files against this one's; the GPU
+//! reservation and the CUDA image are not exercised (no GPU, no CUDA build in CI).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -118,7 +119,7 @@ fn merge(base: &mut Value, over: Value) {
 }
 
 /// The effective configuration of `docker compose up` (`cpu`: with compose.cpu.yaml).
-fn compose(cpu: bool) -> BTreeMap<String, Value> {
+pub(crate) fn compose(cpu: bool) -> BTreeMap<String, Value> {
     let mut v = load_yaml("compose.yaml");
     if cpu {
         merge(&mut v, load_yaml("compose.cpu.yaml"));

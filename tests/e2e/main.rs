@@ -4,6 +4,7 @@
 mod broker;
 mod cluster;
 mod compose;
+mod compose_engine;
 mod demo;
 mod faults;
 mod preprocess;
