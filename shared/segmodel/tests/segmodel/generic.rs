@@ -347,3 +347,143 @@ fn generic_unet_runs_no_kernel_op() -> Result<()> {
     }
     Ok(())
 }
+
+/// (name, value) of every variable, sorted by name.
+fn params(varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
+    let mut v: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The root mean square of `got − want`, over the scale `assert_close` uses: `1 + max |want|`.
+fn rms_diff(got: &[f64], want: &[f64]) -> f64 {
+    let d: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum();
+    let scale = 1.0 + want.iter().fold(0f64, |m, w| m.max(w.abs()));
+    (d / want.len().max(1) as f64).sqrt() / scale
+}
+
+/// A whole training step of the U-Net 8-16-32 (forward, Dice loss, backward, Adam) on a
+/// 2×1×32³ batch through the generic tier equals the kernel tier's for 3 steps: the loss
+/// and every parameter's gradient within 1e-4 (elementwise, relative to the tensor's
+/// largest value), every parameter after each update within 1e-4 (root mean square of the
+/// difference, same scale), and the loss after the third update within 1e-4.
+///
+/// The parameters are compared by their RMS difference, not elementwise: Adam divides each element's
+/// update by the root of its own squared-gradient average, so an element whose gradients
+/// nearly cancel moves by a large fraction of the learning rate on a tiny gradient
+/// difference (seen: one weight of `enc.1.conv2` 1.6e-4 apart after 3 steps, 5 % of its
+/// 3·lr travel, while all the gradients agreed within 1e-4 of their scale).
+#[test]
+fn generic_training_step_equals_the_kernel_step() -> Result<()> {
+    use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+    use segmodel::ops::OpsPath;
+    use segmodel::{UNetConfig, seeded_var_builder, unet3d};
+    segmodel::init_compute_threads();
+    let dev = Device::Cpu;
+    let (x, y) = crate::learn::spheres(32, &[[14.0, 16.0, 17.0], [18.0, 15.0, 13.0]], 8.0, &dev)?;
+    let build = |ops| -> Result<_> {
+        let cfg = UNetConfig {
+            channels: vec![8, 16, 32],
+            ops,
+            ..Default::default()
+        };
+        let varmap = candle_nn::VarMap::new();
+        let net = unet3d(&cfg, seeded_var_builder(&varmap, 42, DType::F32, &dev))?;
+        let opt = AdamW::new(
+            varmap.all_vars(),
+            ParamsAdamW {
+                lr: 1e-3,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        Ok((varmap, net, opt))
+    };
+    let (kvars, knet, mut kopt) = build(OpsPath::Auto)?;
+    let (gvars, gnet, mut gopt) = build(OpsPath::Generic)?;
+    let (kp, gp) = (params(&kvars), params(&gvars));
+    assert_eq!(kp.len(), gp.len());
+    let cfg = DiceLossConfig::default();
+    for step in 1..=3 {
+        let kl =
+            OpsPath::Auto.soft_dice_loss(&candle_core::Module::forward(&knet, &x)?, &y, &cfg)?;
+        let gl =
+            OpsPath::Generic.soft_dice_loss(&candle_core::Module::forward(&gnet, &x)?, &y, &cfg)?;
+        assert_close(
+            &values(&gl)?,
+            &values(&kl)?,
+            1e-4,
+            &format!("step {step}: loss"),
+        );
+        let (kg, gg) = (kl.backward()?, gl.backward()?);
+        for ((name, kv), (_, gv)) in kp.iter().zip(&gp) {
+            assert_close(
+                &values(gg.get(gv).expect("generic gradient"))?,
+                &values(kg.get(kv).expect("kernel gradient"))?,
+                1e-4,
+                &format!("step {step}: gradient of {name}"),
+            );
+        }
+        kopt.step(&kg)?;
+        gopt.step(&gg)?;
+        for ((name, kv), (_, gv)) in kp.iter().zip(&gp) {
+            let d = rms_diff(&values(gv.as_tensor())?, &values(kv.as_tensor())?);
+            assert!(
+                d <= 1e-4,
+                "step {step}: {name} after the update: RMS diff {d:.2e}"
+            );
+        }
+    }
+    let kl = OpsPath::Auto.soft_dice_loss(&candle_core::Module::forward(&knet, &x)?, &y, &cfg)?;
+    let gl =
+        OpsPath::Generic.soft_dice_loss(&candle_core::Module::forward(&gnet, &x)?, &y, &cfg)?;
+    assert_close(&values(&gl)?, &values(&kl)?, 1e-4, "loss after 3 updates");
+    Ok(())
+}
+
+/// 20 steps of the generic tier lower the loss, and a step makes no host round trip: its
+/// one read back to the host is the loss value it returns.
+#[test]
+fn generic_training_learns_without_host_round_trips() -> Result<()> {
+    use segmodel::ops::OpsPath;
+    use segmodel::{SegTrainer, TrainConfig, UNetConfig};
+    segmodel::init_compute_threads();
+    let dev = Device::Cpu;
+    let (x, y) = crate::learn::spheres(32, &[[14.0, 16.0, 17.0], [18.0, 15.0, 13.0]], 8.0, &dev)?;
+    let unet = UNetConfig {
+        channels: vec![8, 16, 32],
+        ops: OpsPath::Generic,
+        ..Default::default()
+    };
+    let train = TrainConfig {
+        lr: 3e-3,
+        ..Default::default()
+    };
+    let mut t = SegTrainer::new(&unet, train, 7, &dev)?;
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let before = segmodel::traffic();
+        losses.push(t.step(&x, &y)?);
+        let traffic = segmodel::traffic().since(before);
+        assert_eq!(
+            traffic,
+            segmodel::HostTraffic {
+                round_trips: 0,
+                result_reads: 1,
+                kernel_ops: 0,
+            }
+        );
+    }
+    let (first, last) = (losses[0], losses[19]);
+    assert!(
+        last.is_finite() && last < 0.8 * first,
+        "the loss did not fall: {losses:?}"
+    );
+    Ok(())
+}
