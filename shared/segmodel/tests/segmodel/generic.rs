@@ -487,3 +487,130 @@ fn generic_training_learns_without_host_round_trips() -> Result<()> {
     );
     Ok(())
 }
+
+/// Class-1 logit = the input, class-0 logit = 0 (the probe of the sliding-window tests).
+struct Probe;
+
+impl candle_core::Module for Probe {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Tensor::cat(&[&x.zeros_like()?, x], 1)
+    }
+}
+
+/// The device blend (`ops: Generic`) equals the host blend (`Auto` on the CPU) for the same
+/// model: the probe and a real U-Net, on odd volumes spanning several windows, one of them
+/// shorter than the window along an axis, with a partial last batch. The device blend reads
+/// nothing back but its result; the host blend reads every batch of windows.
+#[test]
+fn generic_sliding_window_blends_like_the_host() -> Result<()> {
+    use crate::infer::{image, texture};
+    use segmodel::infer::{SlidingWindow, sliding_window_predict, sliding_window_probs};
+    use segmodel::ops::OpsPath;
+    use segmodel::{UNetConfig, seeded_var_builder, unet3d};
+    let dev = Device::Cpu;
+    let varmap = candle_nn::VarMap::new();
+    let cfg = UNetConfig {
+        num_classes: 3,
+        channels: vec![4, 8],
+        ..Default::default()
+    };
+    let net = unet3d(&cfg, seeded_var_builder(&varmap, 5, DType::F32, &dev))?;
+    for dims in [[37, 29, 23], [37, 11, 19]] {
+        let img = image(dims, texture);
+        let sw = |ops| SlidingWindow {
+            window: [16; 3],
+            overlap: 0.25,
+            batch: 4,
+            ops,
+        };
+        let windows = {
+            let n = |i: usize| segmodel::infer::window_starts(dims[i].max(16), 16, 0.25).len();
+            n(0) * n(1) * n(2)
+        };
+        let models: [(&str, &dyn Fn(&SlidingWindow) -> Result<Vec<f32>>); 2] = [
+            ("probe", &|s| sliding_window_probs(&Probe, &img, s, &dev)),
+            ("unet", &|s| sliding_window_probs(&net, &img, s, &dev)),
+        ];
+        for (name, probs) in models {
+            let before = segmodel::traffic();
+            let host = probs(&sw(OpsPath::Auto))?;
+            let t = segmodel::traffic().since(before);
+            assert_eq!(
+                t.round_trips as usize,
+                windows.div_ceil(4),
+                "{name}: host reads"
+            );
+            let before = segmodel::traffic();
+            let device = probs(&sw(OpsPath::Generic))?;
+            let t = segmodel::traffic().since(before);
+            assert_eq!((t.round_trips, t.result_reads), (0, 1), "{name} {dims:?}");
+            let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+            assert_close(&f(&device), &f(&host), 1e-6, &format!("{name} {dims:?}"));
+        }
+        let host = sliding_window_predict(&net, &img, &sw(OpsPath::Auto), &dev)?;
+        let device = sliding_window_predict(&net, &img, &sw(OpsPath::Generic), &dev)?;
+        assert_eq!(device.dims, dims);
+        assert_eq!(device.data, host.data, "{dims:?}: label maps");
+    }
+    Ok(())
+}
+
+/// A sliding-window evaluation entirely on the generic path (the U-Net's ops and the blend)
+/// makes no host round trip and runs no kernel: one read, the label map. Its probabilities
+/// equal those of the kernel path within 1e-4.
+#[test]
+fn generic_sliding_window_evaluation_makes_no_round_trip() -> Result<()> {
+    use crate::infer::{image, texture};
+    use segmodel::infer::{SlidingWindow, sliding_window_predict, sliding_window_probs};
+    use segmodel::ops::OpsPath;
+    use segmodel::{UNetConfig, seeded_var_builder, unet3d};
+    let dev = Device::Cpu;
+    let build = |ops| -> Result<_> {
+        let varmap = candle_nn::VarMap::new();
+        let cfg = UNetConfig {
+            num_classes: 2,
+            channels: vec![4, 8],
+            ops,
+            ..Default::default()
+        };
+        unet3d(&cfg, seeded_var_builder(&varmap, 9, DType::F32, &dev))
+    };
+    let (knet, gnet) = (build(OpsPath::Auto)?, build(OpsPath::Generic)?);
+    let img = image([30, 27, 21], texture);
+    let sw = |ops| SlidingWindow {
+        window: [16; 3],
+        overlap: 0.25,
+        batch: 2,
+        ops,
+    };
+    let before = segmodel::traffic();
+    let labels = sliding_window_predict(&gnet, &img, &sw(OpsPath::Generic), &dev)?;
+    let t = segmodel::traffic().since(before);
+    assert_eq!(
+        t,
+        segmodel::HostTraffic {
+            round_trips: 0,
+            result_reads: 1,
+            kernel_ops: 0,
+        }
+    );
+    assert_eq!(labels.dims, img.dims);
+    let f = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<_>>();
+    let want = f(sliding_window_probs(&knet, &img, &sw(OpsPath::Auto), &dev)?);
+    let got = f(sliding_window_probs(
+        &gnet,
+        &img,
+        &sw(OpsPath::Generic),
+        &dev,
+    )?);
+    assert_close(&got, &want, 1e-4, "generic vs kernel probabilities");
+    // The label map is the argmax of those probabilities (where the top two are not tied).
+    let n = img.voxels();
+    for (i, &l) in labels.data.iter().enumerate() {
+        let (p0, p1) = (got[i], got[n + i]);
+        if (p0 - p1).abs() > 1e-6 {
+            assert_eq!(l, u8::from(p1 > p0), "voxel {i}: {p0} {p1}");
+        }
+    }
+    Ok(())
+}
