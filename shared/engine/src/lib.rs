@@ -371,6 +371,7 @@ pub fn evaluate(
         window: training.patch,
         overlap: training.overlap,
         batch: 2,
+        ops: unet.ops,
     };
     // Components smaller than half the smallest one of their class in the training labels
     // are noise, not structures (segmodel::postprocess).

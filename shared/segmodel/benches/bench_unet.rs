@@ -279,6 +279,7 @@ fn sliding(d: usize, h: usize, w: usize, reps: usize) -> Result<()> {
         window: [96; 3],
         overlap: 0.25,
         batch: 2,
+        ops: segmodel::ops::OpsPath::Auto,
     };
     let windows: usize = [w, h, d]
         .iter()

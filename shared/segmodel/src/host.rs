@@ -62,6 +62,12 @@ pub(crate) fn count_kernel_op() {
     bump(|t| t.kernel_ops += 1)
 }
 
+/// A final result's values, flattened (counted as a result read).
+pub(crate) fn result_vec<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    bump(|c| c.result_reads += 1);
+    read(t)
+}
+
 /// A final scalar result (counted as a result read).
 pub(crate) fn result_scalar<T: WithDType>(t: &Tensor) -> Result<T> {
     bump(|c| c.result_reads += 1);

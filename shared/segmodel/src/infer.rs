@@ -6,8 +6,15 @@
 //! window counts more than its border; the blended probabilities are normalized by the
 //! summed weights and argmaxed. A volume smaller than a window is zero-padded (images are
 //! normalized to [0, 1], so 0 is "air") and the prediction cropped back.
+//!
+//! Two blends, chosen like the ops by [`SlidingWindow::ops`]: on the CPU each batch of window
+//! probabilities is read into host arrays and blended by loops; on any other device (or with
+//! [`OpsPath::Generic`]) the image is uploaded once, the windows are cut from it, and the
+//! weighted probabilities and weights are accumulated in a device tensor, so nothing comes
+//! back to the host but the final label map (or probabilities).
 
-use candle_core::{Device, Module, Result, Tensor};
+use crate::ops::OpsPath;
+use candle_core::{DType, Device, Module, Result, Tensor};
 use volume::Volume;
 
 /// Window start offsets along one axis of length `n` for windows of `w` voxels overlapping
@@ -53,6 +60,10 @@ pub struct SlidingWindow {
     pub overlap: f64,
     /// Windows per forward pass.
     pub batch: usize,
+    /// Where the blend runs: host loops when this picks the kernels for the device (the
+    /// CPU with [`OpsPath::Auto`]), device tensors otherwise. Use the model's own
+    /// [`crate::UNetConfig::ops`].
+    pub ops: OpsPath,
 }
 
 /// Predicts a label map for `image` (all channels) with `model`, returning class indices on
@@ -63,7 +74,14 @@ pub fn sliding_window_predict(
     sw: &SlidingWindow,
     device: &Device,
 ) -> Result<Volume<u8>> {
-    let probs = sliding_window_probs(model, image, sw, device)?;
+    if !sw.ops.uses_kernels(device) {
+        let labels = device_probs(model, image, sw, device)?
+            .argmax(0)?
+            .to_dtype(DType::U8)?;
+        let labels = crate::host::result_vec::<u8>(&labels)?;
+        return Ok(Volume::new(labels, image.dims, 1, image.geometry));
+    }
+    let probs = host_probs(model, image, sw, device)?;
     let (k, n) = (probs.len() / image.voxels(), image.voxels());
     let mut labels = vec![0u8; n];
     for (i, l) in labels.iter_mut().enumerate() {
@@ -88,27 +106,113 @@ pub fn sliding_window_probs(
     sw: &SlidingWindow,
     device: &Device,
 ) -> Result<Vec<f32>> {
+    if sw.ops.uses_kernels(device) {
+        host_probs(model, image, sw, device)
+    } else {
+        crate::host::result_vec(&device_probs(model, image, sw, device)?)
+    }
+}
+
+/// The padded grid (at least one window along every axis, `[x, y, z]`) and the window
+/// starts in scan order (z outermost, x fastest).
+fn grid(image: &Volume<f32>, sw: &SlidingWindow) -> ([usize; 3], Vec<[usize; 3]>) {
     let [nx, ny, nz] = image.dims;
     let [wx, wy, wz] = sw.window;
-    // Padded grid: at least one window along every axis.
     let (px, py, pz) = (nx.max(wx), ny.max(wy), nz.max(wz));
-    let c_in = image.channels;
-    let starts: Vec<[usize; 3]> = {
-        let (sx, sy, sz) = (
-            window_starts(px, wx, sw.overlap),
-            window_starts(py, wy, sw.overlap),
-            window_starts(pz, wz, sw.overlap),
-        );
-        let mut v = Vec::new();
-        for &z in &sz {
-            for &y in &sy {
-                for &x in &sx {
-                    v.push([x, y, z]);
-                }
+    let (sx, sy, sz) = (
+        window_starts(px, wx, sw.overlap),
+        window_starts(py, wy, sw.overlap),
+        window_starts(pz, wz, sw.overlap),
+    );
+    let mut starts = Vec::new();
+    for &z in &sz {
+        for &y in &sy {
+            for &x in &sx {
+                starts.push([x, y, z]);
             }
         }
-        v
+    }
+    ([px, py, pz], starts)
+}
+
+/// The blend on the device: `[K, Z, Y, X]` probabilities as a tensor on `device`.
+///
+/// The image is uploaded once and zero-padded to the grid; each batch of windows is cut
+/// from it by `narrow`s. The accumulator is `[Zp, Yp, K + 1, Xp]`: the weighted
+/// probabilities of the K classes and, as channel K, the summed weights. With z outermost a
+/// window's z-range is one contiguous slab, so each window is padded to its slab in y and x,
+/// added, and written back in place (`slice_set`): per window, work in proportion to the
+/// slab, not the volume. The windows are added in scan order, as the host blend does.
+fn device_probs(
+    model: &impl Module,
+    image: &Volume<f32>,
+    sw: &SlidingWindow,
+    device: &Device,
+) -> Result<Tensor> {
+    let [nx, ny, nz] = image.dims;
+    let [wx, wy, wz] = sw.window;
+    let ([px, py, pz], starts) = grid(image, sw);
+    let c_in = image.channels;
+    let n = nx * ny * nz;
+    let img = Tensor::from_slice(&image.data[..c_in * n], (c_in, nz, ny, nx), device)?
+        .pad_with_zeros(1, 0, pz - nz)?
+        .pad_with_zeros(2, 0, py - ny)?
+        .pad_with_zeros(3, 0, px - nx)?;
+    let weight = Tensor::from_vec(gaussian_importance(sw.window), (1, wz, wy, wx), device)?;
+    let mut acc: Option<Tensor> = None;
+    for chunk in starts.chunks(sw.batch.max(1)) {
+        let windows = chunk
+            .iter()
+            .map(|&[x, y, z]| img.narrow(1, z, wz)?.narrow(2, y, wy)?.narrow(3, x, wx))
+            .collect::<Result<Vec<_>>>()?;
+        let logits = model.forward(&Tensor::stack(&windows, 0)?)?.detach();
+        let p = candle_nn::ops::softmax(&logits, 1)?;
+        let k = p.dim(1)?;
+        let b = chunk.len();
+        // [B, K + 1, wz, wy, wx] -> [B, wz, wy, K + 1, wx]
+        let weighted = Tensor::cat(
+            &[
+                p.broadcast_mul(&weight.unsqueeze(0)?)?,
+                weight.unsqueeze(0)?.broadcast_as((b, 1, wz, wy, wx))?,
+            ],
+            1,
+        )?
+        .permute((0, 2, 3, 1, 4))?;
+        let acc = match &acc {
+            Some(a) => a,
+            None => acc.insert(Tensor::zeros((pz, py, k + 1, px), DType::F32, device)?),
+        };
+        for (i, &[x, y, z]) in chunk.iter().enumerate() {
+            let win = weighted
+                .get(i)?
+                .pad_with_zeros(1, y, py - y - wy)?
+                .pad_with_zeros(3, x, px - x - wx)?;
+            let slab = (acc.narrow(0, z, wz)? + win)?;
+            acc.slice_set(&slab, 0, z)?;
+        }
+    }
+    let Some(acc) = acc else {
+        candle_core::bail!("segmodel: sliding window over an empty grid")
     };
+    let k = acc.dim(2)? - 1;
+    let acc = acc.narrow(0, 0, nz)?.narrow(1, 0, ny)?.narrow(3, 0, nx)?;
+    acc.narrow(2, 0, k)?
+        .broadcast_div(&acc.narrow(2, k, 1)?)?
+        .permute((2, 0, 1, 3))?
+        .contiguous()
+}
+
+/// The blend on the host: each batch of window probabilities read back and added by loops.
+fn host_probs(
+    model: &impl Module,
+    image: &Volume<f32>,
+    sw: &SlidingWindow,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let [nx, ny, nz] = image.dims;
+    let [wx, wy, wz] = sw.window;
+    let ([px, py, pz], starts) = grid(image, sw);
+    let c_in = image.channels;
     let weight = gaussian_importance(sw.window);
     let wvox = wx * wy * wz;
     let pvox = px * py * pz;

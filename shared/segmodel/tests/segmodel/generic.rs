@@ -347,3 +347,270 @@ fn generic_unet_runs_no_kernel_op() -> Result<()> {
     }
     Ok(())
 }
+
+/// (name, value) of every variable, sorted by name.
+fn params(varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
+    let mut v: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The root mean square of `got − want`, over the scale `assert_close` uses: `1 + max |want|`.
+fn rms_diff(got: &[f64], want: &[f64]) -> f64 {
+    let d: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum();
+    let scale = 1.0 + want.iter().fold(0f64, |m, w| m.max(w.abs()));
+    (d / want.len().max(1) as f64).sqrt() / scale
+}
+
+/// A whole training step of the U-Net 8-16-32 (forward, Dice loss, backward, Adam) on a
+/// 2×1×32³ batch through the generic tier equals the kernel tier's for 3 steps: the loss
+/// and every parameter's gradient within 1e-4 (elementwise, relative to the tensor's
+/// largest value), every parameter after each update within 1e-4 (root mean square of the
+/// difference, same scale), and the loss after the third update within 1e-4.
+///
+/// The parameters are compared by their RMS difference, not elementwise: Adam divides each element's
+/// update by the root of its own squared-gradient average, so an element whose gradients
+/// nearly cancel moves by a large fraction of the learning rate on a tiny gradient
+/// difference (seen: one weight of `enc.1.conv2` 1.6e-4 apart after 3 steps, 5 % of its
+/// 3·lr travel, while all the gradients agreed within 1e-4 of their scale).
+#[test]
+fn generic_training_step_equals_the_kernel_step() -> Result<()> {
+    use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+    use segmodel::ops::OpsPath;
+    use segmodel::{UNetConfig, seeded_var_builder, unet3d};
+    segmodel::init_compute_threads();
+    let dev = Device::Cpu;
+    let (x, y) = crate::learn::spheres(32, &[[14.0, 16.0, 17.0], [18.0, 15.0, 13.0]], 8.0, &dev)?;
+    let build = |ops| -> Result<_> {
+        let cfg = UNetConfig {
+            channels: vec![8, 16, 32],
+            ops,
+            ..Default::default()
+        };
+        let varmap = candle_nn::VarMap::new();
+        let net = unet3d(&cfg, seeded_var_builder(&varmap, 42, DType::F32, &dev))?;
+        let opt = AdamW::new(
+            varmap.all_vars(),
+            ParamsAdamW {
+                lr: 1e-3,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        Ok((varmap, net, opt))
+    };
+    let (kvars, knet, mut kopt) = build(OpsPath::Auto)?;
+    let (gvars, gnet, mut gopt) = build(OpsPath::Generic)?;
+    let (kp, gp) = (params(&kvars), params(&gvars));
+    assert_eq!(kp.len(), gp.len());
+    let cfg = DiceLossConfig::default();
+    for step in 1..=3 {
+        let kl =
+            OpsPath::Auto.soft_dice_loss(&candle_core::Module::forward(&knet, &x)?, &y, &cfg)?;
+        let gl =
+            OpsPath::Generic.soft_dice_loss(&candle_core::Module::forward(&gnet, &x)?, &y, &cfg)?;
+        assert_close(
+            &values(&gl)?,
+            &values(&kl)?,
+            1e-4,
+            &format!("step {step}: loss"),
+        );
+        let (kg, gg) = (kl.backward()?, gl.backward()?);
+        for ((name, kv), (_, gv)) in kp.iter().zip(&gp) {
+            assert_close(
+                &values(gg.get(gv).expect("generic gradient"))?,
+                &values(kg.get(kv).expect("kernel gradient"))?,
+                1e-4,
+                &format!("step {step}: gradient of {name}"),
+            );
+        }
+        kopt.step(&kg)?;
+        gopt.step(&gg)?;
+        for ((name, kv), (_, gv)) in kp.iter().zip(&gp) {
+            let d = rms_diff(&values(gv.as_tensor())?, &values(kv.as_tensor())?);
+            assert!(
+                d <= 1e-4,
+                "step {step}: {name} after the update: RMS diff {d:.2e}"
+            );
+        }
+    }
+    let kl = OpsPath::Auto.soft_dice_loss(&candle_core::Module::forward(&knet, &x)?, &y, &cfg)?;
+    let gl =
+        OpsPath::Generic.soft_dice_loss(&candle_core::Module::forward(&gnet, &x)?, &y, &cfg)?;
+    assert_close(&values(&gl)?, &values(&kl)?, 1e-4, "loss after 3 updates");
+    Ok(())
+}
+
+/// 20 steps of the generic tier lower the loss, and a step makes no host round trip: its
+/// one read back to the host is the loss value it returns.
+#[test]
+fn generic_training_learns_without_host_round_trips() -> Result<()> {
+    use segmodel::ops::OpsPath;
+    use segmodel::{SegTrainer, TrainConfig, UNetConfig};
+    segmodel::init_compute_threads();
+    let dev = Device::Cpu;
+    let (x, y) = crate::learn::spheres(32, &[[14.0, 16.0, 17.0], [18.0, 15.0, 13.0]], 8.0, &dev)?;
+    let unet = UNetConfig {
+        channels: vec![8, 16, 32],
+        ops: OpsPath::Generic,
+        ..Default::default()
+    };
+    let train = TrainConfig {
+        lr: 3e-3,
+        ..Default::default()
+    };
+    let mut t = SegTrainer::new(&unet, train, 7, &dev)?;
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let before = segmodel::traffic();
+        losses.push(t.step(&x, &y)?);
+        let traffic = segmodel::traffic().since(before);
+        assert_eq!(
+            traffic,
+            segmodel::HostTraffic {
+                round_trips: 0,
+                result_reads: 1,
+                kernel_ops: 0,
+            }
+        );
+    }
+    let (first, last) = (losses[0], losses[19]);
+    assert!(
+        last.is_finite() && last < 0.8 * first,
+        "the loss did not fall: {losses:?}"
+    );
+    Ok(())
+}
+
+/// Class-1 logit = the input, class-0 logit = 0 (the probe of the sliding-window tests).
+struct Probe;
+
+impl candle_core::Module for Probe {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Tensor::cat(&[&x.zeros_like()?, x], 1)
+    }
+}
+
+/// The device blend (`ops: Generic`) equals the host blend (`Auto` on the CPU) for the same
+/// model: the probe and a real U-Net, on odd volumes spanning several windows, one of them
+/// shorter than the window along an axis, with a partial last batch. The device blend reads
+/// nothing back but its result; the host blend reads every batch of windows.
+#[test]
+fn generic_sliding_window_blends_like_the_host() -> Result<()> {
+    use crate::infer::{image, texture};
+    use segmodel::infer::{SlidingWindow, sliding_window_predict, sliding_window_probs};
+    use segmodel::ops::OpsPath;
+    use segmodel::{UNetConfig, seeded_var_builder, unet3d};
+    let dev = Device::Cpu;
+    let varmap = candle_nn::VarMap::new();
+    let cfg = UNetConfig {
+        num_classes: 3,
+        channels: vec![4, 8],
+        ..Default::default()
+    };
+    let net = unet3d(&cfg, seeded_var_builder(&varmap, 5, DType::F32, &dev))?;
+    for dims in [[37, 29, 23], [37, 11, 19]] {
+        let img = image(dims, texture);
+        let sw = |ops| SlidingWindow {
+            window: [16; 3],
+            overlap: 0.25,
+            batch: 4,
+            ops,
+        };
+        let windows = {
+            let n = |i: usize| segmodel::infer::window_starts(dims[i].max(16), 16, 0.25).len();
+            n(0) * n(1) * n(2)
+        };
+        let models: [(&str, &dyn Fn(&SlidingWindow) -> Result<Vec<f32>>); 2] = [
+            ("probe", &|s| sliding_window_probs(&Probe, &img, s, &dev)),
+            ("unet", &|s| sliding_window_probs(&net, &img, s, &dev)),
+        ];
+        for (name, probs) in models {
+            let before = segmodel::traffic();
+            let host = probs(&sw(OpsPath::Auto))?;
+            let t = segmodel::traffic().since(before);
+            assert_eq!(
+                t.round_trips as usize,
+                windows.div_ceil(4),
+                "{name}: host reads"
+            );
+            let before = segmodel::traffic();
+            let device = probs(&sw(OpsPath::Generic))?;
+            let t = segmodel::traffic().since(before);
+            assert_eq!((t.round_trips, t.result_reads), (0, 1), "{name} {dims:?}");
+            let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+            assert_close(&f(&device), &f(&host), 1e-6, &format!("{name} {dims:?}"));
+        }
+        let host = sliding_window_predict(&net, &img, &sw(OpsPath::Auto), &dev)?;
+        let device = sliding_window_predict(&net, &img, &sw(OpsPath::Generic), &dev)?;
+        assert_eq!(device.dims, dims);
+        assert_eq!(device.data, host.data, "{dims:?}: label maps");
+    }
+    Ok(())
+}
+
+/// A sliding-window evaluation entirely on the generic path (the U-Net's ops and the blend)
+/// makes no host round trip and runs no kernel: one read, the label map. Its probabilities
+/// equal those of the kernel path within 1e-4.
+#[test]
+fn generic_sliding_window_evaluation_makes_no_round_trip() -> Result<()> {
+    use crate::infer::{image, texture};
+    use segmodel::infer::{SlidingWindow, sliding_window_predict, sliding_window_probs};
+    use segmodel::ops::OpsPath;
+    use segmodel::{UNetConfig, seeded_var_builder, unet3d};
+    let dev = Device::Cpu;
+    let build = |ops| -> Result<_> {
+        let varmap = candle_nn::VarMap::new();
+        let cfg = UNetConfig {
+            num_classes: 2,
+            channels: vec![4, 8],
+            ops,
+            ..Default::default()
+        };
+        unet3d(&cfg, seeded_var_builder(&varmap, 9, DType::F32, &dev))
+    };
+    let (knet, gnet) = (build(OpsPath::Auto)?, build(OpsPath::Generic)?);
+    let img = image([30, 27, 21], texture);
+    let sw = |ops| SlidingWindow {
+        window: [16; 3],
+        overlap: 0.25,
+        batch: 2,
+        ops,
+    };
+    let before = segmodel::traffic();
+    let labels = sliding_window_predict(&gnet, &img, &sw(OpsPath::Generic), &dev)?;
+    let t = segmodel::traffic().since(before);
+    assert_eq!(
+        t,
+        segmodel::HostTraffic {
+            round_trips: 0,
+            result_reads: 1,
+            kernel_ops: 0,
+        }
+    );
+    assert_eq!(labels.dims, img.dims);
+    let f = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<_>>();
+    let want = f(sliding_window_probs(&knet, &img, &sw(OpsPath::Auto), &dev)?);
+    let got = f(sliding_window_probs(
+        &gnet,
+        &img,
+        &sw(OpsPath::Generic),
+        &dev,
+    )?);
+    assert_close(&got, &want, 1e-4, "generic vs kernel probabilities");
+    // The label map is the argmax of those probabilities (where the top two are not tied).
+    let n = img.voxels();
+    for (i, &l) in labels.data.iter().enumerate() {
+        let (p0, p1) = (got[i], got[n + i]);
+        if (p0 - p1).abs() > 1e-6 {
+            assert_eq!(l, u8::from(p1 > p0), "voxel {i}: {p0} {p1}");
+        }
+    }
+    Ok(())
+}

@@ -5,10 +5,11 @@ use crate::reference::assert_close;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarMap;
 use segmodel::infer::{SlidingWindow, sliding_window_predict, sliding_window_probs};
+use segmodel::ops::OpsPath;
 use segmodel::{UNetConfig, seeded_var_builder, test_device, unet3d};
 use volume::{Geometry, Volume};
 
-fn image(dims: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume<f32> {
+pub fn image(dims: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume<f32> {
     let [nx, ny, nz] = dims;
     let mut data = Vec::with_capacity(nx * ny * nz);
     for z in 0..nz {
@@ -22,7 +23,7 @@ fn image(dims: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume<f32
 }
 
 /// Distinct-looking values, so a window copied or blended at the wrong offset shows.
-fn texture(x: usize, y: usize, z: usize) -> f32 {
+pub fn texture(x: usize, y: usize, z: usize) -> f32 {
     ((x * 7 + y * 13 + z * 29) % 53) as f32 / 10.0 - 2.6
 }
 
@@ -79,6 +80,7 @@ fn one_window_is_one_forward_pass(dev: &Device) -> Result<()> {
         window,
         overlap: 0.25,
         batch: 2,
+        ops: OpsPath::Auto,
     };
     for dims in [window, [13, 9, 7]] {
         let img = image(dims, texture);
@@ -121,6 +123,7 @@ fn every_voxel_is_covered_at_its_own_offset() -> Result<()> {
             window: [16; 3],
             overlap: 0.25,
             batch: 4,
+            ops: OpsPath::Auto,
         };
         let probs = sliding_window_probs(&Probe, &img, &sw, dev)?;
         let n = img.voxels();
@@ -175,6 +178,7 @@ fn unet_probabilities_are_finite_and_normalized_everywhere() -> Result<()> {
         window: [16; 3],
         overlap: 0.25,
         batch: 3,
+        ops: OpsPath::Auto,
     };
     let probs = sliding_window_probs(&net, &img, &sw, dev)?;
     let n = img.voxels();

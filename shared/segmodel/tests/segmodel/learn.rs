@@ -2,7 +2,12 @@ use candle_core::{DType, Device, Result, Tensor};
 use segmodel::{DiceLossConfig, SegTrainer, TrainConfig, UNetConfig, init_compute_threads};
 
 /// A batch of `[B, 1, n, n, n]` images with one bright noisy sphere each, and its labels.
-fn spheres(n: usize, centers: &[[f64; 3]], radius: f64, dev: &Device) -> Result<(Tensor, Tensor)> {
+pub fn spheres(
+    n: usize,
+    centers: &[[f64; 3]],
+    radius: f64,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
     let mut img = Vec::with_capacity(centers.len() * n * n * n);
     let mut lab = Vec::with_capacity(img.capacity());
     let mut state = 12345u32;
