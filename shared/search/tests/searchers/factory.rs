@@ -83,6 +83,14 @@ fn invalid_setting_values() {
         ("hill-discrete", "bins", 0.0),
         ("hill-continuous", "grow", 1.0),
         ("hill-continuous", "step", 0.0),
+        ("tpe", "multivariate", 0.5),
+        ("tpe", "constant_liar", 2.0),
+        ("tpe", "gamma", 1.0),
+        ("tpe", "candidates", 0.0),
+        ("cmaes", "popsize", 2.5),
+        ("cmaes", "popsize", 1.0),
+        ("cmaes", "restarts", -1.0),
+        ("cmaes", "inc_popsize", 1.0),
     ] {
         let err = build(kind, &space, &settings(&[(name, value)]), 0).unwrap_err();
         assert!(
