@@ -282,18 +282,17 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Ok(out) = self
+        if std::thread::panicking()
+            && let Ok(out) = self
                 .command(&["logs", "--no-color", "--timestamps", "--tail", "150"])
                 .output()
-            {
-                eprintln!(
-                    "---- logs of compose project {} ----\n{}{}",
-                    self.name,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+        {
+            eprintln!(
+                "---- logs of compose project {} ----\n{}{}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let _ = self
             .command(&["down", "-v", "--remove-orphans", "-t", "5"])
