@@ -527,7 +527,8 @@ fn generic_sliding_window_blends_like_the_host() -> Result<()> {
             let n = |i: usize| segmodel::infer::window_starts(dims[i].max(16), 16, 0.25).len();
             n(0) * n(1) * n(2)
         };
-        let models: [(&str, &dyn Fn(&SlidingWindow) -> Result<Vec<f32>>); 2] = [
+        type Probs<'a> = &'a dyn Fn(&SlidingWindow) -> Result<Vec<f32>>;
+        let models: [(&str, Probs); 2] = [
             ("probe", &|s| sliding_window_probs(&Probe, &img, s, &dev)),
             ("unet", &|s| sliding_window_probs(&net, &img, s, &dev)),
         ];
