@@ -228,6 +228,107 @@ async fn evaluator_task(bus: &Bus, data: &Data) -> ServiceTask {
     ServiceTask { stop, handle }
 }
 
+/// What every fault test starts from: its turn (the tests time things on a shared CPU),
+/// tracing, the preprocessed data, a broker provisioned with `ack_wait`, a watch on its
+/// study and, when asked for, an evaluator in this process.
+/// `Fault::builder(study, ack_wait).job_secs(s).evaluator().start()`.
+struct Fault {
+    study: &'static str,
+    ack_wait: Duration,
+    /// Epochs of a job lasting about the builder's `job_secs` on one trainer alone.
+    epochs: u32,
+    evaluator: Option<ServiceTask>,
+    watch: Watch,
+    bus: Bus,
+    data: Data,
+    // Last: dropped after the broker and the data, so the next test starts on a quiet CPU.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+struct FaultBuilder {
+    study: &'static str,
+    ack_wait: Duration,
+    job_secs: f64,
+    evaluator: bool,
+}
+
+impl FaultBuilder {
+    /// How long a job of [`Fault::epochs`] should last (calibrated once per test binary).
+    fn job_secs(self, job_secs: f64) -> Self {
+        Self { job_secs, ..self }
+    }
+
+    /// Also run an evaluator, so that trained jobs get rewards.
+    fn evaluator(self) -> Self {
+        Self {
+            evaluator: true,
+            ..self
+        }
+    }
+
+    async fn start(self) -> Fault {
+        let turn = SERIAL.lock().await;
+        test_support::init_test_tracing();
+        let data = data().await;
+        let epochs = epochs_for(&data, self.job_secs).await;
+        let bus = Bus::start(self.ack_wait).await;
+        let watch = Watch::start(&bus.client, self.study).await;
+        let evaluator = if self.evaluator {
+            Some(evaluator_task(&bus, &data).await)
+        } else {
+            None
+        };
+        Fault {
+            study: self.study,
+            ack_wait: self.ack_wait,
+            epochs,
+            evaluator,
+            watch,
+            bus,
+            data,
+            _turn: turn,
+        }
+    }
+}
+
+impl Fault {
+    fn builder(study: &'static str, ack_wait: Duration) -> FaultBuilder {
+        FaultBuilder {
+            study,
+            ack_wait,
+            job_secs: 3.0,
+            evaluator: false,
+        }
+    }
+
+    /// Job `index` of the study, of `epochs` epochs.
+    fn job(&self, index: u32, epochs: u32) -> TrainJob {
+        long_job(self.study, index, &self.data, epochs)
+    }
+
+    async fn trainer_task(&self, name: &str, progress_acks: bool) -> ServiceTask {
+        TrainerTask::start(&self.bus, &self.data, name, progress_acks).await
+    }
+
+    fn trainer_process(&self, name: &str) -> TrainerProcess {
+        TrainerProcess::start(&self.bus, &self.data, name)
+    }
+
+    /// A fresh broker (same AckWait) and a watch on `study`, for a second part of a test.
+    async fn restart_bus(&mut self, study: &'static str) {
+        self.bus = Bus::start(self.ack_wait).await;
+        self.watch = Watch::start(&self.bus.client, study).await;
+        self.study = study;
+    }
+
+    /// Stops the evaluator (if any) and checks it exited cleanly.
+    async fn stop(self) {
+        if let Some(e) = self.evaluator {
+            e.stop().await;
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Event {
     Progress(Progress),
@@ -463,18 +564,16 @@ fn secs(d: Duration) -> f64 {
 /// replica trains it (attempt 2) and exactly one reward exists for the job id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_30_percent_redelivers_after_ack_wait_to_another_trainer_one_reward() {
-    let _serial = SERIAL.lock().await;
-    test_support::init_test_tracing();
-    let data = data().await;
     let ack_wait = Duration::from_secs(2);
-    let epochs = epochs_for(&data, 4.0 * secs(ack_wait)).await;
-    let bus = Bus::start(ack_wait).await;
-    let study = "kill9";
-    let watch = Watch::start(&bus.client, study).await;
-    let evaluator = evaluator_task(&bus, &data).await;
-    let mut a = TrainerProcess::start(&bus, &data, "trainer-a");
+    let f = Fault::builder("kill9", ack_wait)
+        .job_secs(4.0 * secs(ack_wait))
+        .evaluator()
+        .start()
+        .await;
+    let (bus, watch, study, epochs) = (&f.bus, &f.watch, f.study, f.epochs);
+    let mut a = f.trainer_process("trainer-a");
     a.wait_logged(TRAINER_READY, Duration::from_secs(120)).await;
-    let j = long_job(study, 1, &data, epochs);
+    let j = f.job(1, epochs);
     bus.publish(&j).await;
     watch
         .progress("A trains the job", Duration::from_secs(60), |p| {
@@ -482,7 +581,7 @@ async fn kill_9_at_30_percent_redelivers_after_ack_wait_to_another_trainer_one_r
         })
         .await;
     // An idle replica, pulling before the kill.
-    let mut b = TrainerProcess::start(&bus, &data, "trainer-b");
+    let mut b = f.trainer_process("trainer-b");
     b.wait_logged(TRAINER_READY, Duration::from_secs(60)).await;
     let at = (epochs * 3).div_ceil(10);
     watch
@@ -527,7 +626,7 @@ async fn kill_9_at_30_percent_redelivers_after_ack_wait_to_another_trainer_one_r
     let info = bus.trainers_info().await;
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
     assert!(b.running());
-    evaluator.stop().await;
+    f.stop().await;
 }
 
 /// SIGTERM to a trainer process mid-job (what `docker stop` and Kubernetes send):
@@ -535,24 +634,21 @@ async fn kill_9_at_30_percent_redelivers_after_ack_wait_to_another_trainer_one_r
 /// AckWait is long (30 s), so only the nak can hand the job over that fast.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_job_naks_exits_0_within_2_s_and_another_replica_starts_it_within_5_s() {
-    let _serial = SERIAL.lock().await;
-    test_support::init_test_tracing();
-    let data = data().await;
-    let ack_wait = Duration::from_secs(30);
-    let epochs = epochs_for(&data, 60.0).await;
-    let bus = Bus::start(ack_wait).await;
-    let study = "sigterm-process";
-    let watch = Watch::start(&bus.client, study).await;
-    let mut a = TrainerProcess::start(&bus, &data, "trainer-a");
+    let f = Fault::builder("sigterm-process", Duration::from_secs(30))
+        .job_secs(60.0)
+        .start()
+        .await;
+    let (bus, watch) = (&f.bus, &f.watch);
+    let mut a = f.trainer_process("trainer-a");
     a.wait_logged(TRAINER_READY, Duration::from_secs(120)).await;
-    let j = long_job(study, 1, &data, epochs);
+    let j = f.job(1, f.epochs);
     bus.publish(&j).await;
     watch
         .progress("A trains the job", Duration::from_secs(60), |p| {
             p.worker == "trainer-a" && p.epoch >= 1
         })
         .await;
-    let b = TrainerProcess::start(&bus, &data, "trainer-b");
+    let b = f.trainer_process("trainer-b");
     b.wait_logged(TRAINER_READY, Duration::from_secs(60)).await;
 
     a.signal(libc::SIGTERM);
@@ -608,18 +704,15 @@ async fn sigterm_mid_job_naks_exits_0_within_2_s_and_another_replica_starts_it_w
 /// one `Trained`, one reward, from a complete checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_refusing_the_checkpoint_naks_the_job_and_it_completes_once_the_store_is_back() {
-    let _serial = SERIAL.lock().await;
-    test_support::init_test_tracing();
-    let data = data().await;
-    // Long: only the trainer's nak can bring the job back before the test ends.
-    let ack_wait = Duration::from_secs(60);
-    let epochs = epochs_for(&data, 3.0).await;
-    let bus = Bus::start(ack_wait).await;
-    let study = "storefail";
-    let watch = Watch::start(&bus.client, study).await;
-    let evaluator = evaluator_task(&bus, &data).await;
-    let trainer = TrainerTask::start(&bus, &data, "trainer-a", true).await;
-    let j = long_job(study, 1, &data, epochs);
+    // Long AckWait: only the trainer's nak can bring the job back before the test ends.
+    let f = Fault::builder("storefail", Duration::from_secs(60))
+        .job_secs(3.0)
+        .evaluator()
+        .start()
+        .await;
+    let (bus, watch, study, data) = (&f.bus, &f.watch, f.study, &f.data);
+    let trainer = f.trainer_task("trainer-a", true).await;
+    let j = f.job(1, f.epochs);
     bus.publish(&j).await;
     watch
         .progress("the trainer is training", Duration::from_secs(60), |p| {
@@ -695,7 +788,7 @@ async fn a_store_refusing_the_checkpoint_naks_the_job_and_it_completes_once_the_
         "a transient store failure was dead-lettered"
     );
     trainer.stop().await;
-    evaluator.stop().await;
+    f.stop().await;
 }
 
 /// Every file below `dir`, as paths relative to it.
@@ -720,24 +813,24 @@ fn files_under(dir: &Path) -> Vec<String> {
 /// acks off, loses its job to an idle replica after one AckWait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_lasting_10x_ack_wait_keeps_one_delivery_and_without_progress_acks_is_redelivered() {
-    let _serial = SERIAL.lock().await;
-    test_support::init_test_tracing();
-    let data = data().await;
     let ack_wait = Duration::from_millis(1500);
 
     // Negative control: no progress acks.
-    let epochs = epochs_for(&data, 6.0 * secs(ack_wait)).await;
-    let bus = Bus::start(ack_wait).await;
-    let watch = Watch::start(&bus.client, "noprogress").await;
-    let a = TrainerTask::start(&bus, &data, "trainer-a", false).await;
-    let j = long_job("noprogress", 1, &data, epochs);
-    bus.publish(&j).await;
-    let first = bus.delivered(1, Duration::from_secs(30)).await;
-    let b = TrainerTask::start(&bus, &data, "trainer-b", true).await;
-    let second = bus
+    let mut f = Fault::builder("noprogress", ack_wait)
+        .job_secs(6.0 * secs(ack_wait))
+        .start()
+        .await;
+    let a = f.trainer_task("trainer-a", false).await;
+    let j = f.job(1, f.epochs);
+    f.bus.publish(&j).await;
+    let first = f.bus.delivered(1, Duration::from_secs(30)).await;
+    let b = f.trainer_task("trainer-b", true).await;
+    let second = f
+        .bus
         .delivered(2, ack_wait * 2 + Duration::from_secs(10))
         .await;
-    let (_, p) = watch
+    let (_, p) = f
+        .watch
         .progress(
             "B trains the redelivered job",
             Duration::from_secs(60),
@@ -748,15 +841,14 @@ async fn a_job_lasting_10x_ack_wait_keeps_one_delivery_and_without_progress_acks
     let without = second.duration_since(first);
     a.stop().await;
     b.stop().await;
-    drop(bus);
 
     // Progress acks on: a job of over 10x AckWait. The shared CPU's speed drifts by 2x over
     // minutes, so the job is sized from an epoch time measured just before it (24 epochs,
     // the first slower: it errs short), aiming at 20x.
-    let bus = Bus::start(ack_wait).await;
-    let watch = Watch::start(&bus.client, "progress").await;
-    let t = TrainerTask::start(&bus, &data, "trainer-p", true).await;
-    bus.publish(&long_job("progress", 1, &data, 24)).await;
+    f.restart_bus("progress").await;
+    let (bus, watch) = (&f.bus, &f.watch);
+    let t = f.trainer_task("trainer-p", true).await;
+    bus.publish(&f.job(1, 24)).await;
     let epoch = watch
         .trained("progress-0001", Duration::from_secs(120))
         .await
@@ -764,10 +856,18 @@ async fn a_job_lasting_10x_ack_wait_keeps_one_delivery_and_without_progress_acks
         / 24.0;
     let epochs = ((20.0 * secs(ack_wait) / epoch).ceil() as u32).clamp(3, 20_000);
     // An idle replica that would take the job if it were ever redelivered.
-    let idle = TrainerTask::start(&bus, &data, "trainer-idle", true).await;
-    let j = long_job("progress", 2, &data, epochs);
-    // Give both a pull in flight; whichever gets the job keeps it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = f.trainer_task("trainer-idle", true).await;
+    let j = f.job(2, epochs);
+    // Both have a pull in flight; whichever gets the job keeps it.
+    let pulling = segtune::bus::await_pullers(
+        &bus.js,
+        subjects::durable::TRAINERS,
+        2,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(pulling, "two trainers pulling");
     bus.publish(&j).await;
     let delivered = bus.delivered(2, Duration::from_secs(30)).await;
     let trained = watch
@@ -816,28 +916,30 @@ async fn a_job_lasting_10x_ack_wait_keeps_one_delivery_and_without_progress_acks
 /// would sit in a busy trainer's buffer without progress acks until its AckWait ran out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_trainers_twelve_jobs_never_hold_more_jobs_than_busy_trainers() {
-    let _serial = SERIAL.lock().await;
-    test_support::init_test_tracing();
-    let data = data().await;
     let ack_wait = Duration::from_millis(1500);
-    let epochs = epochs_for(&data, 1.5 * secs(ack_wait)).await;
-    let bus = Bus::start(ack_wait).await;
-    let study = "prefetch";
-    let watch = Watch::start(&bus.client, study).await;
+    let f = Fault::builder("prefetch", ack_wait)
+        .job_secs(1.5 * secs(ack_wait))
+        .start()
+        .await;
+    let (bus, watch, epochs) = (&f.bus, &f.watch, f.epochs);
     let mut trainers = Vec::new();
     for i in 0..3 {
-        trainers.push(TrainerTask::start(&bus, &data, &format!("trainer-{i}"), true).await);
+        trainers.push(f.trainer_task(&format!("trainer-{i}"), true).await);
     }
     let consumer = bus.trainers().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while consumer.get_info().await.unwrap().num_waiting < 3 {
-        assert!(Instant::now() < deadline, "three pulls waiting");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pulling = segtune::bus::await_pullers(
+        &bus.js,
+        subjects::durable::TRAINERS,
+        3,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(pulling, "three pulls waiting");
 
     let started = Instant::now();
     for i in 1..=12 {
-        bus.publish(&long_job(study, i, &data, epochs)).await;
+        bus.publish(&f.job(i, epochs)).await;
     }
     // (num_ack_pending, num_waiting) every 100 ms until the twelfth `Trained`.
     let mut samples = Vec::new();
@@ -925,25 +1027,23 @@ async fn three_trainers_twelve_jobs_never_hold_more_jobs_than_busy_trainers() {
 /// reward, B's checkpoint only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_past_ack_wait_the_stale_trainer_abandons_and_one_result_is_accepted() {
-    let _serial = SERIAL.lock().await;
-    test_support::init_test_tracing();
-    let data = data().await;
     let ack_wait = Duration::from_secs(2);
-    let epochs = epochs_for(&data, 4.0 * secs(ack_wait)).await;
-    let bus = Bus::start(ack_wait).await;
-    let study = "stale";
-    let watch = Watch::start(&bus.client, study).await;
-    let evaluator = evaluator_task(&bus, &data).await;
-    let mut a = TrainerProcess::start(&bus, &data, "trainer-a");
+    let f = Fault::builder("stale", ack_wait)
+        .job_secs(4.0 * secs(ack_wait))
+        .evaluator()
+        .start()
+        .await;
+    let (bus, watch, study, data, epochs) = (&f.bus, &f.watch, f.study, &f.data, f.epochs);
+    let mut a = f.trainer_process("trainer-a");
     a.wait_logged(TRAINER_READY, Duration::from_secs(120)).await;
-    let j = long_job(study, 1, &data, epochs);
+    let j = f.job(1, epochs);
     bus.publish(&j).await;
     watch
         .progress("A trains the job", Duration::from_secs(60), |p| {
             p.worker == "trainer-a"
         })
         .await;
-    let mut b = TrainerProcess::start(&bus, &data, "trainer-b");
+    let mut b = f.trainer_process("trainer-b");
     b.wait_logged(TRAINER_READY, Duration::from_secs(60)).await;
     let at = (epochs * 3).div_ceil(10);
     watch
@@ -1032,7 +1132,7 @@ async fn sigstop_past_ack_wait_the_stale_trainer_abandons_and_one_result_is_acce
     );
     assert_ne!(rewards[0].checkpoint_key, first);
     assert!(a.running() && b.running());
-    evaluator.stop().await;
+    f.stop().await;
 }
 
 /// Every service started 15 s before the broker (compose may start them in any
