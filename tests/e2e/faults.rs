@@ -859,7 +859,7 @@ async fn a_job_lasting_10x_ack_wait_keeps_one_delivery_and_without_progress_acks
     let idle = f.trainer_task("trainer-idle", true).await;
     let j = f.job(2, epochs);
     // Both have a pull in flight; whichever gets the job keeps it.
-    let pulling = segtune::bus::await_pullers(
+    let pulling = segtune::study::bus::await_pullers(
         &bus.js,
         subjects::durable::TRAINERS,
         2,
@@ -927,7 +927,7 @@ async fn three_trainers_twelve_jobs_never_hold_more_jobs_than_busy_trainers() {
         trainers.push(f.trainer_task(&format!("trainer-{i}"), true).await);
     }
     let consumer = bus.trainers().await;
-    let pulling = segtune::bus::await_pullers(
+    let pulling = segtune::study::bus::await_pullers(
         &bus.js,
         subjects::durable::TRAINERS,
         3,
