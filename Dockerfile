@@ -22,6 +22,13 @@
 
 ARG RUST_IMAGE=rust:1.95.0-bookworm
 ARG CPU_BINARIES=build
+# The CUDA image's binaries come from `build-cuda` (default: scripts/build-cuda inside the
+# Rust image) or `prebuilt-cuda` (built on the host by scripts/build-cuda, in
+# `prebuilt-cuda/` of the build context: scripts/docker-cuda-image). Its base is NVIDIA's
+# CUDA 13.0 runtime image; machines without a registry make a stand-in with the same CUDA
+# libraries from NVIDIA's wheels (scripts/docker-bases --cuda) to check what the image links.
+ARG CUDA_BINARIES=build-cuda
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
 # ---- CPU build: every binary of the workspace ------------------------------------------
 FROM ${RUST_IMAGE} AS build
@@ -65,6 +72,14 @@ RUN --mount=type=cache,id=segtune-cuda-registry,target=/usr/local/cargo/registry
  && mkdir -p /out \
  && cp target/cuda/release/segtune-trainer target/cuda/release/segtune-evaluator /out/
 
+# ---- CUDA binaries built on the host (CUDA_BINARIES=prebuilt-cuda) -----------------------
+# They cannot run here (no libcuda.so.1 until the NVIDIA runtime mounts it): the `cuda`
+# stage's ldd check is what vets them.
+FROM debian:bookworm-slim AS prebuilt-cuda
+COPY prebuilt-cuda/ /out/
+
+FROM ${CUDA_BINARIES} AS cuda-binaries
+
 # ---- CPU image --------------------------------------------------------------------------
 FROM debian:bookworm-slim AS cpu
 RUN apt-get update \
@@ -82,8 +97,8 @@ VOLUME /data
 CMD ["segtune", "--help"]
 
 # ---- CUDA image: trainer and evaluator ---------------------------------------------------
-FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04 AS cuda
-COPY --from=build-cuda /out/ /usr/local/bin/
+FROM ${CUDA_RUNTIME_IMAGE} AS cuda
+COPY --from=cuda-binaries /out/ /usr/local/bin/
 # Every library the binaries link must be in the image, except the driver's libcuda.so.1,
 # which the NVIDIA container toolkit mounts at run time.
 RUN missing="$(ldd /usr/local/bin/segtune-trainer /usr/local/bin/segtune-evaluator \
