@@ -209,7 +209,7 @@ async fn search(
 fn print_comparison(spec: &StudySpec, best: &Outcome, routine: Option<&Outcome>, reports: &Path) {
     let show = |k: &str, v: Option<&f64>| match v {
         None => "-".to_string(),
-        Some(v) if k == search::LEARNING_RATE => format!("{v:.2e}"),
+        Some(v) if k == protocol::strategy::LEARNING_RATE => format!("{v:.2e}"),
         Some(v) => format!("{v:.3}"),
     };
     println!();

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use protocol::{Dimension, Reward, Scale, Strategy, StudyEvent, StudyEventKind, StudySpec};
+use protocol::{
+    Dimension, Reward, Scale, Strategy, StudyEvent, StudyEventKind, StudySpec, strategy,
+};
 
 /// One rewarded job.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,14 +153,15 @@ impl StudyRecord {
         }
         // The learning rate last, as in the paper's space.
         let mut extra: Vec<(&str, (f64, f64))> = extra.into_iter().collect();
-        extra.sort_by_key(|(name, _)| *name == engine::LR_DIMENSION);
+        extra.sort_by_key(|(name, _)| *name == strategy::LEARNING_RATE);
         for (name, (lo, hi)) in extra {
-            dims.push(if name == engine::LR_DIMENSION {
+            dims.push(if name == strategy::LEARNING_RATE {
+                let [min, max] = strategy::LEARNING_RATE_RANGE;
                 Dimension {
                     name: name.into(),
-                    min: lo.min(1e-4),
-                    max: hi.max(1e-2),
-                    scale: Scale::Log,
+                    min: lo.min(min),
+                    max: hi.max(max),
+                    scale: strategy::LEARNING_RATE_SCALE,
                 }
             } else {
                 Dimension {
@@ -229,7 +232,7 @@ pub(super) mod fixtures {
     use super::StudyRecord;
 
     /// The paper's eight augmentation probabilities.
-    pub const PROBS: [&str; 8] = search::AUGMENTATIONS;
+    pub const PROBS: [&str; 8] = protocol::strategy::AUGMENTATIONS;
 
     /// A deterministic pseudo-random number in [0, 1) (splitmix-like), for fixture values.
     fn u(i: u64, j: u64) -> f64 {
