@@ -8,6 +8,8 @@
 //! both accept exactly the same specs.
 
 pub mod file;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod validate;
 
 pub use file::{StudyFile, StudyFileError, load_study_file, parse_study_file};

@@ -224,10 +224,7 @@ pub(super) fn is_probability(d: &Dimension) -> bool {
 pub(super) mod fixtures {
     use std::collections::BTreeMap;
 
-    use protocol::{
-        CaseDice, Dimension, Reward, SCHEMA_VERSION, Scale, Strategy, StudyEvent, StudyEventKind,
-        StudySpec,
-    };
+    use protocol::{CaseDice, Reward, SCHEMA_VERSION, Strategy, StudyEvent, StudyEventKind, StudySpec};
 
     use super::StudyRecord;
 
@@ -243,35 +240,13 @@ pub(super) mod fixtures {
         (z % 10_000) as f64 / 10_000.0
     }
 
+    /// The demo's study: the paper's space, PPO-RNN, two jobs at a time.
     fn spec(max_jobs: u32) -> StudySpec {
-        let mut space: Vec<Dimension> = PROBS
-            .iter()
-            .map(|n| Dimension {
-                name: n.to_string(),
-                min: 0.0,
-                max: 1.0,
-                scale: Scale::Linear,
-            })
-            .collect();
-        space.push(Dimension {
-            name: "learning_rate".into(),
-            min: 1e-4,
-            max: 1e-2,
-            scale: Scale::Log,
-        });
-        StudySpec {
-            schema: SCHEMA_VERSION,
-            study: "demo".into(),
-            dataset: protocol::DatasetRef::Id { id: "ds1".into() },
-            space,
-            searcher: "ppo-rnn".into(),
-            searcher_settings: BTreeMap::new(),
-            max_jobs,
-            parallel: 2,
-            max_failures: 10,
-            training: protocol::TrainingConfig::default(),
-            seed: 0,
-        }
+        ::study::testing::StudySpecBuilder::new("demo")
+            .dataset_id("ds1")
+            .max_jobs(max_jobs)
+            .parallel(2)
+            .build()
     }
 
     pub fn strategy(i: u32) -> Strategy {
