@@ -20,9 +20,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::Parser;
-use protocol::{
-    Reward, SCHEMA_VERSION, StudyEvent, StudyEventKind, StudySpec, TrainJob, subjects,
-};
+use protocol::{Reward, SCHEMA_VERSION, StudyEvent, StudyEventKind, StudySpec, TrainJob, subjects};
 use test_support::NatsServer;
 
 const DATASET: &str = "soak-dataset-0001";

@@ -24,8 +24,8 @@ use protocol::{SCHEMA_VERSION, StudyEvent, StudyEventKind, subjects};
 use storage::DynStore;
 use tokio::{sync::watch, task::JoinSet};
 
-pub use state::{Phase, StudyState};
 pub use self::study::{Delivery, Feed, Step, Study, read_state};
+pub use state::{Phase, StudyState};
 
 /// Configuration (flags or `SEGTUNE_*` env vars).
 #[derive(Debug, Clone, clap::Parser)]

@@ -444,7 +444,10 @@ mod tests {
         order.sort();
         let mut all = Augmentation::ALL.to_vec();
         all.sort();
-        assert_eq!(order, all, "PIPELINE_ORDER is a permutation of Augmentation::ALL");
+        assert_eq!(
+            order, all,
+            "PIPELINE_ORDER is a permutation of Augmentation::ALL"
+        );
 
         let m = Magnitudes::default();
         for a in Augmentation::ALL {

@@ -175,9 +175,7 @@ mod tests {
             spec.space,
             [
                 protocol::strategy::learning_rate_dimension(),
-                protocol::strategy::probability_dimension(
-                    protocol::strategy::Augmentation::Flip
-                ),
+                protocol::strategy::probability_dimension(protocol::strategy::Augmentation::Flip),
             ]
         );
         assert!(crate::validate_spec(&spec).is_ok());

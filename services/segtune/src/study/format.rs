@@ -17,9 +17,7 @@ pub fn short_name(dim: &str) -> String {
 /// notation.
 pub fn format_value(dim: &str, v: f64) -> String {
     let probability = dim.starts_with(PROBABILITY_PREFIX);
-    if dim == LEARNING_RATE
-        || (!probability && v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4))
-    {
+    if dim == LEARNING_RATE || (!probability && v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4)) {
         format!("{v:.2e}")
     } else {
         format!("{v:.3}")

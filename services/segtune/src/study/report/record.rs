@@ -224,7 +224,9 @@ pub(super) fn is_probability(d: &Dimension) -> bool {
 pub(super) mod fixtures {
     use std::collections::BTreeMap;
 
-    use protocol::{CaseDice, Reward, SCHEMA_VERSION, Strategy, StudyEvent, StudyEventKind, StudySpec};
+    use protocol::{
+        CaseDice, Reward, SCHEMA_VERSION, Strategy, StudyEvent, StudyEventKind, StudySpec,
+    };
 
     use super::StudyRecord;
 
