@@ -451,7 +451,8 @@ mod tests {
 
         let m = Magnitudes::default();
         for a in Augmentation::ALL {
-            let t = Transform::for_dimension(a.dimension(), &m).expect(a.dimension());
+            let t = Transform::for_dimension(a.dimension(), &m)
+                .unwrap_or_else(|| panic!("no transform for {}", a.dimension()));
             assert_eq!((t.augmentation(), t.dimension()), (a, a.dimension()));
             assert_eq!(t, Transform::new(a, &m));
             let params = t.randomize(&mut rng(1), [4, 4, 4]);
