@@ -518,7 +518,7 @@ fn the_demo_service_synthesizes_the_task_where_the_demo_study_reads_it() {
         .expect("studies shipped under /opt/segtune");
     assert!(read("Dockerfile").contains("COPY studies/ /opt/segtune/studies/"));
     let text = read(shipped);
-    let spec = controller::parse_study_file(&text, Path::new(study_path)).unwrap();
+    let spec = study::parse_study_file(&text, Path::new(study_path)).unwrap();
     match spec.dataset {
         protocol::DatasetRef::Source {
             source: protocol::DatasetSource::Local { path },

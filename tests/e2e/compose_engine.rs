@@ -373,7 +373,7 @@ fn study(name: &str, max_jobs: u32, parallel: u32, epochs: u32) -> protocol::Stu
          parallel = {parallel}\nseed = 7\n[space]\npreset = \"paper\"\n[training]\n\
          channels = [4, 8]\npatch = 16\nepochs = {epochs}\npatches_per_epoch = 8\nbatch_size = 2\n"
     );
-    controller::parse_study_file(&text, Path::new(&format!("/data/studies/{name}.toml"))).unwrap()
+    study::parse_study_file(&text, Path::new(&format!("/data/studies/{name}.toml"))).unwrap()
 }
 
 async fn events(js: &async_nats::jetstream::Context, study: &str) -> Vec<StudyEvent> {

@@ -5,6 +5,7 @@ mod broker;
 mod cluster;
 mod compose;
 mod compose_engine;
+mod dataset;
 mod demo;
 mod faults;
 mod preprocess;

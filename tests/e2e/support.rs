@@ -350,7 +350,7 @@ pub fn random_study(
          epochs = {epochs}\npatches_per_epoch = 2\nbatch_size = 1\n",
         task.display()
     );
-    controller::parse_study_file(&text, &dir.join(format!("{name}.toml"))).unwrap()
+    study::parse_study_file(&text, &dir.join(format!("{name}.toml"))).unwrap()
 }
 
 /// Hands `spec` to the controller, as `segtune study submit` does.

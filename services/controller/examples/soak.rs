@@ -20,10 +20,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::Parser;
-use protocol::{
-    DatasetRef, Dimension, Reward, SCHEMA_VERSION, Scale, StudyEvent, StudyEventKind, StudySpec,
-    TrainJob, TrainingConfig, subjects,
-};
+use protocol::{Reward, SCHEMA_VERSION, StudyEvent, StudyEventKind, StudySpec, TrainJob, subjects};
 use test_support::NatsServer;
 
 const DATASET: &str = "soak-dataset-0001";
@@ -170,25 +167,15 @@ impl Trainer {
 }
 
 fn spec(study: &str, max_jobs: u32, parallel: u32) -> StudySpec {
-    let p = |name: &str| Dimension {
-        name: name.into(),
-        min: 0.0,
-        max: 1.0,
-        scale: Scale::Linear,
-    };
-    StudySpec {
-        schema: SCHEMA_VERSION,
-        study: study.into(),
-        dataset: DatasetRef::Id { id: DATASET.into() },
-        space: vec![p("p_noise"), p("p_flip"), p("p_shift"), p("p_scale")],
-        searcher: "random".into(),
-        searcher_settings: BTreeMap::new(),
-        max_jobs,
-        parallel,
-        max_failures: max_jobs,
-        training: TrainingConfig::default(),
-        seed: 11,
-    }
+    study::testing::StudySpecBuilder::new(study)
+        .dataset_id(DATASET)
+        .space_of(&["p_noise", "p_flip", "p_shift", "p_scale"])
+        .searcher("random")
+        .max_jobs(max_jobs)
+        .parallel(parallel)
+        .max_failures(max_jobs)
+        .seed(11)
+        .build()
 }
 
 struct Report {

@@ -15,20 +15,17 @@
 pub mod max_deliveries;
 pub mod state;
 pub mod study;
-pub mod study_file;
 
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind};
-use protocol::{DatasetRef, DatasetSource, SCHEMA_VERSION, StudyEvent, StudyEventKind, subjects};
-use search::SearchSpace;
+use protocol::{SCHEMA_VERSION, StudyEvent, StudyEventKind, subjects};
 use storage::DynStore;
 use tokio::{sync::watch, task::JoinSet};
 
+pub use self::study::{Delivery, Feed, Step, Study, read_state};
 pub use state::{Phase, StudyState};
-pub use study::{Delivery, Feed, Step, Study, read_state};
-pub use study_file::{StudyFile, StudyFileError, load_study_file, parse_study_file};
 
 /// Configuration (flags or `SEGTUNE_*` env vars).
 #[derive(Debug, Clone, clap::Parser)]
@@ -333,7 +330,7 @@ pub async fn handle_next_submission(
         }
     };
     let study = spec.study.clone();
-    if let Err(errors) = validate_spec(&spec) {
+    if let Err(errors) = ::study::validate_spec(&spec) {
         let reason = format!(
             "invalid study spec: {}",
             errors
@@ -386,160 +383,6 @@ pub async fn handle_next_submission(
     }
     tracing::info!(%study, "study accepted");
     Ok(Submission::Accepted(Box::new(created)))
-}
-
-/// One problem with a study spec, named by its study-file key (`search.parallel`).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Checks everything the controller can check before running a study, and returns its
-/// search space. All problems are reported, each named by its study-file key.
-pub fn validate_spec(spec: &protocol::StudySpec) -> Result<SearchSpace, Vec<FieldError>> {
-    let mut errors = Vec::new();
-    let mut err = |field: &str, message: String| errors.push(FieldError::new(field, message));
-    match subjects::check_token("study id", &spec.study) {
-        Err(e) => err("study", e.to_string()),
-        Ok(()) => {
-            let last = job_id(&spec.study, spec.max_jobs.saturating_add(spec.max_failures));
-            if subjects::check_token("job id", &last).is_err() {
-                err(
-                    "study",
-                    format!(
-                        "{:?} is too long: job ids like {last:?} must stay within 64 characters",
-                        spec.study
-                    ),
-                );
-            }
-        }
-    }
-    match &spec.dataset {
-        DatasetRef::Id { id } => {
-            if let Err(e) = subjects::check_token("dataset id", id) {
-                err("dataset.id", e.to_string());
-            }
-        }
-        DatasetRef::Source { source, params } => {
-            match source {
-                DatasetSource::Local { path } if path.trim().is_empty() => {
-                    err("dataset.path", "is empty".into())
-                }
-                DatasetSource::Store { prefix } if prefix.trim_matches('/').is_empty() => {
-                    err("dataset.store_prefix", "is empty".into())
-                }
-                _ => {}
-            }
-            if !params
-                .target_spacing
-                .iter()
-                .all(|s| s.is_finite() && *s > 0.0)
-            {
-                err(
-                    "dataset.preprocess.spacing",
-                    format!("must be > 0 mm, got {:?}", params.target_spacing),
-                );
-            }
-            let [lo, hi] = params.ct_window;
-            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                err(
-                    "dataset.preprocess.ct_window",
-                    format!("needs low < high, got [{lo}, {hi}]"),
-                );
-            }
-            let [lo, hi] = params.mr_percentiles;
-            if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) || lo >= hi {
-                err(
-                    "dataset.preprocess.mr_percentiles",
-                    format!("needs 0 <= low < high <= 100, got [{lo}, {hi}]"),
-                );
-            }
-            if !(0.0..1.0).contains(&params.validation_fraction) {
-                err(
-                    "dataset.preprocess.validation_fraction",
-                    format!("must be in [0, 1), got {}", params.validation_fraction),
-                );
-            }
-        }
-    }
-    let space = match SearchSpace::new(spec.space.clone()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            err("space", e.to_string());
-            None
-        }
-    };
-    // Builds the searcher once to check its kind and settings (any valid space will do).
-    let probe = space
-        .clone()
-        .unwrap_or_else(SearchSpace::default_augmentation);
-    if let Err(e) = search::build(&spec.searcher, &probe, &spec.searcher_settings, spec.seed) {
-        let field = match e {
-            search::SearchError::UnknownSearcher { .. } => "search.searcher",
-            _ => "search.settings",
-        };
-        err(field, e.to_string());
-    }
-    if spec.max_jobs == 0 {
-        err("search.max_jobs", "must be at least 1".into());
-    }
-    if spec.parallel == 0 {
-        err("search.parallel", "must be at least 1".into());
-    }
-    let t = &spec.training;
-    if t.channels.is_empty() || t.channels.contains(&0) {
-        err(
-            "training.channels",
-            format!("needs at least one level, each > 0; got {:?}", t.channels),
-        );
-    }
-    for (field, v) in [
-        ("training.epochs", t.epochs),
-        ("training.patches_per_epoch", t.patches_per_epoch),
-        ("training.batch_size", t.batch_size),
-    ] {
-        if v == 0 {
-            err(field, "must be at least 1".into());
-        }
-    }
-    if t.patch.contains(&0) {
-        err("training.patch", format!("must be > 0, got {:?}", t.patch));
-    }
-    if !(0.0..1.0).contains(&t.overlap) {
-        err(
-            "training.overlap",
-            format!("must be in [0, 1), got {}", t.overlap),
-        );
-    }
-    match (errors.is_empty(), space) {
-        (true, Some(space)) => Ok(space),
-        _ => Err(errors),
-    }
-}
-
-/// `<study>-<index:04>`: the job's id, subject token and `Nats-Msg-Id`.
-pub fn job_id(study: &str, index: u32) -> String {
-    format!("{study}-{index:04}")
-}
-
-/// The seed of job `index`: the study seed and the index mixed (SplitMix64), so jobs of one
-/// study draw different patches and augmentations and a rerun draws the same ones.
-pub fn job_seed(study_seed: u64, index: u32) -> u64 {
-    let mut z = study_seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

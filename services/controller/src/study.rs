@@ -21,13 +21,14 @@ use protocol::{
 use search::{SearchSpace, Searcher};
 use tokio::sync::watch;
 
+use ::study::{job_id, job_seed, validate_spec};
+
 use crate::{
-    App, job_id, job_seed,
+    App,
     state::{
         Best, FailureEntry, JobEntry, JobStatus, Outgoing, Phase, RewardEntry, STATE_SCHEMA,
         StudyState,
     },
-    validate_spec,
 };
 
 /// A study being driven by this controller.

@@ -49,13 +49,13 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = crate::up::prepare_data_dir(&a.data_dir)?;
     let mut spec = match &a.study {
-        Some(path) => controller::load_study_file(path)?,
+        Some(path) => ::study::load_study_file(path)?,
         None => default_study(&data_dir).await?,
     };
     spec.study = format!("{}-{}", spec.study, timestamp());
     let routine = routine_spec(&spec);
     for s in [&spec, &routine] {
-        controller::validate_spec(s).map_err(|errors| {
+        ::study::validate_spec(s).map_err(|errors| {
             let e: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!("invalid study {}: {}", s.study, e.join("; "))
         })?;
@@ -112,7 +112,7 @@ async fn default_study(data_dir: &Path) -> anyhow::Result<StudySpec> {
     } else {
         DEMO_STUDY.to_string()
     };
-    let mut spec = controller::parse_study_file(&text, local)?;
+    let mut spec = ::study::parse_study_file(&text, local)?;
     let task = data_dir.join("synth-ct");
     if !task.join("dataset.json").is_file() {
         eprintln!("writing a synthetic CT task to {} ...", task.display());
@@ -209,7 +209,7 @@ async fn search(
 fn print_comparison(spec: &StudySpec, best: &Outcome, routine: Option<&Outcome>, reports: &Path) {
     let show = |k: &str, v: Option<&f64>| match v {
         None => "-".to_string(),
-        Some(v) if k == search::LEARNING_RATE => format!("{v:.2e}"),
+        Some(v) if k == protocol::strategy::LEARNING_RATE => format!("{v:.2e}"),
         Some(v) => format!("{v:.3}"),
     };
     println!();

@@ -83,19 +83,6 @@ pub struct EvalArgs {
     pub device: String,
 }
 
-/// The paper's routine strategy: every augmentation probability 0.5, learning rate 1e-4.
-pub fn routine_strategy() -> Strategy {
-    let mut values: BTreeMap<String, f64> = search::AUGMENTATIONS
-        .iter()
-        .map(|k| (k.to_string(), 0.5))
-        .collect();
-    values.insert(engine::LR_DIMENSION.into(), engine::ROUTINE_LR);
-    Strategy {
-        values,
-        unit: BTreeMap::new(),
-    }
-}
-
 /// Reads a strategy file: a TOML table of `dimension = value` (real units).
 pub fn load_strategy(path: &Path) -> anyhow::Result<Strategy> {
     let text = std::fs::read_to_string(path)
@@ -129,7 +116,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
     segmodel::init_compute_threads();
     let strategy = match &a.strategy {
         Some(p) => load_strategy(p)?,
-        None => routine_strategy(),
+        None => protocol::strategy::routine_strategy(),
     };
     let spec = engine::JobSpec::from_strategy(&strategy)?;
     let training = TrainingConfig {

@@ -4,7 +4,8 @@
 //!
 //! Augmentations are data, not subclasses (nnU-Net `get_training_transforms`, MONAI
 //! `RandomizableTransform`): a [`Pipeline`] is an ordered list of [`RandomTransform`]`{ p, inner }`
-//! whose `p` come from the strategy (`p_flip`, `p_rotate90`, `p_smooth`, `p_sharpen`, `p_noise`,
+//! whose `p` come from the strategy (one per `protocol::strategy::Augmentation`, applied in
+//! [`PIPELINE_ORDER`]: `p_flip`, `p_rotate90`, `p_smooth`, `p_sharpen`, `p_noise`,
 //! `p_contrast`, `p_shift`, `p_scale`) and whose magnitude ranges come from [`Magnitudes`].
 //! Every transform splits `randomize(rng, dims) -> Params` from `apply(&Params, &mut Patch)`, so
 //! the image channels and the label of a patch always get the same spatial parameters, and the
@@ -40,7 +41,9 @@ pub use error::AugmentError;
 pub use gaussian::{gaussian_blur, gaussian_kernel};
 pub use magnitudes::Magnitudes;
 pub use patch::Patch;
-pub use pipeline::{Applied, DIMENSIONS, Params, Pipeline, RandomTransform, Transform};
+pub use pipeline::{
+    Applied, DIMENSIONS, PIPELINE_ORDER, Params, Pipeline, RandomTransform, Transform,
+};
 pub use producer::{Batch, Case, DEFAULT_PREFETCH, spawn_producer, spawn_producer_with_prefetch};
 pub use sampler::{CaseIndex, DEFAULT_FG_FRACTION, MAX_FG_PER_CLASS, PatchSampler};
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use protocol::strategy::{Augmentation, PROBABILITY_PREFIX};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -16,19 +17,32 @@ use crate::shift::{Shift, ShiftParams};
 use crate::smooth::{Smooth, SmoothParams};
 use crate::{AugmentError, Magnitudes, Patch};
 
-/// The searched probability dimensions, in pipeline order: spatial transforms first (flip,
+/// The order the pipeline applies the augmentations in: spatial transforms first (flip,
 /// rotate90: they move voxels and must treat image and label alike), then the intensity
 /// transforms in nnU-Net's order (blur/sharpen before noise, then the global intensity maps).
-pub const DIMENSIONS: [&str; 8] = [
-    "p_flip",
-    "p_rotate90",
-    "p_smooth",
-    "p_sharpen",
-    "p_noise",
-    "p_contrast",
-    "p_shift",
-    "p_scale",
+/// Every augmentation of `protocol::strategy` exactly once (a test checks it); the order is
+/// the pipeline's own, not the searchers' dimension order.
+pub const PIPELINE_ORDER: [Augmentation; 8] = [
+    Augmentation::Flip,
+    Augmentation::Rotate90,
+    Augmentation::Smooth,
+    Augmentation::Sharpen,
+    Augmentation::Noise,
+    Augmentation::Contrast,
+    Augmentation::Shift,
+    Augmentation::Scale,
 ];
+
+/// The probability dimension names of [`PIPELINE_ORDER`], in that order.
+pub const DIMENSIONS: [&str; 8] = {
+    let mut names = [""; 8];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = PIPELINE_ORDER[i].dimension();
+        i += 1;
+    }
+    names
+};
 
 /// One augmentation with its magnitudes. Data, not a trait object: a pipeline can be printed,
 /// compared and serialized.
@@ -60,47 +74,56 @@ pub enum Params {
 }
 
 impl Transform {
-    /// The transform for a `p_*` dimension name, with its magnitudes.
-    pub fn for_dimension(dimension: &str, m: &Magnitudes) -> Option<Self> {
-        Some(match dimension {
-            "p_flip" => Self::Flip(Flip {
+    /// The transform of an augmentation, with its magnitudes.
+    pub fn new(augmentation: Augmentation, m: &Magnitudes) -> Self {
+        match augmentation {
+            Augmentation::Flip => Self::Flip(Flip {
                 axis_prob: m.flip_axis_prob,
             }),
-            "p_rotate90" => Self::Rotate90(Rotate90),
-            "p_smooth" => Self::Smooth(Smooth {
+            Augmentation::Rotate90 => Self::Rotate90(Rotate90),
+            Augmentation::Smooth => Self::Smooth(Smooth {
                 sigma: m.smooth_sigma,
             }),
-            "p_sharpen" => Self::Sharpen(Sharpen {
+            Augmentation::Sharpen => Self::Sharpen(Sharpen {
                 sigma1: m.sharpen_sigma1,
                 sigma2_min: m.sharpen_sigma2_min,
                 alpha: m.sharpen_alpha,
             }),
-            "p_noise" => Self::Noise(Noise { std: m.noise_std }),
-            "p_contrast" => Self::Contrast(Contrast {
+            Augmentation::Noise => Self::Noise(Noise { std: m.noise_std }),
+            Augmentation::Contrast => Self::Contrast(Contrast {
                 gamma: m.contrast_gamma,
             }),
-            "p_shift" => Self::Shift(Shift {
+            Augmentation::Shift => Self::Shift(Shift {
                 offset: m.shift_offset,
             }),
-            "p_scale" => Self::Scale(Scale {
+            Augmentation::Scale => Self::Scale(Scale {
                 factor: m.scale_factor,
             }),
-            _ => return None,
-        })
+        }
+    }
+
+    /// The transform for a `p_*` dimension name, with its magnitudes.
+    pub fn for_dimension(dimension: &str, m: &Magnitudes) -> Option<Self> {
+        Augmentation::from_dimension(dimension).map(|a| Self::new(a, m))
+    }
+
+    /// The augmentation this transform implements.
+    pub fn augmentation(&self) -> Augmentation {
+        match self {
+            Self::Flip(_) => Augmentation::Flip,
+            Self::Rotate90(_) => Augmentation::Rotate90,
+            Self::Smooth(_) => Augmentation::Smooth,
+            Self::Sharpen(_) => Augmentation::Sharpen,
+            Self::Noise(_) => Augmentation::Noise,
+            Self::Contrast(_) => Augmentation::Contrast,
+            Self::Shift(_) => Augmentation::Shift,
+            Self::Scale(_) => Augmentation::Scale,
+        }
     }
 
     /// The strategy dimension holding this transform's probability.
     pub fn dimension(&self) -> &'static str {
-        match self {
-            Self::Flip(_) => "p_flip",
-            Self::Rotate90(_) => "p_rotate90",
-            Self::Smooth(_) => "p_smooth",
-            Self::Sharpen(_) => "p_sharpen",
-            Self::Noise(_) => "p_noise",
-            Self::Contrast(_) => "p_contrast",
-            Self::Shift(_) => "p_shift",
-            Self::Scale(_) => "p_scale",
-        }
+        self.augmentation().dimension()
     }
 
     /// True for transforms that move voxels (and so also transform the label).
@@ -143,18 +166,23 @@ impl Transform {
 }
 
 impl Params {
+    /// The augmentation of the transform that drew these parameters.
+    pub fn augmentation(&self) -> Augmentation {
+        match self {
+            Self::Flip(_) => Augmentation::Flip,
+            Self::Rotate90(_) => Augmentation::Rotate90,
+            Self::Smooth(_) => Augmentation::Smooth,
+            Self::Sharpen(_) => Augmentation::Sharpen,
+            Self::Noise(_) => Augmentation::Noise,
+            Self::Contrast(_) => Augmentation::Contrast,
+            Self::Shift(_) => Augmentation::Shift,
+            Self::Scale(_) => Augmentation::Scale,
+        }
+    }
+
     /// The strategy dimension of the transform that drew these parameters.
     pub fn dimension(&self) -> &'static str {
-        match self {
-            Self::Flip(_) => "p_flip",
-            Self::Rotate90(_) => "p_rotate90",
-            Self::Smooth(_) => "p_smooth",
-            Self::Sharpen(_) => "p_sharpen",
-            Self::Noise(_) => "p_noise",
-            Self::Contrast(_) => "p_contrast",
-            Self::Shift(_) => "p_shift",
-            Self::Scale(_) => "p_scale",
-        }
+        self.augmentation().dimension()
     }
 }
 
@@ -209,10 +237,10 @@ impl Pipeline {
     ) -> Result<Self, AugmentError> {
         magnitudes.validate()?;
         for (name, &value) in values {
-            if !name.starts_with("p_") {
+            if !name.starts_with(PROBABILITY_PREFIX) {
                 continue;
             }
-            if !DIMENSIONS.contains(&name.as_str()) {
+            if Augmentation::from_dimension(name).is_none() {
                 return Err(AugmentError::UnknownDimension {
                     dimension: name.clone(),
                     known: DIMENSIONS.join(", "),
@@ -220,11 +248,11 @@ impl Pipeline {
             }
             check_probability(name, value)?;
         }
-        let transforms = DIMENSIONS
+        let transforms = PIPELINE_ORDER
             .iter()
-            .map(|&d| RandomTransform {
-                p: values.get(d).copied().unwrap_or(0.0),
-                inner: Transform::for_dimension(d, &magnitudes).expect("every DIMENSION maps"),
+            .map(|&a| RandomTransform {
+                p: values.get(a.dimension()).copied().unwrap_or(0.0),
+                inner: Transform::new(a, &magnitudes),
             })
             .collect();
         Ok(Self { transforms })
@@ -405,6 +433,43 @@ mod tests {
             .filter(|p| p.dimension() != "p_flip")
             .collect();
         assert_eq!(fq.fired.iter().collect::<Vec<_>>(), rest);
+    }
+
+    /// Protocol's augmentations and the pipeline's transforms are the same set: every name a
+    /// searcher can propose builds a transform (which reports that name back), the pipeline
+    /// runs each exactly once, and no other name builds one.
+    #[test]
+    fn the_pipeline_builds_every_protocol_augmentation_and_nothing_else() {
+        let mut order = PIPELINE_ORDER.to_vec();
+        order.sort();
+        let mut all = Augmentation::ALL.to_vec();
+        all.sort();
+        assert_eq!(
+            order, all,
+            "PIPELINE_ORDER is a permutation of Augmentation::ALL"
+        );
+
+        let m = Magnitudes::default();
+        for a in Augmentation::ALL {
+            let t = Transform::for_dimension(a.dimension(), &m)
+                .unwrap_or_else(|| panic!("no transform for {}", a.dimension()));
+            assert_eq!((t.augmentation(), t.dimension()), (a, a.dimension()));
+            assert_eq!(t, Transform::new(a, &m));
+            let params = t.randomize(&mut rng(1), [4, 4, 4]);
+            assert_eq!(params.augmentation(), a);
+        }
+        for name in [protocol::strategy::LEARNING_RATE, "p_elastic", "flip", ""] {
+            assert_eq!(Transform::for_dimension(name, &m), None, "{name}");
+        }
+
+        let routine = protocol::strategy::routine_strategy();
+        let p = Pipeline::from_strategy(&routine.values, m).unwrap();
+        let mut built: Vec<&str> = p.transforms().iter().map(|t| t.inner.dimension()).collect();
+        built.sort();
+        let mut names = protocol::strategy::AUGMENTATIONS.to_vec();
+        names.sort();
+        assert_eq!(built, names);
+        assert!(p.transforms().iter().all(|t| t.p == 0.5));
     }
 
     #[test]

@@ -20,7 +20,10 @@ use std::{
 };
 
 use augment::{CaseIndex, Magnitudes, PatchSampler, Pipeline};
-use protocol::{CaseDice, Manifest, Strategy, TrainingConfig};
+use protocol::{
+    CaseDice, Manifest, Strategy, TrainingConfig,
+    strategy::{LEARNING_RATE, PROBABILITY_PREFIX, ROUTINE_LEARNING_RATE},
+};
 use segmodel::{
     DiceLossConfig, SegTrainer, TrainConfig, UNetConfig,
     candle_core::{DType, Device, Tensor},
@@ -28,11 +31,6 @@ use segmodel::{
 };
 use storage::DynStore;
 use volume::Volume;
-
-/// Learning rate when a strategy does not search it: the paper's routine 1e-4.
-pub const ROUTINE_LR: f64 = 1e-4;
-/// Name of the learning-rate dimension.
-pub const LR_DIMENSION: &str = "learning_rate";
 
 /// Why a job did not finish. Permanent errors will fail again on any replica (dead-letter
 /// them); transient ones may succeed later (retry).
@@ -155,16 +153,16 @@ impl JobSpec {
     /// Every `p_*` value must be a known augmentation and lie in [0, 1]; `learning_rate`
     /// must be positive and finite (default: the routine 1e-4); anything else is an error.
     pub fn from_strategy(strategy: &Strategy) -> Result<JobSpec, JobError> {
-        let mut lr = ROUTINE_LR;
+        let mut lr = ROUTINE_LEARNING_RATE;
         for (name, &v) in &strategy.values {
-            if name == LR_DIMENSION {
+            if name == LEARNING_RATE {
                 if !v.is_finite() || v <= 0.0 || v > 1.0 {
                     return Err(JobError::Permanent(format!(
                         "strategy: learning_rate = {v}, expected a value in (0, 1]"
                     )));
                 }
                 lr = v;
-            } else if !name.starts_with("p_") {
+            } else if !name.starts_with(PROBABILITY_PREFIX) {
                 return Err(JobError::Permanent(format!(
                     "strategy: unknown dimension {name:?} (known: learning_rate and the \
                      augmentation probabilities p_*)"
@@ -488,6 +486,32 @@ pub fn check_device(name: &str) -> Result<(), DeviceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every dimension of the paper's space is one a job understands: the routine strategy
+    /// (all of them) trains with its learning rate and runs every augmentation at 0.5.
+    #[test]
+    fn a_job_takes_every_dimension_of_the_papers_space() {
+        let routine = protocol::strategy::routine_strategy();
+        let names: Vec<String> = protocol::strategy::paper_space()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(routine.values.keys().cloned().collect::<Vec<_>>(), {
+            let mut n = names.clone();
+            n.sort();
+            n
+        });
+        let job = JobSpec::from_strategy(&routine).unwrap();
+        assert_eq!(job.lr, ROUTINE_LEARNING_RATE);
+        assert_eq!(job.pipeline.transforms().len(), 8);
+        assert!(job.pipeline.transforms().iter().all(|t| t.p == 0.5));
+
+        let no_lr = Strategy {
+            values: [("p_noise".to_string(), 0.3)].into(),
+            unit: Default::default(),
+        };
+        assert_eq!(JobSpec::from_strategy(&no_lr).unwrap().lr, 1e-4);
+    }
 
     #[test]
     fn device_names_are_checked_and_errors_name_them() {

@@ -1,5 +1,7 @@
 //! The contract between segtune services: every message on the bus, every subject, stream
-//! and durable consumer name, and the dataset manifest stored next to preprocessed cases.
+//! and durable consumer name, the dataset manifest stored next to preprocessed cases, and the
+//! names a strategy is written in ([`strategy`]: augmentations, learning rate, the paper's
+//! space and routine).
 //!
 //! Serde only (no NATS, no tokio): Python, Go or shell users can decode every payload with a
 //! plain MessagePack reader, because everything is encoded as maps with field names
@@ -10,6 +12,7 @@
 pub mod codec;
 pub mod dataset;
 pub mod messages;
+pub mod strategy;
 pub mod streams;
 pub mod subjects;
 

@@ -32,5 +32,5 @@ pub use rng::Rng;
 pub use searcher::{KINDS, Memo, Proposal, Searcher, SearcherState, build, restore, settings_of};
 pub use settings::{Rule, SettingInfo};
 pub use simple::{Fixed, RandomSearch};
-pub use space::{AUGMENTATIONS, LEARNING_RATE, ROUTINE_LEARNING_RATE, SearchSpace};
+pub use space::SearchSpace;
 pub use tpe::{Tpe, TpeSettings};

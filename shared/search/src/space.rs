@@ -3,26 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use protocol::{Dimension, Scale, Strategy};
+use protocol::{
+    Dimension, Scale, Strategy,
+    strategy::{LEARNING_RATE, ROUTINE_LEARNING_RATE},
+};
 
 use crate::SpaceError;
-
-/// Name of the dimension the `fixed` searcher's routine gives 1e-4 (the paper's routine lr).
-pub const LEARNING_RATE: &str = "learning_rate";
-/// The paper's "routine" learning rate (section 4, training from scratch).
-pub const ROUTINE_LEARNING_RATE: f64 = 1e-4;
-
-/// The augmentation probabilities of [`SearchSpace::default_augmentation`], in order.
-pub const AUGMENTATIONS: [&str; 8] = [
-    "p_sharpen",
-    "p_smooth",
-    "p_noise",
-    "p_contrast",
-    "p_shift",
-    "p_scale",
-    "p_flip",
-    "p_rotate90",
-];
 
 /// Named dimensions, validated: finite ranges with `min < max`, `min > 0` on a log scale,
 /// unique non-empty names. The order of the dimensions is the order of the unit vectors.
@@ -72,25 +58,10 @@ impl SearchSpace {
         Ok(Self { dims })
     }
 
-    /// The paper's space: the probability (linear, [0, 1]) of each augmentation in
-    /// [`AUGMENTATIONS`], then `learning_rate` in [1e-4, 1e-2] on a log scale.
+    /// The paper's space, [`protocol::strategy::paper_space`]: the probability (linear,
+    /// [0, 1]) of each augmentation, then `learning_rate` in [1e-4, 1e-2] on a log scale.
     pub fn default_augmentation() -> Self {
-        let mut dims: Vec<Dimension> = AUGMENTATIONS
-            .iter()
-            .map(|name| Dimension {
-                name: (*name).to_owned(),
-                min: 0.0,
-                max: 1.0,
-                scale: Scale::Linear,
-            })
-            .collect();
-        dims.push(Dimension {
-            name: LEARNING_RATE.to_owned(),
-            min: 1e-4,
-            max: 1e-2,
-            scale: Scale::Log,
-        });
-        Self::new(dims).expect("the default space is valid")
+        Self::new(protocol::strategy::paper_space()).expect("the default space is valid")
     }
 
     pub fn dimensions(&self) -> &[Dimension] {
@@ -149,8 +120,9 @@ impl SearchSpace {
         })
     }
 
-    /// The paper's "routine" strategy (section 4): 0.5 for every dimension, except that a
-    /// dimension named [`LEARNING_RATE`] gets the unit coordinate of 1e-4 (clamped to its range).
+    /// The paper's "routine" strategy (section 4): 0.5 for every dimension (the routine
+    /// probability on the paper's [0, 1] ranges), except that a dimension named
+    /// [`LEARNING_RATE`] gets the unit coordinate of the routine 1e-4 (clamped to its range).
     pub fn routine_unit(&self) -> Vec<f64> {
         self.dims
             .iter()

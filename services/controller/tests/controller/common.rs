@@ -16,8 +16,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use controller::{App, Options};
 use futures::StreamExt;
 use protocol::{
-    DatasetRef, Dimension, JobFailed, Reward, SCHEMA_VERSION, Scale, StudyEvent, StudyEventKind,
-    StudySpec, TrainJob, TrainingConfig, subjects,
+    JobFailed, Reward, SCHEMA_VERSION, StudyEvent, StudyEventKind, StudySpec, TrainJob, subjects,
 };
 use storage::DynStore;
 use test_support::NatsServer;
@@ -127,35 +126,15 @@ impl Controller {
 
 /// A small study on the pre-made dataset: 3 augmentation probabilities and a learning rate.
 pub fn spec(study: &str, searcher: &str, max_jobs: u32, parallel: u32) -> StudySpec {
-    let p = |name: &str| Dimension {
-        name: name.into(),
-        min: 0.0,
-        max: 1.0,
-        scale: Scale::Linear,
-    };
-    StudySpec {
-        schema: SCHEMA_VERSION,
-        study: study.into(),
-        dataset: DatasetRef::Id { id: DATASET.into() },
-        space: vec![
-            p("p_noise"),
-            p("p_flip"),
-            p("p_shift"),
-            Dimension {
-                name: "learning_rate".into(),
-                min: 1e-4,
-                max: 1e-2,
-                scale: Scale::Log,
-            },
-        ],
-        searcher: searcher.into(),
-        searcher_settings: BTreeMap::new(),
-        max_jobs,
-        parallel,
-        max_failures: 3,
-        training: TrainingConfig::default(),
-        seed: 7,
-    }
+    study::testing::StudySpecBuilder::new(study)
+        .dataset_id(DATASET)
+        .space_of(&["p_noise", "p_flip", "p_shift", "learning_rate"])
+        .searcher(searcher)
+        .max_jobs(max_jobs)
+        .parallel(parallel)
+        .max_failures(3)
+        .seed(7)
+        .build()
 }
 
 /// The analytic "validation Dice" of a strategy: 1 − mean (u − 0.3)², in (0.5, 1].

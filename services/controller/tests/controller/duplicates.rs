@@ -135,7 +135,7 @@ fn fake_job(study: &str, index: u32) -> TrainJob {
     TrainJob {
         schema: SCHEMA_VERSION,
         study: study.into(),
-        job_id: controller::job_id(study, index),
+        job_id: study::job_id(study, index),
         index,
         dataset_id: DATASET.into(),
         strategy: Default::default(),

@@ -85,7 +85,7 @@ async fn study_runs_to_done_with_exactly_max_jobs_rewards_and_ordered_events() {
     for job in &jobs {
         assert!(issued.contains(&job.job_id));
         assert_eq!(job.dataset_id, DATASET);
-        assert_eq!(job.seed, controller::job_seed(7, job.index));
+        assert_eq!(job.seed, study::job_seed(7, job.index));
         assert_eq!(job.strategy.values.len(), 4);
         let lr = job.strategy.values["learning_rate"];
         assert!((1e-4..=1e-2).contains(&lr), "{lr}");

@@ -1,23 +1,23 @@
 //! How the study commands name and print a strategy's dimensions, so that a dimension has
 //! one column name in `watch`, `rewards` and the report.
 
+use protocol::strategy::{LEARNING_RATE, PROBABILITY_PREFIX};
+
 /// Column name of a dimension: `p_noise` → `noise`, `learning_rate` → `lr`, at most 9
 /// characters (every dimension of the paper's space keeps its whole name).
 pub fn short_name(dim: &str) -> String {
-    if dim == engine::LR_DIMENSION {
+    if dim == LEARNING_RATE {
         return "lr".into();
     }
-    let s = dim.strip_prefix("p_").unwrap_or(dim);
+    let s = dim.strip_prefix(PROBABILITY_PREFIX).unwrap_or(dim);
     s.chars().take(9).collect()
 }
 
 /// Probabilities with 3 decimals, small or large values (a learning rate) in scientific
 /// notation.
 pub fn format_value(dim: &str, v: f64) -> String {
-    let probability = dim.starts_with("p_");
-    if dim == engine::LR_DIMENSION
-        || (!probability && v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4))
-    {
+    let probability = dim.starts_with(PROBABILITY_PREFIX);
+    if dim == LEARNING_RATE || (!probability && v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4)) {
         format!("{v:.2e}")
     } else {
         format!("{v:.3}")

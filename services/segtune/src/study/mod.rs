@@ -56,11 +56,11 @@ pub async fn run(cmd: StudyCommand) -> anyhow::Result<()> {
 }
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
-    let mut spec = controller::load_study_file(&a.file)?;
+    let mut spec = ::study::load_study_file(&a.file)?;
     if let Some(id) = a.id {
         spec.study = id;
     }
-    if let Err(errors) = controller::validate_spec(&spec) {
+    if let Err(errors) = ::study::validate_spec(&spec) {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::bail!("{}: invalid study:\n{}", a.file.display(), lines.join("\n"));
     }

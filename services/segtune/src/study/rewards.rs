@@ -120,7 +120,7 @@ impl Printer {
         let columns = self.columns.get_or_insert_with(|| {
             // Alphabetical (the map's order), the learning rate last.
             let mut cols: Vec<String> = r.strategy.values.keys().cloned().collect();
-            cols.sort_by_key(|c| c == engine::LR_DIMENSION);
+            cols.sort_by_key(|c| c == protocol::strategy::LEARNING_RATE);
             let mut header = format!(
                 "{:>4}  {:<24} {:>7}  {:<16}",
                 "#", "job", "Dice", "per class"

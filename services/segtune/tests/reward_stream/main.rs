@@ -12,21 +12,11 @@ use std::{
 
 use async_nats::jetstream;
 use protocol::{
-    CaseDice, Dimension, Reward, SCHEMA_VERSION, Scale, Strategy, StudyEvent, StudyEventKind,
-    StudySpec, subjects,
+    CaseDice, Reward, SCHEMA_VERSION, Strategy, StudyEvent, StudyEventKind, StudySpec, subjects,
 };
 use test_support::NatsServer;
 
-const PROBS: [&str; 8] = [
-    "p_sharpen",
-    "p_smooth",
-    "p_noise",
-    "p_contrast",
-    "p_shift",
-    "p_scale",
-    "p_flip",
-    "p_rotate90",
-];
+const PROBS: [&str; 8] = protocol::strategy::AUGMENTATIONS;
 /// Rewards of the study's jobs 1..=5 in issue order; job 4 is the best.
 const MEANS: [f64; 5] = [0.42, 0.37, 0.51, 0.634, 0.58];
 
@@ -103,36 +93,11 @@ fn event(study: &str, t: f64, event: StudyEventKind) -> StudyEvent {
 }
 
 fn spec(study: &str) -> StudySpec {
-    let mut space: Vec<Dimension> = PROBS
-        .iter()
-        .map(|n| Dimension {
-            name: n.to_string(),
-            min: 0.0,
-            max: 1.0,
-            scale: Scale::Linear,
-        })
-        .collect();
-    space.push(Dimension {
-        name: "learning_rate".into(),
-        min: 1e-4,
-        max: 1e-2,
-        scale: Scale::Log,
-    });
-    StudySpec {
-        schema: SCHEMA_VERSION,
-        study: study.into(),
-        dataset: protocol::DatasetRef::Id {
-            id: "ds-test".into(),
-        },
-        space,
-        searcher: "ppo-rnn".into(),
-        searcher_settings: BTreeMap::new(),
-        max_jobs: MEANS.len() as u32,
-        parallel: 2,
-        max_failures: 10,
-        training: protocol::TrainingConfig::default(),
-        seed: 0,
-    }
+    study::testing::StudySpecBuilder::new(study)
+        .dataset_id("ds-test")
+        .max_jobs(MEANS.len() as u32)
+        .parallel(2)
+        .build()
 }
 
 async fn publish_event(js: &jetstream::Context, ev: &StudyEvent) {

@@ -1,5 +1,8 @@
-use protocol::{Dimension, Scale};
-use search::{AUGMENTATIONS, LEARNING_RATE, SearchSpace, SpaceError};
+use protocol::{
+    Dimension, Scale,
+    strategy::{AUGMENTATIONS, LEARNING_RATE, paper_space, routine_strategy},
+};
+use search::{SearchSpace, SpaceError};
 
 fn dim(name: &str, min: f64, max: f64, scale: Scale) -> Dimension {
     Dimension {
@@ -10,9 +13,12 @@ fn dim(name: &str, min: f64, max: f64, scale: Scale) -> Dimension {
     }
 }
 
+/// The searchers' space is protocol's vocabulary, dimension for dimension: a searcher never
+/// proposes an augmentation the pipeline does not know, nor misses one it does.
 #[test]
 fn default_augmentation_is_the_papers_space() {
     let space = SearchSpace::default_augmentation();
+    assert_eq!(space.dimensions(), paper_space());
     let names: Vec<&str> = space.names().collect();
     let mut want: Vec<&str> = AUGMENTATIONS.to_vec();
     want.push(LEARNING_RATE);
@@ -87,6 +93,15 @@ fn routine_is_half_with_learning_rate_1e4() {
     let s = space.strategy(&routine).unwrap();
     assert!((s.values[LEARNING_RATE] - 1e-4).abs() < 1e-18);
     assert_eq!(s.values["p_flip"], 0.5);
+    // The `fixed` searcher's routine is the routine `segtune train` runs without a strategy.
+    let want = routine_strategy();
+    assert_eq!(
+        s.values.keys().collect::<Vec<_>>(),
+        want.values.keys().collect::<Vec<_>>()
+    );
+    for (name, v) in &want.values {
+        assert!((s.values[name] - v).abs() < 1e-18, "{name}");
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use plotters::{
     prelude::*,
     style::text_anchor::{HPos, Pos, VPos},
 };
-use protocol::{Dimension, Scale};
+use protocol::{Dimension, Scale, strategy};
 
 use super::{
     super::format::format_value,
@@ -290,10 +290,10 @@ impl Plot for StrategyPlot<'_> {
                 .margin(10)
                 .x_label_area_size(if bottom_row { 42 } else { 26 })
                 .y_label_area_size(62);
-            let routine = if d.name == engine::LR_DIMENSION {
-                Some(engine::ROUTINE_LR)
+            let routine = if d.name == strategy::LEARNING_RATE {
+                Some(strategy::ROUTINE_LEARNING_RATE)
             } else if is_probability(d) {
-                Some(0.5)
+                Some(strategy::ROUTINE_PROBABILITY)
             } else {
                 None
             };
@@ -434,7 +434,10 @@ impl Plot for BestPlot<'_> {
                 .draw()?;
             // Under the bars: the line shows only where a probability is below routine.
             chart.draw_series(DashedLineSeries::new(
-                vec![(0.5, SegmentValue::Exact(0)), (0.5, SegmentValue::Last)],
+                vec![
+                    (strategy::ROUTINE_PROBABILITY, SegmentValue::Exact(0)),
+                    (strategy::ROUTINE_PROBABILITY, SegmentValue::Last),
+                ],
                 8,
                 5,
                 C_ROUTINE.stroke_width(2),
@@ -492,7 +495,8 @@ impl Plot for BestPlot<'_> {
             } else {
                 format!("{} (shaded: the searched range)", d.name)
             };
-            let routine = (d.name == engine::LR_DIMENSION).then_some(engine::ROUTINE_LR);
+            let routine =
+                (d.name == strategy::LEARNING_RATE).then_some(strategy::ROUTINE_LEARNING_RATE);
             // Where the marker sits along the axis decides which way its label extends, so
             // that the label stays inside the panel.
             let (lo, hi) = if log {

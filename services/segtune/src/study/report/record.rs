@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use protocol::{Dimension, Reward, Scale, Strategy, StudyEvent, StudyEventKind, StudySpec};
+use protocol::{
+    Dimension, Reward, Scale, Strategy, StudyEvent, StudyEventKind, StudySpec, strategy,
+};
 
 /// One rewarded job.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,14 +153,15 @@ impl StudyRecord {
         }
         // The learning rate last, as in the paper's space.
         let mut extra: Vec<(&str, (f64, f64))> = extra.into_iter().collect();
-        extra.sort_by_key(|(name, _)| *name == engine::LR_DIMENSION);
+        extra.sort_by_key(|(name, _)| *name == strategy::LEARNING_RATE);
         for (name, (lo, hi)) in extra {
-            dims.push(if name == engine::LR_DIMENSION {
+            dims.push(if name == strategy::LEARNING_RATE {
+                let [min, max] = strategy::LEARNING_RATE_RANGE;
                 Dimension {
                     name: name.into(),
-                    min: lo.min(1e-4),
-                    max: hi.max(1e-2),
-                    scale: Scale::Log,
+                    min: lo.min(min),
+                    max: hi.max(max),
+                    scale: strategy::LEARNING_RATE_SCALE,
                 }
             } else {
                 Dimension {
@@ -222,14 +225,13 @@ pub(super) mod fixtures {
     use std::collections::BTreeMap;
 
     use protocol::{
-        CaseDice, Dimension, Reward, SCHEMA_VERSION, Scale, Strategy, StudyEvent, StudyEventKind,
-        StudySpec,
+        CaseDice, Reward, SCHEMA_VERSION, Strategy, StudyEvent, StudyEventKind, StudySpec,
     };
 
     use super::StudyRecord;
 
     /// The paper's eight augmentation probabilities.
-    pub const PROBS: [&str; 8] = search::AUGMENTATIONS;
+    pub const PROBS: [&str; 8] = protocol::strategy::AUGMENTATIONS;
 
     /// A deterministic pseudo-random number in [0, 1) (splitmix-like), for fixture values.
     fn u(i: u64, j: u64) -> f64 {
@@ -240,35 +242,13 @@ pub(super) mod fixtures {
         (z % 10_000) as f64 / 10_000.0
     }
 
+    /// The demo's study: the paper's space, PPO-RNN, two jobs at a time.
     fn spec(max_jobs: u32) -> StudySpec {
-        let mut space: Vec<Dimension> = PROBS
-            .iter()
-            .map(|n| Dimension {
-                name: n.to_string(),
-                min: 0.0,
-                max: 1.0,
-                scale: Scale::Linear,
-            })
-            .collect();
-        space.push(Dimension {
-            name: "learning_rate".into(),
-            min: 1e-4,
-            max: 1e-2,
-            scale: Scale::Log,
-        });
-        StudySpec {
-            schema: SCHEMA_VERSION,
-            study: "demo".into(),
-            dataset: protocol::DatasetRef::Id { id: "ds1".into() },
-            space,
-            searcher: "ppo-rnn".into(),
-            searcher_settings: BTreeMap::new(),
-            max_jobs,
-            parallel: 2,
-            max_failures: 10,
-            training: protocol::TrainingConfig::default(),
-            seed: 0,
-        }
+        ::study::testing::StudySpecBuilder::new("demo")
+            .dataset_id("ds1")
+            .max_jobs(max_jobs)
+            .parallel(2)
+            .build()
     }
 
     pub fn strategy(i: u32) -> Strategy {

@@ -318,7 +318,7 @@ fn terminal_width() -> usize {
 mod tests {
     use std::collections::BTreeMap;
 
-    use protocol::{Progress, Reward, Scale, StudyEvent, StudyEventKind, StudySpec};
+    use protocol::{Progress, Reward, StudyEvent, StudyEventKind};
 
     use super::{super::state::Finish, *};
 
@@ -491,31 +491,16 @@ mod tests {
     }
 
     fn started() -> StudyEvent {
-        let dim = |name: &str, min, max, scale| protocol::Dimension {
-            name: name.into(),
-            min,
-            max,
-            scale,
-        };
+        let spec = ::study::testing::StudySpecBuilder::new("s")
+            .dataset_id("ds-1")
+            .space_of(&["p_flip", "learning_rate"])
+            .max_jobs(4)
+            .parallel(2)
+            .build();
         at(
             0.0,
             StudyEventKind::Started {
-                spec: Box::new(StudySpec {
-                    schema: protocol::SCHEMA_VERSION,
-                    study: "s".into(),
-                    dataset: protocol::DatasetRef::Id { id: "ds-1".into() },
-                    space: vec![
-                        dim("p_flip", 0.0, 1.0, Scale::Linear),
-                        dim("learning_rate", 1e-4, 1e-2, Scale::Log),
-                    ],
-                    searcher: "ppo-rnn".into(),
-                    searcher_settings: BTreeMap::new(),
-                    max_jobs: 4,
-                    parallel: 2,
-                    max_failures: 10,
-                    training: protocol::TrainingConfig::default(),
-                    seed: 0,
-                }),
+                spec: Box::new(spec),
                 dataset_id: "ds-1".into(),
             },
         )

@@ -277,7 +277,7 @@ impl View {
                     j.strategy
                         .values
                         .keys()
-                        .map(|k| (k.clone(), k == "learning_rate"))
+                        .map(|k| (k.clone(), k == protocol::strategy::LEARNING_RATE))
                         .collect()
                 })
                 .unwrap_or_default(),

@@ -238,9 +238,7 @@ impl StudyFile {
         let mut errors = Vec::new();
         let dataset = self.dataset.into_ref(base, &mut errors);
         let space = match self.space {
-            None => search::SearchSpace::default_augmentation()
-                .dimensions()
-                .to_vec(),
+            None => protocol::strategy::paper_space(),
             Some(s) => s.into_dimensions(&mut errors),
         };
         if !errors.is_empty() {
@@ -318,9 +316,7 @@ impl SpaceSection {
     fn into_dimensions(self, errors: &mut Vec<FieldError>) -> Vec<Dimension> {
         let mut dims: Vec<Dimension> = match self.preset.as_deref() {
             None | Some("none") => Vec::new(),
-            Some("paper") => search::SearchSpace::default_augmentation()
-                .dimensions()
-                .to_vec(),
+            Some("paper") => protocol::strategy::paper_space(),
             Some(other) => {
                 errors.push(FieldError::new(
                     "space.preset",
