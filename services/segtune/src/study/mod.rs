@@ -146,8 +146,32 @@ async fn extend(a: ExtendArgs) -> anyhow::Result<()> {
         &format!("extend-{}-{}", spec.study, a.max_jobs),
     )
     .await?;
+    // The controller says it took the extension with an `extended` event (and only then may a
+    // follower start: the `done` before it must not end the follow).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events: Vec<protocol::StudyEvent> = bus::replay(
+            &js,
+            subjects::stream::EVENTS,
+            &subjects::study_events(&spec.study),
+        )
+        .await?;
+        let taken = events.iter().any(|e| {
+            matches!(e.event, StudyEventKind::Extended { max_jobs, .. } if max_jobs == a.max_jobs)
+        });
+        if taken {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the controller did not extend study {} within 30 s (its log says why)",
+                spec.study
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     eprintln!(
-        "extending study {} from {previous} to {} jobs ({})",
+        "extended study {} from {previous} to {} jobs ({})",
         spec.study, spec.max_jobs, spec.searcher
     );
     if !a.wait {
