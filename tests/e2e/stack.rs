@@ -449,6 +449,87 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     }
     let py_secs = t_py.elapsed();
 
+    // `segtune study extend`: refused for too few jobs or an unknown study; continued to 8
+    // jobs, followed to the second `done`; a late watch then follows past the first `done`.
+    let t_extend = Instant::now();
+    let extend = |args: &[&str]| {
+        Command::new(&segtune)
+            .args(["study", "extend"])
+            .args(args)
+            .args(["--nats", &url])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = extend(&[STUDY, "--max-jobs", "6"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--max-jobs 6 must be more than study {STUDY}'s max_jobs 6"
+        )),
+        "{err}"
+    );
+    let out = extend(&["no-such-study", "--max-jobs", "9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown study"),
+        "{err}"
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&segtune)
+            .args([
+                "study",
+                "extend",
+                STUDY,
+                "--max-jobs",
+                "8",
+                "--wait",
+                "--nats",
+                &url,
+            ])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the extension is done within 120 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "study extend --wait: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("extended: 6 -> 8 jobs"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("study {STUDY} done: 8 rewards")),
+        "{stdout}"
+    );
+    let extended: Vec<Reward> =
+        test_support::stream_payloads(&js, subjects::stream::REWARDS, &subjects::rewards(STUDY))
+            .await
+            .iter()
+            .map(|p| protocol::decode(p).unwrap())
+            .collect();
+    let ids: BTreeSet<&str> = extended.iter().map(|r| r.job_id.as_str()).collect();
+    assert_eq!(ids.len(), 8, "{ids:?}");
+    // The first six are the same rewards as before the extension.
+    assert_eq!(extended[..6], rewards[..]);
+    let out = Command::new(&segtune)
+        .args(["study", "watch", STUDY, "--nats", &url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let watched = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{watched}");
+    assert!(
+        watched.contains(&format!("study {STUDY} done: 8 rewards")),
+        "{watched}"
+    );
+    let extend_secs = t_extend.elapsed();
+
     // Ctrl-C (SIGINT) stops every child segtune up started and exits 0; every service logged
     // to its own file.
     let t_stop = Instant::now();
@@ -468,17 +549,19 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     let total = t0.elapsed();
     eprintln!(
         "e2e stack: cargo build check {:.1} s, stack up {:.1} s, 6-job study {:.1} s, \
-         late watch {:.1} s, python subscriber {:.1} s, stop {:.1} s, total {:.1} s",
+         late watch {:.1} s, python subscriber {:.1} s, extension {:.1} s, stop {:.1} s, \
+         total {:.1} s",
         built.as_secs_f64(),
         ready.as_secs_f64(),
         studied.as_secs_f64(),
         watch_secs.as_secs_f64(),
         py_secs.as_secs_f64(),
+        extend_secs.as_secs_f64(),
         stopped.as_secs_f64(),
         total.as_secs_f64()
     );
     assert!(
-        total - built < Duration::from_secs(180),
+        total - built < Duration::from_secs(240),
         "took {total:?} beyond the build"
     );
 }

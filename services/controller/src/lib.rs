@@ -165,7 +165,12 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result
             _ = &mut shutdown => break,
         };
         match next {
-            Ok(Submission::Accepted(study)) => tasks.spawn(*study),
+            Ok(Submission::Accepted(study)) => {
+                // An extended study's last task may still be ending (it deletes the study's
+                // consumers): let it finish before the new one attaches.
+                tasks.wait_until_stopped(study.id()).await;
+                tasks.spawn(*study)
+            }
             // Saved by an earlier attempt whose ack was lost: drive it if nobody does.
             Ok(Submission::Duplicate { study }) if !tasks.is_running(&study) => {
                 match Study::load(&app, &study).await {
@@ -232,6 +237,21 @@ impl StudyTasks {
         self.running.values().any(|s| s == study)
     }
 
+    /// Joins tasks until none drives `study` (one that has reached its end stops on its own).
+    async fn wait_until_stopped(&mut self, study: &str) {
+        while self.is_running(study) {
+            match tokio::time::timeout(Duration::from_secs(30), self.set.join_next_with_id()).await
+            {
+                Ok(Some(done)) => self.finished(done),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(%study, "the study's previous task did not stop; going on");
+                    break;
+                }
+            }
+        }
+    }
+
     /// Forgets the tasks that ended.
     fn reap(&mut self) {
         while let Some(done) = self.set.try_join_next_with_id() {
@@ -283,6 +303,15 @@ pub async fn resume_all(app: &App) -> anyhow::Result<Vec<Study>> {
     Ok(open)
 }
 
+/// The new `max_jobs` when `new` is `existing` with only `max_jobs` changed (an extension).
+fn extension(existing: &protocol::StudySpec, new: &protocol::StudySpec) -> Option<u32> {
+    let same_otherwise = protocol::StudySpec {
+        max_jobs: new.max_jobs,
+        ..existing.clone()
+    } == *new;
+    (same_otherwise && new.max_jobs != existing.max_jobs).then_some(new.max_jobs)
+}
+
 /// What one submission step did.
 #[derive(Debug)]
 pub enum Submission {
@@ -330,15 +359,8 @@ pub async fn handle_next_submission(
         }
     };
     let study = spec.study.clone();
-    if let Err(errors) = ::study::validate_spec(&spec) {
-        let reason = format!(
-            "invalid study spec: {}",
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+    // A new study that cannot run: say why on its event subject, then drop the submission.
+    let reject = |reason: String| async {
         tracing::warn!(%study, %reason, "rejecting submission");
         if subjects::check_token("study", &study).is_ok() {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
@@ -359,7 +381,21 @@ pub async fn handle_next_submission(
             .await?;
         }
         term(&msg).await?;
-        return Ok(Submission::Rejected { study, reason });
+        Ok(Submission::Rejected {
+            study: study.clone(),
+            reason,
+        })
+    };
+    if let Err(errors) = ::study::validate_spec(&spec) {
+        return reject(format!(
+            "invalid study spec: {}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+        .await;
     }
     if let Some(existing) = read_state(&app.store, &study).await? {
         if existing.spec == spec {
@@ -368,15 +404,49 @@ pub async fn handle_next_submission(
                 .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
             return Ok(Submission::Duplicate { study });
         }
-        let reason = format!(
-            "a different study named {study} already exists (phase {:?}); choose another id",
-            existing.phase
-        );
-        tracing::warn!(%study, %reason, "rejecting submission");
-        term(&msg).await?;
-        return Ok(Submission::Rejected { study, reason });
+        // The existing study is not touched: no `Failed` event for it, only the log.
+        let refuse = |reason: String| async {
+            tracing::warn!(%study, %reason, "rejecting submission");
+            term(&msg).await?;
+            Ok(Submission::Rejected {
+                study: study.clone(),
+                reason,
+            })
+        };
+        let Some(max_jobs) = extension(&existing.spec, &spec) else {
+            return refuse(format!(
+                "a different study named {study} already exists (phase {:?}); choose another id",
+                existing.phase
+            ))
+            .await;
+        };
+        if existing.phase != Phase::Done || max_jobs <= existing.spec.max_jobs {
+            return refuse(format!(
+                "cannot extend study {study} to {max_jobs} jobs: it is {:?} with max_jobs {} \
+                 (only a done study extends, to more jobs)",
+                existing.phase, existing.spec.max_jobs
+            ))
+            .await;
+        }
+        let mut extended = Study::load(app, &study)
+            .await?
+            .context("the study state disappeared")?;
+        extended.extend(max_jobs).await?;
+        if let Err(e) = msg.double_ack().await {
+            // Saved already: a redelivery is a duplicate of the extended study.
+            tracing::warn!(%study, error = %e, "extension ack failed");
+        }
+        tracing::info!(%study, max_jobs, "study extended");
+        return Ok(Submission::Accepted(Box::new(extended)));
     }
-    let created = Study::create(app, spec).await?;
+    let warm = match &spec.warm_start {
+        None => None,
+        Some(from) => match study::warm_start_from(app, &spec, from).await? {
+            Ok(w) => Some(w),
+            Err(reason) => return reject(reason).await,
+        },
+    };
+    let created = Study::create_warm(app, spec, warm.as_ref()).await?;
     if let Err(e) = msg.double_ack().await {
         // Saved already: a redelivery will be a duplicate of a running study.
         tracing::warn!(%study, error = %e, "submission ack failed");

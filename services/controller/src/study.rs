@@ -18,7 +18,7 @@ use protocol::{
     DatasetEvent, DatasetRef, JobFailed, PreprocessRequest, Reward, SCHEMA_VERSION, StudyEvent,
     StudyEventKind, StudySpec, TrainJob, subjects,
 };
-use search::{SearchSpace, Searcher};
+use search::{SearchSpace, Searcher, WarmStart};
 use tokio::sync::watch;
 
 use ::study::{job_id, job_seed, validate_spec};
@@ -140,6 +140,15 @@ impl Study {
     /// A new study from a submitted spec: validated, its searcher built, its state saved
     /// (phase `Preparing`). Nothing is published yet.
     pub async fn create(app: &App, spec: StudySpec) -> anyhow::Result<Self> {
+        Self::create_warm(app, spec, None).await
+    }
+
+    /// [`Study::create`], its searcher seeded from an earlier study (see [`warm_start_from`]).
+    pub async fn create_warm(
+        app: &App,
+        spec: StudySpec,
+        warm: Option<&WarmStart>,
+    ) -> anyhow::Result<Self> {
         let space = validate_spec(&spec).map_err(|errors| {
             anyhow::anyhow!(
                 "invalid study spec: {}",
@@ -150,7 +159,11 @@ impl Study {
                     .join("; ")
             )
         })?;
-        let searcher = search::build(&spec.searcher, &space, &spec.searcher_settings, spec.seed)?;
+        let mut searcher =
+            search::build(&spec.searcher, &space, &spec.searcher_settings, spec.seed)?;
+        if let Some(warm) = warm {
+            searcher.warm_start(warm)?;
+        }
         let now = now_unix();
         let dataset_request = match spec.dataset {
             DatasetRef::Source { .. } => Some(format!("{}-{:x}", spec.study, (now * 1e6) as u64)),
@@ -183,6 +196,32 @@ impl Study {
         };
         study.commit().await?;
         Ok(study)
+    }
+
+    /// Continues a done study to `max_jobs` rewards (`segtune study extend`): the same
+    /// searcher, ledger and seed go on where they stopped; an `Extended` event, then the new
+    /// jobs. Saved, not yet published: [`Study::flush`] after the submission is acknowledged.
+    pub async fn extend(&mut self, max_jobs: u32) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.state.phase == Phase::Done,
+            "study {} is {:?}, not done",
+            self.id(),
+            self.state.phase
+        );
+        let previous_max_jobs = self.state.spec.max_jobs;
+        anyhow::ensure!(
+            max_jobs > previous_max_jobs,
+            "study {} already has max_jobs {previous_max_jobs}",
+            self.id()
+        );
+        self.state.spec.max_jobs = max_jobs;
+        self.state.phase = Phase::Running;
+        self.event(StudyEventKind::Extended {
+            max_jobs,
+            previous_max_jobs,
+        });
+        self.refill()?;
+        self.commit().await
     }
 
     /// The study as last saved, or `None` when the store has no state for it.
@@ -861,4 +900,63 @@ impl Study {
             tracing::warn!(%study, error = %e, "cannot purge the study's waiting jobs");
         }
     }
+}
+
+/// What a study naming `warm_start = from` starts from: `from`'s rewarded strategies (unit
+/// coordinates, in the order they were counted) and its saved searcher. `Err` says why it
+/// cannot (no such study in the store, another space, a searcher that refuses), as the
+/// submission's rejection reason.
+pub async fn warm_start_from(
+    app: &App,
+    spec: &StudySpec,
+    from: &str,
+) -> anyhow::Result<Result<WarmStart, String>> {
+    let refuse = |why: String| Ok(Err(format!("search.warm_start: {why}")));
+    let Some(source) = read_state(&app.store, from).await? else {
+        return refuse(format!("no study named {from} in the store"));
+    };
+    if let Some(why) = space_difference(&source.spec.space, &spec.space) {
+        return refuse(format!("study {from} searched another space: {why}"));
+    }
+    let observations = source
+        .rewards
+        .iter()
+        .filter_map(|r| {
+            let job = source.jobs.get(&r.job_id)?;
+            Some((job.proposal.unit.clone(), r.mean))
+        })
+        .collect();
+    let state = match search::SearcherState::decode(&source.searcher) {
+        Ok(s) => Some(s),
+        Err(e) => return refuse(format!("study {from}'s searcher cannot be read: {e}")),
+    };
+    let warm = WarmStart {
+        observations,
+        state,
+    };
+    // The searcher's own refusals (ppo-rnn from another kind, ...) are the submission's.
+    let space = SearchSpace::new(spec.space.clone())?;
+    let mut probe = search::build(&spec.searcher, &space, &spec.searcher_settings, spec.seed)?;
+    if let Err(e) = probe.warm_start(&warm) {
+        return refuse(format!("from study {from}: {e}"));
+    }
+    Ok(Ok(warm))
+}
+
+/// The first way two spaces differ (names and order, ranges, scales), if they do.
+fn space_difference(from: &[protocol::Dimension], to: &[protocol::Dimension]) -> Option<String> {
+    let names = |s: &[protocol::Dimension]| s.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+    if names(from) != names(to) {
+        return Some(format!(
+            "its dimensions are [{}], this study's [{}]",
+            names(from).join(", "),
+            names(to).join(", ")
+        ));
+    }
+    from.iter().zip(to).find(|(a, b)| a != b).map(|(a, b)| {
+        format!(
+            "dimension {} is {}..{} {:?} there, {}..{} {:?} here",
+            a.name, a.min, a.max, a.scale, b.min, b.max, b.scale
+        )
+    })
 }

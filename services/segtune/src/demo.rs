@@ -144,6 +144,7 @@ fn routine_spec(spec: &StudySpec) -> StudySpec {
     r.study = format!("{}-routine", spec.study);
     r.searcher = search::Fixed::KIND.to_string();
     r.searcher_settings.clear();
+    r.warm_start = None;
     r.max_jobs = 1;
     r.parallel = 1;
     r

@@ -155,6 +155,10 @@ pub struct StudySpec {
     pub max_failures: u32,
     pub training: TrainingConfig,
     pub seed: u64,
+    /// Seed the searcher from this earlier study on the same space (its observations, or
+    /// for `ppo-rnn` its policy). Absent (not encoded) for a cold start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<String>,
 }
 
 fn default_max_failures() -> u32 {
@@ -325,5 +329,11 @@ pub enum StudyEventKind {
     },
     Failed {
         reason: String,
+    },
+    /// A finished study continues (`segtune study extend`): `max_jobs` rewards now, where it
+    /// was done at `previous_max_jobs`. `Done` comes again when they are in.
+    Extended {
+        max_jobs: u32,
+        previous_max_jobs: u32,
     },
 }

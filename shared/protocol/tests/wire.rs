@@ -36,6 +36,7 @@ fn spec() -> StudySpec {
         max_failures: 10,
         training: TrainingConfig::default(),
         seed: 7,
+        warm_start: None,
     }
 }
 
@@ -597,6 +598,10 @@ fn event_kinds() -> Vec<(&'static str, StudyEventKind)> {
             rewards: 1,
         },
         StudyEventKind::Failed { reason: "r".into() },
+        StudyEventKind::Extended {
+            max_jobs: 30,
+            previous_max_jobs: 20,
+        },
     ];
     all.into_iter()
         .map(|k| {
@@ -608,6 +613,7 @@ fn event_kinds() -> Vec<(&'static str, StudyEventKind)> {
                 StudyEventKind::JobFailed { .. } => "job_failed",
                 StudyEventKind::Done { .. } => "done",
                 StudyEventKind::Failed { .. } => "failed",
+                StudyEventKind::Extended { .. } => "extended",
             };
             (kind, k)
         })
@@ -622,7 +628,11 @@ fn reward_stream_doc_lists_exactly_the_encoded_fields() {
     let case = &field(&r, "per_case").as_array().unwrap()[0];
     assert_documented("CaseDice", case);
 
-    let s = value_of(&spec());
+    // `warm_start` is encoded only when set.
+    let s = value_of(&StudySpec {
+        warm_start: Some("earlier".into()),
+        ..spec()
+    });
     assert_documented("StudySpec", &s);
     assert_documented("Dimension", &field(&s, "space").as_array().unwrap()[0]);
     assert_documented("TrainingConfig", field(&s, "training"));

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::searcher::{Ledger, foreign};
 use crate::settings::{Rule, resolve};
-use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo};
+use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo, WarmStart};
 
 /// Floor for an eigenvalue of C that came out negative (the `cmaes` package's `_EPS`), and the
 /// guard in the negative weights' norm.
@@ -503,6 +503,46 @@ impl Searcher for CmaEs {
 
     fn outstanding(&self) -> usize {
         self.ledger.outstanding()
+    }
+
+    /// Optuna's WS-CMA-ES start (`source_trials`, the `cmaes` package's
+    /// `get_warm_start_mgd` with gamma = alpha = 0.1): the best ⌊n/10⌋ observations (at least
+    /// one; Optuna refuses fewer than 10) give the mean m and Σ = α²I + their covariance;
+    /// σ = det(Σ)^(1/2K), C = Σ/σ².
+    fn warm_start(&mut self, from: &WarmStart) -> Result<(), SearchError> {
+        const GAMMA: f64 = 0.1;
+        const ALPHA: f64 = 0.1;
+        let best = from.best_first(Self::KIND, self.dims, self.ledger.fresh())?;
+        if best.is_empty() {
+            return Ok(());
+        }
+        let k = self.dims;
+        let top = &best[..((best.len() as f64 * GAMMA).floor() as usize).max(1)];
+        let n = top.len() as f64;
+        let mean: Vec<f64> = (0..k)
+            .map(|i| top.iter().map(|(x, _)| x[i]).sum::<f64>() / n)
+            .collect();
+        let mut cov = vec![0.0; k * k];
+        for r in 0..k {
+            for c in 0..k {
+                let second = top.iter().map(|(x, _)| x[r] * x[c]).sum::<f64>() / n;
+                let first = if r == c { ALPHA * ALPHA } else { 0.0 };
+                cov[r * k + c] = first + second - mean[r] * mean[c];
+            }
+        }
+        self.cov = cov;
+        self.eigen();
+        // det Σ = Π d², so det^(1/2K) = exp(Σ ln d / K).
+        let sigma = (self.d.iter().map(|d| d.ln()).sum::<f64>() / k as f64)
+            .exp()
+            .max(EPS);
+        for v in &mut self.cov {
+            *v /= sigma * sigma;
+        }
+        self.eigen();
+        self.mean = mean;
+        self.sigma = sigma;
+        Ok(())
     }
 
     fn state(&self) -> SearcherState {

@@ -68,6 +68,11 @@ pub enum SearchError {
     },
     #[error("cannot decode a searcher state from {len} bytes: {reason}")]
     Decode { len: usize, reason: String },
+    #[error("searcher `{searcher}` cannot be warm-started: {reason}")]
+    WarmStart {
+        searcher: &'static str,
+        reason: String,
+    },
     #[error("the saved state is a `{found}` searcher, expected `{expected}`")]
     KindMismatch {
         expected: String,

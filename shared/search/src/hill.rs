@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::searcher::{Ledger, foreign};
 use crate::settings::{Rule, resolve};
-use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo};
+use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo, WarmStart};
 
 fn all_moves(dims: usize, rng: &mut Rng, first: Option<(usize, i8)>) -> VecDeque<(usize, i8)> {
     let mut moves: Vec<(usize, i8)> = (0..dims).flat_map(|d| [(d, 1), (d, -1)]).collect();
@@ -217,6 +217,16 @@ impl Searcher for HillDiscrete {
             && self.queue.iter().all(|&m| self.neighbour(m).is_none())
     }
 
+    /// Starts from the best observation (on this grid): the first proposal re-evaluates it
+    /// in this study, the moves go out from there.
+    fn warm_start(&mut self, from: &WarmStart) -> Result<(), SearchError> {
+        let best = from.best_first(Self::KIND, self.dims, self.ledger.fresh())?;
+        if let Some((unit, _)) = best.first() {
+            self.center = self.grid_of(unit);
+        }
+        Ok(())
+    }
+
     fn state(&self) -> SearcherState {
         SearcherState::HillDiscrete(self.clone())
     }
@@ -413,6 +423,16 @@ impl Searcher for HillContinuous {
 
     fn converged(&self) -> bool {
         self.center_reward.is_some() && self.pending.is_empty() && self.steps_done()
+    }
+
+    /// Starts from the best observation: the first proposal re-evaluates it in this study,
+    /// the moves go out from there with the initial steps.
+    fn warm_start(&mut self, from: &WarmStart) -> Result<(), SearchError> {
+        let best = from.best_first(Self::KIND, self.dims, self.ledger.fresh())?;
+        if let Some((unit, _)) = best.first() {
+            self.center = unit.clone();
+        }
+        Ok(())
     }
 
     fn state(&self) -> SearcherState {

@@ -29,7 +29,9 @@ pub use error::{SearchError, SpaceError};
 pub use hill::{HillContinuous, HillDiscrete};
 pub use ppo::{PpoRnn, PpoSettings};
 pub use rng::Rng;
-pub use searcher::{KINDS, Memo, Proposal, Searcher, SearcherState, build, restore, settings_of};
+pub use searcher::{
+    KINDS, Memo, Proposal, Searcher, SearcherState, WarmStart, build, restore, settings_of,
+};
 pub use settings::{Rule, SettingInfo};
 pub use simple::{Fixed, RandomSearch};
 pub use space::SearchSpace;

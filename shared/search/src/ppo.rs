@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::searcher::{Ledger, foreign};
 use crate::settings::{Rule, resolve};
 use crate::special::{beta_log_pdf, digamma};
-use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo};
+use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo, WarmStart};
 
 /// Actions are kept this far inside (0, 1) so their log-density stays finite.
 const ACTION_EPS: f64 = 1e-6;
@@ -515,6 +515,37 @@ impl Searcher for PpoRnn {
 
     fn outstanding(&self) -> usize {
         self.ledger.outstanding()
+    }
+
+    /// Starts from the earlier study's policy: its weights, RMSprop state and reward baseline
+    /// (not its buffer, generator or tickets). The earlier study must be `ppo-rnn` with the
+    /// same `hidden` size on the same space.
+    fn warm_start(&mut self, from: &WarmStart) -> Result<(), SearchError> {
+        from.checked(Self::KIND, self.dims, self.ledger.fresh())?;
+        let refuse = |reason: String| SearchError::WarmStart {
+            searcher: Self::KIND,
+            reason,
+        };
+        let source = match &from.state {
+            Some(SearcherState::PpoRnn(p)) => p,
+            Some(other) => {
+                return Err(refuse(format!(
+                    "it starts from a ppo-rnn study's policy; the earlier study used `{}`",
+                    other.kind()
+                )));
+            }
+            None => return Err(refuse("the earlier study's policy is missing".into())),
+        };
+        if source.dims != self.dims || source.settings.hidden != self.settings.hidden {
+            return Err(refuse(format!(
+                "the earlier policy has {} dimensions and {} hidden units, this one {} and {}",
+                source.dims, source.settings.hidden, self.dims, self.settings.hidden
+            )));
+        }
+        self.theta = source.theta.clone();
+        self.mean_square = source.mean_square.clone();
+        self.baseline = source.baseline;
+        Ok(())
     }
 
     fn state(&self) -> SearcherState {

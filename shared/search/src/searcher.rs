@@ -90,11 +90,74 @@ pub trait Searcher: Send + std::fmt::Debug {
     fn converged(&self) -> bool {
         false
     }
+    /// Seeds a fresh searcher (nothing proposed yet) with what an earlier study on the same
+    /// space learned (a study file's `warm_start`). `tpe` takes the observations as its
+    /// oldest points (they count towards `startup`), `cmaes` starts from the distribution of
+    /// their best tenth (Optuna's WS-CMA-ES), the hill climbers start from the best one,
+    /// `random` has nothing to learn from them, `ppo-rnn` starts from the earlier study's
+    /// policy (weights, optimizer, baseline) and `fixed` refuses. The observations never
+    /// count as this study's rewards: [`Searcher::best`] stays this study's own.
+    fn warm_start(&mut self, from: &WarmStart) -> Result<(), SearchError>;
     /// The whole state, including the random generator.
     fn state(&self) -> SearcherState;
     /// [`Searcher::state`] as MessagePack (named fields); [`restore`] reads it.
     fn save(&self) -> Vec<u8> {
         self.state().encode()
+    }
+}
+
+/// What a new study takes from an earlier one on the same space ([`Searcher::warm_start`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WarmStart {
+    /// The earlier study's rewarded strategies in unit coordinates with their rewards, in the
+    /// order they were counted.
+    pub observations: Vec<(Vec<f64>, f64)>,
+    /// The earlier study's searcher as it was saved (`ppo-rnn` takes its policy from it).
+    pub state: Option<SearcherState>,
+}
+
+impl WarmStart {
+    /// The observations checked against a searcher of `dims` dimensions that has proposed
+    /// nothing yet (`fresh`): one value per dimension, finite, clamped to [0, 1]; finite
+    /// rewards.
+    pub(crate) fn checked(
+        &self,
+        searcher: &'static str,
+        dims: usize,
+        fresh: bool,
+    ) -> Result<Vec<(Vec<f64>, f64)>, SearchError> {
+        let refuse = |reason: String| SearchError::WarmStart { searcher, reason };
+        if !fresh {
+            return Err(refuse("it has already proposed strategies".into()));
+        }
+        self.observations
+            .iter()
+            .enumerate()
+            .map(|(i, (unit, reward))| {
+                if unit.len() != dims {
+                    return Err(refuse(format!(
+                        "observation {i} has {} values, the space has {dims} dimensions",
+                        unit.len()
+                    )));
+                }
+                if !reward.is_finite() || unit.iter().any(|u| !u.is_finite()) {
+                    return Err(refuse(format!("observation {i} is not finite")));
+                }
+                Ok((unit.iter().map(|u| u.clamp(0.0, 1.0)).collect(), *reward))
+            })
+            .collect()
+    }
+
+    /// The checked observations, best first (stable: the earlier of equal rewards first).
+    pub(crate) fn best_first(
+        &self,
+        searcher: &'static str,
+        dims: usize,
+        fresh: bool,
+    ) -> Result<Vec<(Vec<f64>, f64)>, SearchError> {
+        let mut obs = self.checked(searcher, dims, fresh)?;
+        obs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(obs)
     }
 }
 
@@ -258,6 +321,19 @@ impl Ledger {
             best: None,
             observed: 0,
         }
+    }
+
+    /// Nothing issued yet: the searcher may still be warm-started.
+    pub(crate) fn fresh(&self) -> bool {
+        self.next_ticket == 0
+    }
+
+    /// Uses up a ticket without a proposal (a warm-start point takes it, so this study's own
+    /// proposals come after it).
+    pub(crate) fn skip(&mut self) -> u64 {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        t
     }
 
     pub(crate) fn issue(&mut self) -> u64 {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::searcher::{Ledger, foreign};
 use crate::settings::resolve;
-use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo};
+use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo, WarmStart};
 
 /// Uniform random search over [0, 1]^K.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +74,12 @@ impl Searcher for RandomSearch {
 
     fn outstanding(&self) -> usize {
         self.ledger.outstanding()
+    }
+
+    /// Uniform draws do not depend on rewards: the observations are checked and left out.
+    fn warm_start(&mut self, from: &WarmStart) -> Result<(), SearchError> {
+        from.checked(Self::KIND, self.dims, self.ledger.fresh())?;
+        Ok(())
     }
 
     fn state(&self) -> SearcherState {
@@ -151,6 +157,14 @@ impl Searcher for Fixed {
     /// Nothing to explore: converged from the start.
     fn converged(&self) -> bool {
         true
+    }
+
+    /// The routine strategy learns nothing: a warm start would be silently meaningless.
+    fn warm_start(&mut self, _from: &WarmStart) -> Result<(), SearchError> {
+        Err(SearchError::WarmStart {
+            searcher: Self::KIND,
+            reason: "it trains the routine strategy every time and learns nothing".into(),
+        })
     }
 
     fn state(&self) -> SearcherState {

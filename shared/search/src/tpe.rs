@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::searcher::{Ledger, foreign};
 use crate::settings::{Rule, resolve};
 use crate::special::normal_cdf;
-use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo};
+use crate::{Memo, Proposal, Rng, SearchError, Searcher, SearcherState, SettingInfo, WarmStart};
 
 /// Resolved `tpe` settings (see [`Tpe::SETTINGS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -242,6 +242,16 @@ impl Searcher for Tpe {
 
     fn outstanding(&self) -> usize {
         self.ledger.outstanding()
+    }
+
+    /// The observations become the oldest rewarded points (tickets before this study's), so
+    /// they count towards `startup` and ramp down first among more than 25 points.
+    fn warm_start(&mut self, from: &WarmStart) -> Result<(), SearchError> {
+        for (unit, reward) in from.checked(Self::KIND, self.dims, self.ledger.fresh())? {
+            let ticket = self.ledger.skip();
+            self.observed.insert(ticket, (unit, reward));
+        }
+        Ok(())
     }
 
     fn state(&self) -> SearcherState {

@@ -91,6 +91,9 @@ pub struct SearchSection {
     pub seed: u64,
     /// Searcher settings (`search::settings_of`), e.g. `lr = 0.001` for `ppo-rnn`.
     pub settings: BTreeMap<String, f64>,
+    /// An earlier study (by id, in the same store) on the same space to seed the searcher
+    /// from.
+    pub warm_start: Option<String>,
 }
 
 impl Default for SearchSection {
@@ -102,6 +105,7 @@ impl Default for SearchSection {
             max_failures: 10,
             seed: 0,
             settings: BTreeMap::new(),
+            warm_start: None,
         }
     }
 }
@@ -256,6 +260,7 @@ impl StudyFile {
             max_failures: self.search.max_failures,
             training: self.training.into_config(),
             seed: self.search.seed,
+            warm_start: self.search.warm_start,
         })
     }
 }
@@ -400,6 +405,7 @@ mod tests {
         assert_eq!(spec.max_jobs, 100);
         assert_eq!(spec.space.len(), 9);
         assert_eq!(spec.training, TrainingConfig::default());
+        assert_eq!(spec.warm_start, None);
         assert_eq!(
             spec.dataset,
             DatasetRef::Source {
@@ -442,6 +448,8 @@ mod tests {
             .unwrap();
         assert_eq!((lr.min, lr.max, lr.scale), (1e-5, 1e-3, Scale::Log));
         assert_eq!(spec.space[9].name, "weight_decay");
+        let warm = parse("[dataset]\nid = \"y\"\n[search]\nwarm_start = \"s0\"\n").unwrap();
+        assert_eq!(warm.warm_start.as_deref(), Some("s0"));
         assert_eq!(spec.training.patch, [48, 48, 48]);
     }
 
@@ -477,6 +485,18 @@ mod tests {
             (
                 "[dataset]\nid = \"y\"\n[training]\nepochs = 0\n",
                 "training.epochs",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[search]\nwarm_start = \"a.b\"\n",
+                "search.warm_start",
+            ),
+            (
+                "study = \"s\"\n[dataset]\nid = \"y\"\n[search]\nwarm_start = \"s\"\n",
+                "search.warm_start: names this study itself",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[search]\nsearcher = \"fixed\"\nwarm_start = \"e\"\n",
+                "search.warm_start: the `fixed` searcher",
             ),
         ];
         for (text, key) in cases {

@@ -48,6 +48,7 @@ impl StudySpecBuilder {
                 max_failures: search.max_failures,
                 training: TrainingConfig::default(),
                 seed: search.seed,
+                warm_start: search.warm_start,
             },
         }
     }
@@ -119,6 +120,12 @@ impl StudySpecBuilder {
 
     pub fn training(mut self, training: TrainingConfig) -> Self {
         self.spec.training = training;
+        self
+    }
+
+    /// Seed the searcher from an earlier study.
+    pub fn warm_start(mut self, from: impl Into<String>) -> Self {
+        self.spec.warm_start = Some(from.into());
         self
     }
 

@@ -43,6 +43,18 @@ pub fn validate_spec(spec: &protocol::StudySpec) -> Result<SearchSpace, Vec<Fiel
             }
         }
     }
+    if let Some(from) = &spec.warm_start {
+        if let Err(e) = subjects::check_token("study id", from) {
+            err("search.warm_start", e.to_string());
+        } else if *from == spec.study {
+            err("search.warm_start", "names this study itself".into());
+        } else if spec.searcher == "fixed" {
+            err(
+                "search.warm_start",
+                "the `fixed` searcher trains the routine strategy and learns nothing".into(),
+            );
+        }
+    }
     match &spec.dataset {
         DatasetRef::Id { id } => {
             if let Err(e) = subjects::check_token("dataset id", id) {

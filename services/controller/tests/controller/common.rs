@@ -357,6 +357,10 @@ pub fn brief(e: &StudyEvent) -> String {
             ..
         } => format!("done {best_job_id} after {rewards}"),
         StudyEventKind::Failed { reason } => format!("failed: {reason}"),
+        StudyEventKind::Extended {
+            max_jobs,
+            previous_max_jobs,
+        } => format!("extended {previous_max_jobs} -> {max_jobs}"),
     }
 }
 
@@ -372,6 +376,7 @@ pub fn kinds(events: &[StudyEvent]) -> BTreeMap<&'static str, usize> {
             StudyEventKind::JobFailed { .. } => "job_failed",
             StudyEventKind::Done { .. } => "done",
             StudyEventKind::Failed { .. } => "failed",
+            StudyEventKind::Extended { .. } => "extended",
         };
         *m.entry(k).or_insert(0) += 1;
     }

@@ -4,6 +4,7 @@
 mod common;
 mod dataset;
 mod duplicates;
+mod extend;
 mod failures;
 mod lifecycle;
 mod restart;

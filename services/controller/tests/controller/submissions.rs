@@ -35,14 +35,24 @@ async fn submissions_are_accepted_once_and_invalid_ones_rejected_with_an_event()
 
     // Another spec under the same id.
     let mut other = s.clone();
-    other.max_jobs = 9;
+    other.parallel = 3;
     env.submit(&other).await;
     let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
     assert!(
         matches!(next, Submission::Rejected { ref reason, .. } if reason.contains("already exists")),
         "{next:?}"
     );
-    assert_eq!(env.state("once").await.spec.max_jobs, 4);
+    // The same spec with only more jobs is an extension, refused while it is not done.
+    let mut longer = s.clone();
+    longer.max_jobs = 9;
+    env.submit(&longer).await;
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    assert!(
+        matches!(next, Submission::Rejected { ref reason, .. }
+            if reason.contains("cannot extend study once to 9 jobs")),
+        "{next:?}"
+    );
+    assert_eq!(env.state("once").await.spec, s);
 
     // Invalid: every problem named by its study-file key, and a Failed event for watchers.
     let mut bad = spec("bad", "bogus", 0, 2);

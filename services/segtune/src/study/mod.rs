@@ -1,6 +1,8 @@
 //! `segtune study submit FILE [--wait]`: hand a study to the controller over NATS and follow
 //! it until it is done (with `segtune study watch`'s follower).
 //!
+//! `segtune study extend ID --max-jobs N`: continue a done study (same searcher, same ledger).
+//!
 //! The other study commands live beside it: `watch`, `report`, `rewards`, and `bus`, the
 //! CLI's side of NATS that they all read the study through.
 
@@ -9,7 +11,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Args, Subcommand};
-use protocol::subjects;
+use protocol::{StudyEventKind, subjects};
 
 pub mod bus;
 pub mod format;
@@ -27,6 +29,25 @@ pub enum StudyCommand {
     Report(report::ReportArgs),
     /// Print a study's rewards (replayed from the start): a table, or JSON lines with --json.
     Rewards(rewards::RewardsArgs),
+    /// Continue a done study to more jobs: same searcher state, same ledger, new jobs only.
+    Extend(ExtendArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// Study id.
+    pub study: String,
+    /// Rewards to collect in all, more than the study's `max_jobs` now.
+    #[arg(long)]
+    pub max_jobs: u32,
+    /// Follow the study until it is done again; exit 1 if it fails.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: write the best strategy here as a strategy file when it is done.
+    #[arg(long, requires = "wait")]
+    pub best: Option<PathBuf>,
+    #[arg(long, env = "SEGTUNE_NATS", default_value = runtime::DEFAULT_NATS)]
+    pub nats: String,
 }
 
 #[derive(Debug, Args)]
@@ -52,7 +73,119 @@ pub async fn run(cmd: StudyCommand) -> anyhow::Result<()> {
         StudyCommand::Watch(a) => watch::run(a).await,
         StudyCommand::Report(a) => report::run(a).await,
         StudyCommand::Rewards(a) => rewards::run(a).await,
+        StudyCommand::Extend(a) => extend(a).await,
     }
+}
+
+/// Resubmits a done study's spec (from its `started` event, as extended since) with a larger
+/// `max_jobs`; the controller continues it. Refused here, with the reason, when the study is
+/// unknown, not done, or already that long.
+async fn extend(a: ExtendArgs) -> anyhow::Result<()> {
+    subjects::check_token("study id", &a.study)?;
+    let (client, js) = bus::connect_provisioned(&a.nats).await?;
+    let events: Vec<protocol::StudyEvent> = bus::replay(
+        &js,
+        subjects::stream::EVENTS,
+        &subjects::study_events(&a.study),
+    )
+    .await?;
+    let mut spec = None;
+    let mut phase = "preparing";
+    let mut rewards = 0;
+    for ev in events {
+        match ev.event {
+            StudyEventKind::Started { spec: s, .. } => {
+                spec = Some(*s);
+                phase = "running";
+            }
+            StudyEventKind::Reward { rewards_so_far, .. } => rewards = rewards_so_far,
+            StudyEventKind::Extended { max_jobs, .. } => {
+                if let Some(s) = spec.as_mut() {
+                    s.max_jobs = max_jobs;
+                }
+                phase = "running";
+            }
+            StudyEventKind::Done { .. } => phase = "done",
+            StudyEventKind::Failed { .. } => phase = "failed",
+            _ => {}
+        }
+    }
+    let Some(mut spec) = spec else {
+        anyhow::bail!(
+            "unknown study {:?}: no started event for it on {} (check the id and SEGTUNE_NATS)",
+            a.study,
+            a.nats
+        );
+    };
+    match phase {
+        "done" => {}
+        "failed" => anyhow::bail!(
+            "study {} failed; only a done study can be extended",
+            a.study
+        ),
+        _ => anyhow::bail!(
+            "study {} is still running ({rewards}/{} rewards); extend it when it is done",
+            a.study,
+            spec.max_jobs
+        ),
+    }
+    if a.max_jobs <= spec.max_jobs {
+        anyhow::bail!(
+            "--max-jobs {} must be more than study {}'s max_jobs {}",
+            a.max_jobs,
+            a.study,
+            spec.max_jobs
+        );
+    }
+    let previous = spec.max_jobs;
+    spec.max_jobs = a.max_jobs;
+    send_spec(
+        &js,
+        &a.nats,
+        &spec,
+        &format!("extend-{}-{}", spec.study, a.max_jobs),
+    )
+    .await?;
+    // The controller says it took the extension with an `extended` event (and only then may a
+    // follower start: the `done` before it must not end the follow).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events: Vec<protocol::StudyEvent> = bus::replay(
+            &js,
+            subjects::stream::EVENTS,
+            &subjects::study_events(&spec.study),
+        )
+        .await?;
+        let taken = events.iter().any(|e| {
+            matches!(e.event, StudyEventKind::Extended { max_jobs, .. } if max_jobs == a.max_jobs)
+        });
+        if taken {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the controller did not extend study {} within 30 s (its log says why)",
+                spec.study
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "extended study {} from {previous} to {} jobs ({})",
+        spec.study, spec.max_jobs, spec.searcher
+    );
+    if !a.wait {
+        println!("{}", spec.study);
+        return Ok(());
+    }
+    let opts = watch::FollowOptions {
+        start_timeout: None,
+        output: watch::Output::auto(),
+        best_file: a.best,
+    };
+    watch::follow(&client, &js, &spec.study, &opts)
+        .await
+        .map(|_| ())
 }
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
@@ -87,6 +220,22 @@ pub async fn submit_spec(
     nats_url: &str,
     spec: &protocol::StudySpec,
 ) -> anyhow::Result<()> {
+    send_spec(js, nats_url, spec, &format!("submit-{}", spec.study)).await?;
+    eprintln!(
+        "submitted study {} ({}, {} jobs, {} in parallel)",
+        spec.study, spec.searcher, spec.max_jobs, spec.parallel
+    );
+    Ok(())
+}
+
+/// Publishes `spec` on the submissions subject with message id `msg_id` (JetStream drops a
+/// second one within its duplicate window), once a controller is pulling.
+async fn send_spec(
+    js: &jetstream::Context,
+    nats_url: &str,
+    spec: &protocol::StudySpec,
+    msg_id: &str,
+) -> anyhow::Result<()> {
     let controller = subjects::durable::CONTROLLER_SUBMISSIONS;
     if !bus::await_pullers(js, controller, 1, Duration::from_secs(7)).await? {
         anyhow::bail!(
@@ -97,14 +246,10 @@ pub async fn submit_spec(
     runtime::publish(
         js,
         subjects::SUBMISSIONS.to_string(),
-        Some(&format!("submit-{}", spec.study)),
+        Some(msg_id),
         protocol::encode(spec)?,
     )
     .await
     .context("submitting the study")?;
-    eprintln!(
-        "submitted study {} ({}, {} jobs, {} in parallel)",
-        spec.study, spec.searcher, spec.max_jobs, spec.parallel
-    );
     Ok(())
 }

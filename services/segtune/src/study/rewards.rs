@@ -83,8 +83,13 @@ async fn follow(js: &jetstream::Context, study: &str, out: &mut Printer) -> anyh
             }
             e = events.next(), if end_at.is_none() => {
                 let msg = e.ok_or_else(|| anyhow::anyhow!("the event consumer closed"))??;
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(u64::MAX);
                 let Ok(ev) = protocol::decode::<StudyEvent>(&msg.payload) else { continue };
-                if let StudyEventKind::Done { .. } | StudyEventKind::Failed { .. } = ev.event {
+                // A `done` followed by `extended` (stored before we attached) is not the end.
+                let superseded = last_event.is_some_and(|end| seq < end);
+                if let StudyEventKind::Done { .. } | StudyEventKind::Failed { .. } = ev.event
+                    && !superseded
+                {
                     end_at = Some(
                         bus::last_sequence(js, subjects::stream::REWARDS, &rewards_subject)
                             .await?

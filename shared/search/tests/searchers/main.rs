@@ -9,3 +9,4 @@ mod observe;
 mod persistence;
 mod space;
 mod tune;
+mod warm;

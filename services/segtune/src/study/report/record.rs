@@ -100,6 +100,12 @@ impl StudyRecord {
                 StudyEventKind::Done { .. } => status = StudyStatus::Done,
                 StudyEventKind::Failed { reason } => status = StudyStatus::Failed(reason.clone()),
                 StudyEventKind::NewBest { .. } => {}
+                StudyEventKind::Extended { max_jobs, .. } => {
+                    status = StudyStatus::Running;
+                    if let Some(s) = spec.as_mut() {
+                        s.max_jobs = *max_jobs;
+                    }
+                }
             }
         }
         let mut seen = HashSet::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::StreamExt;
-use protocol::{Progress, Reward, StudyEvent, subjects};
+use protocol::{Progress, Reward, StudyEvent, StudyEventKind, subjects};
 
 use super::{
     super::bus,
@@ -27,7 +27,9 @@ pub async fn follow(
         .subscribe(subjects::progress_all(study))
         .await
         .context("subscribing to progress")?;
-    let (mut events, _) =
+    // The last event stored when we attach: a `done` before it was followed by `extended`
+    // (the study went on), so only a `done` at or after it ends the follow.
+    let (mut events, replay_end) =
         bus::replay_consumer(js, subjects::stream::EVENTS, &subjects::study_events(study)).await?;
     let (mut rewards, _) =
         bus::replay_consumer(js, subjects::stream::REWARDS, &subjects::rewards(study)).await?;
@@ -43,9 +45,14 @@ pub async fn follow(
                     Some(Err(e)) => anyhow::bail!("reading the events of study {study}: {e}"),
                     None => anyhow::bail!("the event stream of study {study} ended"),
                 };
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(u64::MAX);
                 match protocol::decode::<StudyEvent>(&msg.payload) {
                     Ok(ev) => {
-                        if let Some(f) = view.event(ev) {
+                        let superseded = matches!(ev.event, StudyEventKind::Done { .. })
+                            && replay_end.is_some_and(|end| seq < end);
+                        if let Some(f) = view.event(ev)
+                            && !superseded
+                        {
                             break f;
                         }
                     }

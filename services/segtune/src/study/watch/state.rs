@@ -191,6 +191,20 @@ impl View {
                 self.line(at, &format!("study {} failed: {reason}", self.study));
                 return Some(Finish::Failed(reason));
             }
+            StudyEventKind::Extended {
+                max_jobs,
+                previous_max_jobs,
+            } => {
+                if let Some(spec) = self.spec.as_mut() {
+                    spec.max_jobs = max_jobs;
+                }
+                self.done_unix = None;
+                let text = format!(
+                    "study {} extended: {previous_max_jobs} -> {max_jobs} jobs",
+                    self.study
+                );
+                self.line(at, &text);
+            }
         }
         None
     }
