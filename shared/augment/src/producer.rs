@@ -1,10 +1,9 @@
 //! A pool of worker threads that keeps augmented batches ready, so patch sampling and
 //! augmentation on the CPU overlap the training step on the device.
 //!
-//! A GPU step on a 2×96³ batch takes a fraction of a second, and one core augments only a
-//! few 96³ patches per second (`examples/bench_augment.rs producer`; figures in the crate
-//! README): the pool is sized so the device never waits for data
-//! ([`ProducerOptions::workers`], by default every core available to the process).
+//! The pool's size is [`ProducerOptions::workers`], by default every core available to the
+//! process. How many a GPU needs: `examples/bench_augment.rs producer` measures augmented
+//! patches per CPU-second (figures in the top-level README, "Data must keep up").
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
