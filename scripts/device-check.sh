@@ -7,8 +7,12 @@
 #
 # Steps, each logged to OUT_DIR/<step>.log and summed up in OUT_DIR/summary.txt
 # (`<step> rc=<exit code> seconds=<wall>` and the step's key figure):
-#   1. gpu-check     `segtune gpu-check`: the device opens, the U-Net's logits there equal the
-#                    CPU's, 20 training steps there lower the loss
+#   1. gpu-check     `segtune gpu-check --generic`: the device opens, the U-Net's logits there
+#                    equal the CPU kernels', 20 training steps there lower the loss and make
+#                    no host round trip. `--generic` runs the generic ops tier: what CUDA runs
+#                    anyway (OpsPath::Auto picks it for any non-CPU device), and what makes
+#                    the CPU stand-in (SEGTUNE_DEVICE=cpu) check that path, not the CPU
+#                    kernels. Its lines, the ops path included, go into the summary.
 #   2. data          a tiny synthetic CT task, preprocessed into OUT_DIR/work/store
 #   3. train, eval   one short `segtune train` and `segtune eval` on the device (mean Dice)
 #   4. bench-*       the training step (batch 2x1xP^3) and the sliding window (96^3 windows,
@@ -107,7 +111,8 @@ print(json.dumps(r))' "$res" "$(peak "$out/$1.gpu-mib")" >> "$out/results.jsonl"
 }
 
 # 1. The device and the numerics.
-step gpu-check "$bin/segtune" gpu-check --device "$device" && tail -3 "$out/gpu-check.log" >> "$summary"
+step gpu-check "$bin/segtune" gpu-check --device "$device" --generic
+grep -E '^(ok |gpu-check |error)' "$out/gpu-check.log" | sed 's/^/  /' >> "$summary"
 
 # 2. A tiny task in a store of its own.
 work="$out/work"

@@ -1123,6 +1123,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         nats: url_of("trainer"),
         store: store.clone(),
         device: "cpu".into(),
+        augment_workers: None,
     };
     let (controller_app, trainer_app) = tokio::join!(
         controller::App::connect(&controller_settings),

@@ -200,6 +200,7 @@ impl TrainerTask {
             nats: bus.nats.url(),
             store: data.store_url.clone(),
             device: "cpu".into(),
+            augment_workers: None,
         })
         .await
         .unwrap();
@@ -1185,6 +1186,7 @@ async fn services_started_15_s_before_the_broker_wait_for_it_and_consume_within_
         nats: url.clone(),
         store: store.clone(),
         device: "cpu".into(),
+        augment_workers: None,
     };
     let s = stop(stop_rx.clone());
     services.push((

@@ -220,6 +220,7 @@ impl Services {
                 nats: nats(i),
                 store: store.to_string(),
                 device: "cpu".into(),
+                augment_workers: None,
             })
             .await
             .unwrap();

@@ -59,6 +59,7 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         nats: nats.url(),
         store: store_url.clone(),
         device: "cpu".into(),
+        augment_workers: None,
     })
     .await
     .unwrap();
@@ -257,6 +258,7 @@ async fn spawn_trainer(
         nats: nats.url(),
         store: store_url.to_string(),
         device: "cpu".into(),
+        augment_workers: None,
     })
     .await
     .unwrap();
@@ -323,6 +325,12 @@ async fn a_stopped_trainer_hands_its_job_to_another_replica_at_once() {
     );
     assert!(p.epoch >= 1 && p.loss.is_finite() && p.loss > 0.0, "{p:?}");
     assert!(p.patches_per_sec > 0.0, "{p:?}");
+    // Filled in by the trainer (the first batch of a job is always waited for), not the
+    // decoder's default.
+    assert!(
+        p.data_wait_fraction > 0.0 && p.data_wait_fraction <= 1.0,
+        "{p:?}"
+    );
 
     // Replica B is idle; A is told to stop.
     let (stop_b, rx_b) = tokio::sync::oneshot::channel();

@@ -66,6 +66,10 @@ pub struct TrainArgs {
     pub store: String,
     #[arg(long, env = "SEGTUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Threads that sample and augment patches while the device trains (default: the cores
+    /// available).
+    #[arg(long, env = "SEGTUNE_AUGMENT_WORKERS")]
+    pub augment_workers: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +123,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
         None => protocol::strategy::routine_strategy(),
     };
     let spec = engine::JobSpec::from_strategy(&strategy)?;
+    let augment_workers = engine::augment_workers(a.augment_workers).map_err(anyhow::Error::msg)?;
     let training = TrainingConfig {
         channels: a.net.channels.clone(),
         epochs: a.epochs,
@@ -152,11 +157,16 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
             training: &t2,
             seed: a.seed,
             init_checkpoint: init.as_deref(),
+            augment_workers,
         };
         engine::train(&input, &device, &AtomicBool::new(false), |r| {
             eprintln!(
-                "epoch {}/{}  loss {:.4}  {:.1} patches/s",
-                r.epoch, r.epochs, r.loss, r.patches_per_sec
+                "epoch {}/{}  loss {:.4}  {:.1} patches/s  data wait {:.0}%",
+                r.epoch,
+                r.epochs,
+                r.loss,
+                r.patches_per_sec,
+                100.0 * r.data_wait_fraction
             )
         })
     })

@@ -38,6 +38,11 @@ pub struct Settings {
     /// Compute device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, env = "SEGTUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Threads that sample and augment training patches while the device trains (default:
+    /// the cores available to this process). Too few and the device waits for data: see
+    /// `data_wait_fraction` in the progress messages.
+    #[arg(long, env = "SEGTUNE_AUGMENT_WORKERS")]
+    pub augment_workers: Option<usize>,
 }
 
 pub struct App {
@@ -47,6 +52,8 @@ pub struct App {
     pub device: segmodel::candle_core::Device,
     pub cache: DatasetCache,
     pub worker: String,
+    /// `None`: the cores available ([`engine::default_augment_workers`]).
+    pub augment_workers: Option<std::num::NonZeroUsize>,
     pub options: Options,
 }
 
@@ -70,13 +77,17 @@ impl runtime::Validate for Settings {
     fn validate(&self) -> anyhow::Result<()> {
         runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
         runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
-        engine::check_device(&self.device).map_err(|e| anyhow::anyhow!("--device: {e}"))
+        engine::check_device(&self.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+        engine::augment_workers(self.augment_workers).map_err(anyhow::Error::msg)?;
+        Ok(())
     }
 }
 
 impl App {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let device = engine::device(&settings.device)?;
+        let augment_workers =
+            engine::augment_workers(settings.augment_workers).map_err(anyhow::Error::msg)?;
         let store = storage::open(&settings.store)?;
         let js = runtime::worker::connect(&settings.nats, Self::ROLE).await?;
         Ok(Self {
@@ -86,6 +97,7 @@ impl App {
             device,
             cache: DatasetCache::default(),
             worker: runtime::worker_name(Self::ROLE),
+            augment_workers,
             options: Options::default(),
         })
     }
@@ -101,7 +113,11 @@ pub type Outcome = runtime::worker::Outcome<TrainedJob>;
 
 /// Serves the `trainers` consumer until `shutdown` resolves.
 pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    tracing::info!(device = ?app.device, "compute device");
+    let augment_workers = app
+        .augment_workers
+        .unwrap_or_else(engine::default_augment_workers)
+        .get();
+    tracing::info!(device = ?app.device, augment_workers, "compute device");
     runtime::worker::serve(&app, shutdown).await
 }
 
@@ -217,6 +233,7 @@ async fn run_job(
     let device = app.device.clone();
     let training = job.training.clone();
     let seed = job.seed;
+    let augment_workers = app.augment_workers;
     let handle = tokio::task::spawn_blocking(move || {
         let input = engine::TrainInput {
             data: &data,
@@ -224,6 +241,7 @@ async fn run_job(
             training: &training,
             seed,
             init_checkpoint: init.as_deref(),
+            augment_workers,
         };
         engine::train(&input, &device, &cancel, |r| {
             let _ = tx.send(r);
@@ -242,6 +260,7 @@ async fn run_job(
             loss: r.loss,
             patches_per_sec: r.patches_per_sec,
             attempt,
+            data_wait_fraction: r.data_wait_fraction,
         };
         if let Ok(bytes) = protocol::encode(&p) {
             let _ = app
@@ -284,12 +303,51 @@ async fn run_job(
 mod tests {
     use runtime::Validate as _;
 
+    fn settings() -> super::Settings {
+        super::Settings {
+            nats: "nats://127.0.0.1:4222".into(),
+            store: "memory:///".into(),
+            device: "cpu".into(),
+            augment_workers: None,
+        }
+    }
+
+    #[test]
+    fn augment_workers_are_validated_and_the_error_names_the_setting() {
+        assert!(settings().validate().is_ok());
+        let ok = super::Settings {
+            augment_workers: Some(4),
+            ..settings()
+        };
+        assert!(ok.validate().is_ok());
+        let zero = super::Settings {
+            augment_workers: Some(0),
+            ..settings()
+        };
+        let err = zero.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--augment-workers") && err.contains("SEGTUNE_AUGMENT_WORKERS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_augment_workers_flag_and_variable_parse() {
+        use clap::Parser as _;
+        let s =
+            super::Settings::try_parse_from(["segtune-trainer", "--augment-workers", "3"]).unwrap();
+        assert_eq!(s.augment_workers, Some(3));
+        let e = super::Settings::try_parse_from(["segtune-trainer", "--augment-workers", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--augment-workers"), "{e}");
+    }
+
     #[test]
     fn an_empty_nats_url_is_a_config_error() {
         let settings = super::Settings {
             nats: " ".into(),
-            store: "memory:///".into(),
-            device: "cpu".into(),
+            ..settings()
         };
         let err = settings.validate().unwrap_err().to_string();
         assert!(

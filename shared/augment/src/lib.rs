@@ -1,6 +1,6 @@
 //! Training-time data path of a segtune trainer: foreground-oversampled random patches
 //! ([`PatchSampler`], [`CaseIndex`]), the searched augmentations ([`Pipeline`]) and a
-//! background thread that keeps a few augmented batches ready ([`spawn_producer`]).
+//! pool of worker threads that keeps augmented batches ready, in order ([`spawn_producer`]).
 //!
 //! Augmentations are data, not subclasses (nnU-Net `get_training_transforms`, MONAI
 //! `RandomizableTransform`): a [`Pipeline`] is an ordered list of [`RandomTransform`]`{ p, inner }`
@@ -16,7 +16,7 @@
 //!
 //! Determinism: everything random is drawn from an RNG the caller seeds (the job's `seed`);
 //! the producer derives one RNG per patch from `(seed, batch, item)`, so the batches are the same
-//! for a seed whatever the thread timing.
+//! for a seed whatever the thread timing and the number of worker threads.
 
 mod error;
 mod gaussian;
@@ -44,7 +44,10 @@ pub use patch::Patch;
 pub use pipeline::{
     Applied, DIMENSIONS, PIPELINE_ORDER, Params, Pipeline, RandomTransform, Transform,
 };
-pub use producer::{Batch, Case, DEFAULT_PREFETCH, spawn_producer, spawn_producer_with_prefetch};
+pub use producer::{
+    Batch, Case, DEFAULT_PREFETCH, ProducerOptions, default_workers, spawn_producer,
+    spawn_producer_with,
+};
 pub use sampler::{CaseIndex, DEFAULT_FG_FRACTION, MAX_FG_PER_CLASS, PatchSampler};
 
 /// Uniform draw from the closed range `[lo, hi]` (`lo` when the range is a point).

@@ -1,17 +1,21 @@
-//! A background thread that keeps augmented batches ready, so patch sampling and augmentation
-//! on the CPU overlap the training step on the device.
+//! A pool of worker threads that keeps augmented batches ready, so patch sampling and
+//! augmentation on the CPU overlap the training step on the device.
+//!
+//! The pool's size is [`ProducerOptions::workers`], by default every core available to the
+//! process. How many a GPU needs: `examples/bench_augment.rs producer` measures augmented
+//! patches per CPU-second (figures in the top-level README, "Data must keep up").
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use volume::Volume;
 
 use crate::{Applied, AugmentError, CaseIndex, PatchSampler, Pipeline};
 
-/// Batches held ready in the channel by [`spawn_producer`] (besides the one being built).
+/// Batches held ready, in order, for the consumer (besides the ones being built).
 pub const DEFAULT_PREFETCH: usize = 2;
 
 /// A training case: the image, its label and the label's [`CaseIndex`].
@@ -37,7 +41,31 @@ pub struct Batch {
     pub applied: Vec<Applied>,
 }
 
-/// [`spawn_producer_with_prefetch`] with [`DEFAULT_PREFETCH`].
+/// How a producer runs. The batches it sends do not depend on these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerOptions {
+    /// Worker threads, each building whole batches (default: [`default_workers`]).
+    pub workers: NonZeroUsize,
+    /// Finished batches held ready for the consumer, in order ([`DEFAULT_PREFETCH`]).
+    pub prefetch: usize,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        Self {
+            workers: default_workers(),
+            prefetch: DEFAULT_PREFETCH,
+        }
+    }
+}
+
+/// The cores available to this process (`std::thread::available_parallelism`: the CPU
+/// affinity mask and the cgroup quota of a container), 1 if unknown.
+pub fn default_workers() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// [`spawn_producer_with`] with [`ProducerOptions::default`].
 pub fn spawn_producer(
     cases: Arc<Vec<Case>>,
     sampler: PatchSampler,
@@ -46,36 +74,39 @@ pub fn spawn_producer(
     batches: usize,
     seed: u64,
 ) -> Result<Receiver<Batch>, AugmentError> {
-    spawn_producer_with_prefetch(
+    spawn_producer_with(
         cases,
         sampler,
         pipeline,
         batch_size,
         batches,
         seed,
-        DEFAULT_PREFETCH,
+        ProducerOptions::default(),
     )
 }
 
-/// Starts a thread that sends `batches` batches of `batch_size` augmented patches, then hangs up.
+/// Starts `options.workers` threads that build `batches` batches of `batch_size` augmented
+/// patches, and returns the receiver that gets them in index order, then hangs up.
 ///
 /// Patch `i` of batch `b` draws its case (uniformly, with replacement), its crop and its
 /// augmentations from its own ChaCha8 stream seeded by `(seed, b, i)`, so the batches are the
-/// same for a seed whatever the timing, the thread count or the prefetch depth; the patches of a
-/// batch are built in parallel on rayon's pool. The channel holds `prefetch` batches; the
-/// thread blocks when it is full and stops as soon as the receiver is dropped.
+/// same for a seed whatever the worker count, the timing or the prefetch depth. Worker `w`
+/// builds batches `w, w + W, w + 2W, …` one at a time and hands each over when its turn
+/// comes (an ordering thread forwards them in index order into a channel of `prefetch`
+/// batches): at most `prefetch + W + 1` finished batches exist at once, and a worker runs at
+/// most one batch ahead of its turn. Everything stops as soon as the receiver is dropped.
 ///
-/// Errors (checked here, before the thread starts): no cases, `batch_size == 0`, a case whose
-/// image, label and index disagree on dims, or whose label is not single-channel, or cases
-/// with different channel counts.
-pub fn spawn_producer_with_prefetch(
+/// Errors (checked here, before any thread starts): no cases, `batch_size == 0`, a case
+/// whose image, label and index disagree on dims, or whose label is not single-channel, or
+/// cases with different channel counts; and a thread the OS refuses to start.
+pub fn spawn_producer_with(
     cases: Arc<Vec<Case>>,
     sampler: PatchSampler,
     pipeline: Pipeline,
     batch_size: usize,
     batches: usize,
     seed: u64,
-    prefetch: usize,
+    options: ProducerOptions,
 ) -> Result<Receiver<Batch>, AugmentError> {
     if cases.is_empty() {
         return Err(AugmentError::InvalidConfig {
@@ -111,21 +142,54 @@ pub fn spawn_producer_with_prefetch(
         }
     }
 
-    let (tx, rx) = sync_channel(prefetch);
-    std::thread::Builder::new()
-        .name("augment-producer".into())
-        .spawn(move || {
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .map(drop)
+            .map_err(|e| AugmentError::InvalidConfig {
+                what: "producer thread",
+                reason: e.to_string(),
+            })
+    };
+    // No more workers than batches (and at least one, so the ordering loop has a lane).
+    let workers = options.workers.get().min(batches).max(1);
+    let pipeline = Arc::new(pipeline);
+    let mut lanes = Vec::with_capacity(workers);
+    for w in 0..workers {
+        // Rendezvous: a finished batch waits in its worker until its turn.
+        let (lane, from_worker): (SyncSender<Batch>, _) = sync_channel(0);
+        let (cases, pipeline) = (cases.clone(), pipeline.clone());
+        spawn(
+            format!("augment-{w}"),
+            Box::new(move || {
+                for b in (w..batches).step_by(workers) {
+                    let batch =
+                        build_batch(&cases, &sampler, &pipeline, batch_size, seed, b, channels);
+                    if lane.send(batch).is_err() {
+                        break; // the ordering thread stopped: the consumer hung up
+                    }
+                }
+            }),
+        )?;
+        lanes.push(from_worker);
+    }
+    let (tx, rx) = sync_channel(options.prefetch);
+    spawn(
+        "augment-order".into(),
+        Box::new(move || {
             for b in 0..batches {
-                let batch = build_batch(&cases, &sampler, &pipeline, batch_size, seed, b, channels);
+                // A worker that panicked hangs up its lane: stop, and the consumer sees the
+                // channel close early.
+                let Ok(batch) = lanes[b % workers].recv() else {
+                    break;
+                };
                 if tx.send(batch).is_err() {
-                    break; // the trainer dropped the receiver
+                    break; // the consumer hung up; dropping the lanes stops the workers
                 }
             }
-        })
-        .map_err(|e| AugmentError::InvalidConfig {
-            what: "producer thread",
-            reason: e.to_string(),
-        })?;
+        }),
+    )?;
     Ok(rx)
 }
 
@@ -152,8 +216,8 @@ fn build_batch(
     channels: usize,
 ) -> Batch {
     use rand::Rng;
+    // One worker builds the whole batch: the pool's threads are the parallelism.
     let items: Vec<_> = (0..batch_size)
-        .into_par_iter()
         .map(|i| {
             let mut rng = patch_rng(seed, b, i);
             let case = rng.random_range(0..cases.len());
@@ -221,17 +285,25 @@ mod tests {
         Pipeline::from_strategy(&v, Magnitudes::default()).unwrap()
     }
 
+    fn options(workers: usize, prefetch: usize) -> ProducerOptions {
+        ProducerOptions {
+            workers: NonZeroUsize::new(workers).unwrap(),
+            prefetch,
+        }
+    }
+
     #[test]
     fn same_seed_gives_identical_batches() {
         let cs = cases(3);
         let sampler = PatchSampler::new([8, 8, 8], crate::DEFAULT_FG_FRACTION).unwrap();
-        let run = |seed, prefetch| -> Vec<Batch> {
-            spawn_producer_with_prefetch(cs.clone(), sampler, pipeline(), 4, 5, seed, prefetch)
+        let run = |seed, workers, prefetch| -> Vec<Batch> {
+            let o = options(workers, prefetch);
+            spawn_producer_with(cs.clone(), sampler, pipeline(), 4, 5, seed, o)
                 .unwrap()
                 .iter()
                 .collect()
         };
-        let a = run(42, 2);
+        let a = run(42, 1, 2);
         assert_eq!(a.len(), 5);
         for (i, b) in a.iter().enumerate() {
             assert_eq!(b.index, i);
@@ -242,9 +314,15 @@ mod tests {
             assert_eq!(b.label.len(), 4 * 512);
             assert_eq!(b.applied.len(), 4);
         }
-        assert_eq!(a, run(42, 0), "prefetch depth does not change the content");
-        assert_eq!(a, run(42, 5));
-        assert_ne!(a, run(43, 2));
+        assert_eq!(
+            a,
+            run(42, 3, 2),
+            "the worker count does not change the content"
+        );
+        assert_eq!(a, run(42, 2, 0), "nor does the prefetch depth");
+        assert_eq!(a, run(42, 8, 5), "more workers than batches");
+        assert_ne!(a, run(43, 1, 2));
+        assert_ne!(a, run(43, 3, 2));
         // Batches differ from each other, and the pipeline did fire.
         assert_ne!(a[0].image, a[1].image);
         assert!(
@@ -254,13 +332,58 @@ mod tests {
         );
     }
 
+    /// Three workers finish their batches in whatever order their timing gives; the consumer
+    /// still gets 0, 1, 2, … (a pool that forwarded batches as they finish would fail this).
     #[test]
-    fn dropping_the_receiver_stops_the_producer() {
+    fn batches_arrive_in_index_order_whatever_finishes_first() {
         let sampler = PatchSampler::new([8, 8, 8], 0.3).unwrap();
-        let rx = spawn_producer(cases(1), sampler, pipeline(), 2, usize::MAX, 1).unwrap();
+        let got: Vec<usize> =
+            spawn_producer_with(cases(2), sampler, pipeline(), 3, 10, 5, options(3, 0))
+                .unwrap()
+                .iter()
+                .map(|b| b.index)
+                .collect();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn dropping_the_receiver_stops_every_thread() {
+        let sampler = PatchSampler::new([8, 8, 8], 0.3).unwrap();
+        let cs = cases(1);
+        let rx = spawn_producer_with(
+            cs.clone(),
+            sampler,
+            pipeline(),
+            2,
+            usize::MAX,
+            1,
+            options(3, 2),
+        )
+        .unwrap();
         let first = rx.recv().unwrap();
         assert_eq!(first.index, 0);
-        drop(rx); // the thread's next send fails and it exits; the test would hang otherwise
+        assert!(Arc::strong_count(&cs) > 1, "the workers hold the cases");
+        drop(rx);
+        // Each worker's next hand-over fails once the ordering thread is gone; as they exit
+        // they drop their clones of the cases.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while Arc::strong_count(&cs) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} workers still hold the cases",
+                Arc::strong_count(&cs) - 1
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn default_workers_are_the_available_cores() {
+        assert_eq!(
+            ProducerOptions::default().workers,
+            std::thread::available_parallelism().unwrap()
+        );
+        assert_eq!(ProducerOptions::default().prefetch, DEFAULT_PREFETCH);
     }
 
     #[test]

@@ -5,18 +5,20 @@
 //!   once; [`DatasetCache`] keeps it for the next jobs of the same dataset.
 //! - [`JobSpec::from_strategy`] turns a strategy into the learning rate and augmentation
 //!   pipeline, refusing values outside [0, 1] or unknown dimensions.
-//! - [`train`] runs the epochs (augmentation on a producer thread, overlapped with the
-//!   step), reports each epoch, honours cancellation and returns the checkpoint bytes.
+//! - [`train`] runs the epochs (augmentation on a pool of producer threads, overlapped with
+//!   the step), reports each epoch (with the share of its time spent waiting for data),
+//!   honours cancellation and returns the checkpoint bytes.
 //! - [`evaluate`] runs sliding-window inference over the validation cases and returns the
 //!   Dice per case and class and their mean (the reward).
 
 use std::{
     collections::HashMap,
+    num::NonZeroUsize,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use augment::{CaseIndex, Magnitudes, PatchSampler, Pipeline};
@@ -192,6 +194,9 @@ pub struct EpochReport {
     pub epochs: u32,
     pub loss: f64,
     pub patches_per_sec: f64,
+    /// Share of the epoch's wall time the training loop spent waiting for the next batch
+    /// from the augmentation workers (0: the device never waited; near 1: data-bound).
+    pub data_wait_fraction: f64,
 }
 
 pub struct TrainOutput {
@@ -210,6 +215,9 @@ pub struct TrainInput<'a> {
     pub seed: u64,
     /// safetensors bytes to fine-tune from.
     pub init_checkpoint: Option<&'a [u8]>,
+    /// Threads that sample and augment patches; `None`: [`augment::default_workers`] (the
+    /// cores available to the process). The batches do not depend on it.
+    pub augment_workers: Option<NonZeroUsize>,
 }
 
 /// Trains one model. Blocking (call it from a blocking thread); `cancel` stops it between
@@ -226,6 +234,7 @@ pub fn train(
         training,
         seed,
         init_checkpoint,
+        augment_workers,
     } = *input;
     let started = Instant::now();
     check_training(training)?;
@@ -253,26 +262,34 @@ pub fn train(
         .map(|c| (c.image.clone(), c.label.clone(), CaseIndex::new(&c.label)))
         .collect();
     let sampler = PatchSampler::new(training.patch, 1.0 / 3.0).map_err(JobError::permanent)?;
-    let rx = augment::spawn_producer(
+    let producer = augment::ProducerOptions {
+        workers: augment_workers.unwrap_or_else(augment::default_workers),
+        ..Default::default()
+    };
+    let rx = augment::spawn_producer_with(
         Arc::new(cases),
         sampler,
         job.pipeline.clone(),
         batch,
         steps_per_epoch * epochs as usize,
         seed,
+        producer,
     )
     .map_err(JobError::permanent)?;
     let mut final_loss = f64::NAN;
     for epoch in 1..=epochs {
         let t = Instant::now();
         let mut sum = 0.0;
+        let mut waited = Duration::ZERO;
         for _ in 0..steps_per_epoch {
             if cancel.load(Ordering::Relaxed) {
                 return Err(JobError::Cancelled);
             }
+            let asked = Instant::now();
             let b = rx
                 .recv()
-                .map_err(|_| JobError::Transient("augmentation thread stopped".into()))?;
+                .map_err(|_| JobError::Transient("augmentation threads stopped".into()))?;
+            waited += asked.elapsed();
             let [x, y, z] = b.dims;
             let images = Tensor::from_vec(b.image, (b.batch, b.channels, z, y, x), device)
                 .map_err(JobError::permanent)?;
@@ -291,11 +308,13 @@ pub fn train(
             sum += loss as f64;
         }
         final_loss = sum / steps_per_epoch as f64;
+        let seconds = t.elapsed().as_secs_f64();
         on_epoch(EpochReport {
             epoch,
             epochs,
             loss: final_loss,
-            patches_per_sec: (steps_per_epoch * batch) as f64 / t.elapsed().as_secs_f64(),
+            patches_per_sec: (steps_per_epoch * batch) as f64 / seconds,
+            data_wait_fraction: (waited.as_secs_f64() / seconds).clamp(0.0, 1.0),
         });
     }
     let checkpoint = trainer.save_checkpoint().map_err(JobError::permanent)?;
@@ -414,6 +433,30 @@ pub fn evaluate(
     })
 }
 
+/// The default augmentation worker count: the cores available to the process
+/// ([`augment::default_workers`]).
+pub fn default_augment_workers() -> NonZeroUsize {
+    augment::default_workers()
+}
+
+/// The most augmentation workers [`augment_workers`] accepts: more is a typo, not a host.
+pub const MAX_AUGMENT_WORKERS: usize = 1024;
+
+/// Checks the augmentation worker count of `--augment-workers` / `SEGTUNE_AUGMENT_WORKERS`:
+/// unset means [`augment::default_workers`] (`None`), a set value must be in
+/// 1..=[`MAX_AUGMENT_WORKERS`]. The error names the flag and the variable.
+pub fn augment_workers(value: Option<usize>) -> Result<Option<NonZeroUsize>, String> {
+    match value {
+        None => Ok(None),
+        Some(n @ 1..=MAX_AUGMENT_WORKERS) => Ok(NonZeroUsize::new(n)),
+        Some(n) => Err(format!(
+            "--augment-workers (SEGTUNE_AUGMENT_WORKERS) = {n}: expected 1 to \
+             {MAX_AUGMENT_WORKERS} threads (unset: the {} cores available)",
+            augment::default_workers()
+        )),
+    }
+}
+
 /// Why `SEGTUNE_DEVICE` names no usable device; every variant carries the name as given.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -511,6 +554,25 @@ mod tests {
             unit: Default::default(),
         };
         assert_eq!(JobSpec::from_strategy(&no_lr).unwrap().lr, 1e-4);
+    }
+
+    #[test]
+    fn augment_worker_counts_are_checked_and_errors_name_the_setting() {
+        assert_eq!(augment_workers(None), Ok(None));
+        assert_eq!(augment_workers(Some(3)), Ok(NonZeroUsize::new(3)));
+        assert_eq!(
+            augment_workers(Some(MAX_AUGMENT_WORKERS)),
+            Ok(NonZeroUsize::new(MAX_AUGMENT_WORKERS))
+        );
+        for bad in [0, MAX_AUGMENT_WORKERS + 1] {
+            let e = augment_workers(Some(bad)).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "--augment-workers (SEGTUNE_AUGMENT_WORKERS) = {bad}: expected 1 to 1024"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,7 @@ async fn training_from_scratch_reaches_dice_0_7_on_a_tiny_ct_task() {
         training: &training,
         seed: env_or("SEGTUNE_LEARN_SEED", 0),
         init_checkpoint: None,
+        augment_workers: None,
     };
     let mut first_loss = None;
     let mut last_loss = f64::NAN;

@@ -204,6 +204,10 @@ pub struct Progress {
     pub patches_per_sec: f64,
     /// JetStream delivery attempt of the job (1 = first).
     pub attempt: u64,
+    /// Share of the epoch's wall time the trainer waited for augmented batches, in [0, 1]
+    /// (0 from trainers older than the field).
+    #[serde(default)]
+    pub data_wait_fraction: f64,
 }
 
 /// `segtune.trained.<study>`: a checkpoint is stored and waits for evaluation.

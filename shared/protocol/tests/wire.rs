@@ -167,8 +167,9 @@ fn every_message_round_trips_as_named_map() {
             loss: 0.5,
             patches_per_sec: 12.5,
             attempt: 1,
+            data_wait_fraction: 0.25,
         },
-        &["epoch", "loss", "patches_per_sec"],
+        &["epoch", "loss", "patches_per_sec", "data_wait_fraction"],
     );
     check(
         "trained",
@@ -379,6 +380,42 @@ fn rewards_from_an_older_evaluator_still_decode() {
     assert_eq!(
         (r.train_seconds, r.final_loss, r.eval_seconds),
         (0.0, 0.0, 0.0)
+    );
+}
+
+/// Progress from a trainer older than `data_wait_fraction` still decodes, with the field at
+/// 0. The golden file is the exact `progress.msgpack` checked in before the field was added,
+/// not re-encoded.
+#[test]
+fn progress_from_an_older_trainer_still_decodes() {
+    let path = format!(
+        "{}/tests/golden/progress_before_data_wait.msgpack",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let old_bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let v: rmpv::Value = rmpv::decode::read_value(&mut &old_bytes[..]).unwrap();
+    let keys: Vec<&str> = v
+        .as_map()
+        .unwrap()
+        .iter()
+        .filter_map(|(k, _)| k.as_str())
+        .collect();
+    assert!(!keys.contains(&"data_wait_fraction"), "{keys:?}");
+    let p: Progress = decode(&old_bytes).unwrap();
+    assert_eq!(
+        p,
+        Progress {
+            schema: SCHEMA_VERSION,
+            study: "demo".into(),
+            job_id: "demo-0003".into(),
+            worker: "w1".into(),
+            epoch: 2,
+            epochs: 10,
+            loss: 0.5,
+            patches_per_sec: 12.5,
+            attempt: 1,
+            data_wait_fraction: 0.0,
+        }
     );
 }
 
@@ -656,6 +693,7 @@ fn reward_stream_doc_lists_exactly_the_encoded_fields() {
             loss: 0.5,
             patches_per_sec: 12.5,
             attempt: 1,
+            data_wait_fraction: 0.25,
         }),
     );
     assert_documented(

@@ -10,13 +10,20 @@
 //! `SEGMODEL_BENCH_DEVICE` (`cpu`, the default, or `cuda` in a `--features cuda` build, as
 //! `scripts/device-check.sh` runs it); `SEGMODEL_BENCH_PATCH` sets the training patch edge
 //! (default 64; the GPU comparison `scripts/device-check.sh` runs uses 96).
+//!
+//! `… -- --generic [steps]`: the training step on the generic ops tier (what CUDA runs), on
+//! the CPU, at 2×1×96³ (`SEGMODEL_BENCH_PATCH` changes the edge): the bytes the autograd
+//! graph holds for the backward pass, per layer (see `Held` for how they are counted), the
+//! seconds per step (median of `steps`, default 1) and the peak RSS (`VmHWM`), against the
+//! issue's target of one step within 16 GB (the paper's V100s).
 
 // The crate's clippy.toml routes its own host reads through a counter; benches read freely.
 #![allow(clippy::disallowed_methods)]
 
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor, Var};
 use segmodel::infer::{SlidingWindow, sliding_window_predict};
 use segmodel::{SegTrainer, TrainConfig, UNetConfig, init_compute_threads, ops};
+use std::collections::HashSet;
 use std::time::Instant;
 use volume::{Geometry, Volume};
 
@@ -184,6 +191,203 @@ fn op_costs(reps: usize) -> Result<()> {
     Ok(())
 }
 
+/// `SEGMODEL_BENCH_PATCH`, or `default`: the edge of the cubic training patch.
+fn bench_patch(default: usize) -> Result<usize> {
+    match std::env::var("SEGMODEL_BENCH_PATCH") {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|&p| p >= 8 && p.is_multiple_of(8))
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "SEGMODEL_BENCH_PATCH={v:?}: expected a multiple of 8"
+                ))
+            }),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Bytes of a CPU storage buffer (the whole allocation, whatever view of it a tensor is).
+fn cpu_bytes(c: &CpuStorage) -> usize {
+    match c {
+        CpuStorage::U8(v) => v.len(),
+        CpuStorage::U32(v) => 4 * v.len(),
+        CpuStorage::I16(v) => 2 * v.len(),
+        CpuStorage::I32(v) => 4 * v.len(),
+        CpuStorage::I64(v) => 8 * v.len(),
+        CpuStorage::BF16(v) => 2 * v.len(),
+        CpuStorage::F16(v) => 2 * v.len(),
+        CpuStorage::F32(v) => 4 * v.len(),
+        CpuStorage::F64(v) => 8 * v.len(),
+        CpuStorage::F8E4M3(v) => v.len(),
+        CpuStorage::F6E2M3(v)
+        | CpuStorage::F6E3M2(v)
+        | CpuStorage::F4(v)
+        | CpuStorage::F8E8M0(v) => v.len(),
+    }
+}
+
+/// The memory an autograd graph holds for the backward pass, attributed to the layer whose
+/// output first reaches it.
+///
+/// How it is counted: after each layer, `Tensor::sorted_nodes` lists every tracked tensor the
+/// layer's output depends on (candle keeps each op's operands alive until the graph is
+/// dropped, so all of them are held until the backward pass ends). Each storage buffer is
+/// counted once, whole (views such as `narrow`, `reshape` or `permute` share their buffer),
+/// in the first layer whose output reaches it. Not counted: the variables (the weights,
+/// held anyway) and the untracked operands of ops (the input batch, the one-hot target,
+/// zero padding blocks), which candle's public API does not list; the RSS growth over the
+/// forward pass, printed next to the total, includes them.
+#[derive(Default)]
+struct Held {
+    seen: HashSet<usize>,
+    /// (layer, output dims, bytes first reached from it, buffers)
+    rows: Vec<(String, Vec<usize>, usize, usize)>,
+}
+
+impl Held {
+    fn add(&mut self, layer: &str, out: &Tensor) -> Result<()> {
+        let (mut bytes, mut buffers) = (0, 0);
+        for node in out.sorted_nodes() {
+            if node.is_variable() {
+                continue;
+            }
+            let (storage, layout) = node.storage_and_layout();
+            let key = std::ptr::from_ref::<Storage>(&*storage).addr();
+            if self.seen.insert(key) {
+                bytes += match &*storage {
+                    Storage::Cpu(c) => cpu_bytes(c),
+                    _ => layout.shape().elem_count() * node.dtype().size_in_bytes(),
+                };
+                buffers += 1;
+            }
+        }
+        self.rows
+            .push((layer.to_string(), out.dims().to_vec(), bytes, buffers));
+        Ok(())
+    }
+
+    fn total(&self) -> usize {
+        self.rows.iter().map(|r| r.2).sum()
+    }
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The issue's target for one training step at 2×1×96³: the 16 GB of the paper's V100s.
+const TARGET_GB: f64 = 16.0;
+
+/// `--generic`: the training step on the generic ops, on the CPU (see the module docs).
+fn generic_train(steps: usize) -> Result<()> {
+    let s = bench_patch(96)?;
+    let batch = 2;
+    let dev = Device::Cpu;
+    let unet = UNetConfig {
+        ops: ops::OpsPath::Generic,
+        ..unet_config()
+    };
+    let mut t = SegTrainer::new(&unet, TrainConfig::default(), 0, &dev)?;
+    let x = Tensor::randn(0f32, 1.0, (batch, 1, s, s, s), &dev)?;
+    let y = (Tensor::rand(0f32, 1.0, (batch, s, s, s), &dev)?.ge(0.8)?).to_dtype(DType::U8)?;
+    println!(
+        "generic ops on the CPU: U-Net {:?}, batch [{batch},1,{s},{s},{s}], {} threads",
+        unet.channels,
+        rayon::current_num_threads()
+    );
+
+    // 1. One forward pass + loss, walking the graph after every layer, then its backward.
+    let rss0 = status_mib("VmRSS");
+    let start = Instant::now();
+    let mut held = Held::default();
+    let logits = t
+        .model()
+        .forward_tapped(&x, &mut |name, out| held.add(name, out))?;
+    let loss = ops::OpsPath::Generic.soft_dice_loss(&logits, &y, &t.config().loss)?;
+    held.add("loss", &loss)?;
+    let forward_s = start.elapsed().as_secs_f64();
+    let rss_graph = status_mib("VmRSS");
+    let start = Instant::now();
+    let grads = loss.backward()?;
+    let backward_s = start.elapsed().as_secs_f64();
+    drop((grads, loss, logits));
+
+    println!(
+        "memory held for the backward pass, per layer: the buffers of the tensors the autograd \
+         graph keeps alive, each counted once, in the first layer whose output reaches it \
+         (Tensor::sorted_nodes after each layer; the weights and untracked operands not \
+         counted):"
+    );
+    println!("| layer        | output                 | held MiB | buffers | cumulative MiB |");
+    println!("|--------------|------------------------|---------:|--------:|---------------:|");
+    let mut cumulative = 0;
+    for (name, dims, bytes, n) in &held.rows {
+        cumulative += bytes;
+        println!(
+            "| {name:<12} | {:<22} | {:>8.0} | {n:>7} | {:>14.0} |",
+            format!("{dims:?}"),
+            mib(*bytes),
+            mib(cumulative)
+        );
+    }
+    let largest = held
+        .rows
+        .iter()
+        .max_by_key(|r| r.2)
+        .expect("at least one layer");
+    println!(
+        "largest: {} {:.0} MiB; total held {:.0} MiB by the graph walk; VmRSS grew {:.0} MiB \
+         over the forward pass and loss (measured: includes the untracked operands and freed \
+         temporaries the allocator kept)",
+        largest.0,
+        mib(largest.2),
+        mib(held.total()),
+        rss_graph - rss0
+    );
+    println!(
+        "untimed analysis pass: forward + loss {forward_s:.1} s (graph walks included), \
+         backward {backward_s:.1} s"
+    );
+
+    // 2. Timed training steps (forward, loss, backward, Adam).
+    let step = median_ms(steps, 0, || {
+        t.step(&x, &y)?;
+        Ok(())
+    })?;
+    let peak = status_mib("VmHWM");
+    let peak_gb = peak * 1024.0 * 1024.0 / 1e9;
+    println!(
+        "train step [{batch},1,{s},{s},{s}] (fwd+Dice+bwd+Adam), generic ops on the cpu: \
+         {:.1} s, median of {steps} (cpu {:.1} s per step)",
+        step.wall / 1e3,
+        step.cpu / 1e3
+    );
+    println!(
+        "peak RSS (VmHWM of the process, analysis pass included): {peak:.0} MiB = \
+         {peak_gb:.2} GB; target one step <= {TARGET_GB} GB: {}",
+        if peak_gb <= TARGET_GB {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "RESULT {{\"impl\": \"segtune\", \"device\": \"cpu\", \"ops\": \"generic\", \
+         \"bench\": \"train\", \"median_ms\": {:.1}, \"cpu_ms\": {:.1}, \"voxels\": {}, \
+         \"reps\": {steps}, \"threads\": {}, \"peak_rss_mib\": {peak:.0}, \
+         \"held_mib\": {:.0}, \"largest_layer\": \"{}\", \"largest_mib\": {:.0}}}",
+        step.wall,
+        step.cpu,
+        batch * s * s * s,
+        rayon::current_num_threads(),
+        mib(held.total()),
+        largest.0,
+        mib(largest.2),
+    );
+    Ok(())
+}
+
 /// The device of `train` and `sliding`: `SEGMODEL_BENCH_DEVICE` (cpu or cuda).
 fn bench_device() -> Result<Device> {
     match std::env::var("SEGMODEL_BENCH_DEVICE").as_deref() {
@@ -201,18 +405,7 @@ fn device_name(dev: &Device) -> &'static str {
 /// (`SEGMODEL_BENCH_PATCH` changes the edge).
 fn train(reps: usize) -> Result<()> {
     let dev = bench_device()?;
-    let s = match std::env::var("SEGMODEL_BENCH_PATCH") {
-        Ok(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|&p| p >= 8 && p.is_multiple_of(8))
-            .ok_or_else(|| {
-                candle_core::Error::Msg(format!(
-                    "SEGMODEL_BENCH_PATCH={v:?}: expected a multiple of 8"
-                ))
-            })?,
-        Err(_) => 64,
-    };
+    let s = bench_patch(64)?;
     let batch = 2;
     let mut t = SegTrainer::new(&unet_config(), TrainConfig::default(), 0, &dev)?;
     let x = Tensor::randn(0f32, 1.0, (batch, 1, s, s, s), &dev)?;
@@ -331,10 +524,27 @@ fn parse_size(s: &str) -> Option<(usize, usize, usize)> {
 fn main() -> Result<()> {
     BASELINE_RSS_MIB.get_or_init(|| status_mib("VmRSS"));
     init_compute_threads();
+    let generic = std::env::args().any(|a| a == "--generic");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    if generic {
+        // `--generic [steps]` (or `train --generic [steps]`).
+        let rest = match args.first().map(String::as_str) {
+            Some("train") => &args[1..],
+            _ => &args[..],
+        };
+        let steps = match rest.first() {
+            None => 1,
+            Some(n) => n.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "usage: bench_unet --generic [steps]; got {n:?} for steps"
+                ))
+            })?,
+        };
+        return generic_train(steps);
+    }
     let what = args.first().map_or("all", String::as_str);
     if what == "sliding" {
         let Some((d, h, w)) = args.get(1).and_then(|s| parse_size(s)) else {

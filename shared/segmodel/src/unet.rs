@@ -114,11 +114,28 @@ fn conv_block(cin: usize, cout: usize, cfg: &UNetConfig, vb: VarBuilder) -> Resu
     })
 }
 
+/// What [`UNet3d::forward_tapped`] calls after each layer: the layer's name and its output.
+pub type Tap<'a> = dyn FnMut(&str, &Tensor) -> Result<()> + 'a;
+
+impl ConvBlock {
+    /// `[B, Cin, D, H, W] -> [B, Cout, D, H, W]`; `tap` sees `{name}.conv1`, `.norm1`, ….
+    fn forward_tapped(&self, x: &Tensor, name: &str, tap: &mut Tap<'_>) -> Result<Tensor> {
+        let h = self.conv1.forward(x)?;
+        tap(&format!("{name}.conv1"), &h)?;
+        let h = self.norm1.forward(&h)?;
+        tap(&format!("{name}.norm1"), &h)?;
+        let h = self.conv2.forward(&h)?;
+        tap(&format!("{name}.conv2"), &h)?;
+        let h = self.norm2.forward(&h)?;
+        tap(&format!("{name}.norm2"), &h)?;
+        Ok(h)
+    }
+}
+
 impl Module for ConvBlock {
     /// `[B, Cin, D, H, W] -> [B, Cout, D, H, W]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.norm1.forward(&self.conv1.forward(x)?)?;
-        self.norm2.forward(&self.conv2.forward(&h)?)
+        self.forward_tapped(x, "", &mut |_, _| Ok(()))
     }
 }
 
@@ -202,10 +219,14 @@ impl UNet3d {
     }
 }
 
-impl Module for UNet3d {
-    /// `[B, in_channels, D, H, W] -> [B, num_classes, D, H, W]` logits (no softmax).
-    /// D, H and W must be multiples of `2^(levels − 1)`; anything else is an error.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl UNet3d {
+    /// [`Module::forward`], calling `tap(layer, output)` after every layer, in order:
+    /// `enc.{i}.conv1`, `enc.{i}.norm1`, `enc.{i}.conv2`, `enc.{i}.norm2` (with `pool.{i}`, the
+    /// max-pooling into level `i > 0`, before them), then per decoder level from the coarsest
+    /// `up.{i}`, `cat.{i}` (the skip concatenation) and the `dec.{i}.…` layers, and `head`.
+    /// For profiling (`benches/bench_unet.rs --generic` attributes the memory the autograd
+    /// graph holds to the layer that added it); an error from `tap` stops the forward pass.
+    pub fn forward_tapped(&self, x: &Tensor, tap: &mut Tap<'_>) -> Result<Tensor> {
         self.check_input(x)?;
         let last = self.enc.len() - 1;
         let mut skips = Vec::with_capacity(last);
@@ -213,16 +234,30 @@ impl Module for UNet3d {
         for (i, block) in self.enc.iter().enumerate() {
             if i > 0 {
                 h = self.cfg.ops.max_pool3d_2x(&h)?;
+                tap(&format!("pool.{i}"), &h)?;
             }
-            h = block.forward(&h)?;
+            h = block.forward_tapped(&h, &format!("enc.{i}"), tap)?;
             if i < last {
                 skips.push(h.clone());
             }
         }
         for i in (0..last).rev() {
             let u = self.up[i].forward(&h)?;
-            h = self.dec[i].forward(&Tensor::cat(&[&u, &skips[i]], 1)?)?;
+            tap(&format!("up.{i}"), &u)?;
+            let c = Tensor::cat(&[&u, &skips[i]], 1)?;
+            tap(&format!("cat.{i}"), &c)?;
+            h = self.dec[i].forward_tapped(&c, &format!("dec.{i}"), tap)?;
         }
-        self.head.forward(&h)
+        let y = self.head.forward(&h)?;
+        tap("head", &y)?;
+        Ok(y)
+    }
+}
+
+impl Module for UNet3d {
+    /// `[B, in_channels, D, H, W] -> [B, num_classes, D, H, W]` logits (no softmax).
+    /// D, H and W must be multiples of `2^(levels − 1)`; anything else is an error.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_tapped(x, &mut |_, _| Ok(()))
     }
 }

@@ -1,6 +1,7 @@
 //! The `segtune` binary as a user runs it (one test binary for the crate; a module per area).
 
 mod bad_input;
+mod gpu_check;
 mod train_eval;
 
 use std::process::{Command, Output};

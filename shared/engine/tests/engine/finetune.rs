@@ -45,6 +45,7 @@ fn run(
         training,
         seed,
         init_checkpoint: init,
+        augment_workers: None,
     };
     let mut first = None;
     let out = engine::train(&input, &Device::Cpu, &AtomicBool::new(false), |r| {

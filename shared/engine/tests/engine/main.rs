@@ -4,6 +4,7 @@
 
 mod cache;
 mod finetune;
+mod workers;
 
 use protocol::{DatasetSource, PreprocessParams};
 use storage::DynStore;

@@ -551,6 +551,7 @@ mod tests {
             loss,
             patches_per_sec: pps,
             attempt: 1,
+            data_wait_fraction: 0.0,
         }
     }
 
