@@ -387,15 +387,7 @@ pub async fn handle_next_submission(
         })
     };
     if let Err(errors) = ::study::validate_spec(&spec) {
-        return reject(format!(
-            "invalid study spec: {}",
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
-        .await;
+        return reject(study::invalid_spec(&errors)).await;
     }
     if let Some(existing) = read_state(&app.store, &study).await? {
         if existing.spec == spec {

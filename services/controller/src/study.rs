@@ -149,16 +149,8 @@ impl Study {
         spec: StudySpec,
         warm: Option<&WarmStart>,
     ) -> anyhow::Result<Self> {
-        let space = validate_spec(&spec).map_err(|errors| {
-            anyhow::anyhow!(
-                "invalid study spec: {}",
-                errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        })?;
+        let space =
+            validate_spec(&spec).map_err(|errors| anyhow::anyhow!(invalid_spec(&errors)))?;
         let mut searcher =
             search::build(&spec.searcher, &space, &spec.searcher_settings, spec.seed)?;
         if let Some(warm) = warm {
@@ -900,6 +892,12 @@ impl Study {
             tracing::warn!(%study, error = %e, "cannot purge the study's waiting jobs");
         }
     }
+}
+
+/// The reason a submission is rejected for: every problem of the spec, named by its key.
+pub fn invalid_spec(errors: &[::study::FieldError]) -> String {
+    let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    format!("invalid study spec: {}", all.join("; "))
 }
 
 /// What a study naming `warm_start = from` starts from: `from`'s rewarded strategies (unit

@@ -174,18 +174,7 @@ async fn extend(a: ExtendArgs) -> anyhow::Result<()> {
         "extended study {} from {previous} to {} jobs ({})",
         spec.study, spec.max_jobs, spec.searcher
     );
-    if !a.wait {
-        println!("{}", spec.study);
-        return Ok(());
-    }
-    let opts = watch::FollowOptions {
-        start_timeout: None,
-        output: watch::Output::auto(),
-        best_file: a.best,
-    };
-    watch::follow(&client, &js, &spec.study, &opts)
-        .await
-        .map(|_| ())
+    print_or_follow(&client, &js, &spec.study, a.wait, a.best).await
 }
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
@@ -199,18 +188,28 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     }
     let (client, js) = bus::connect_provisioned(&a.nats).await?;
     submit_spec(&js, &a.nats, &spec).await?;
-    if !a.wait {
-        println!("{}", spec.study);
+    print_or_follow(&client, &js, &spec.study, a.wait, a.best).await
+}
+
+/// Without `wait`, prints the study id (for scripts); with it, follows the study to its end
+/// (exit 1 if it fails), writing the best strategy to `best` when given.
+async fn print_or_follow(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    study: &str,
+    wait: bool,
+    best: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if !wait {
+        println!("{study}");
         return Ok(());
     }
     let opts = watch::FollowOptions {
         start_timeout: None,
         output: watch::Output::auto(),
-        best_file: a.best,
+        best_file: best,
     };
-    watch::follow(&client, &js, &spec.study, &opts)
-        .await
-        .map(|_| ())
+    watch::follow(client, js, study, &opts).await.map(|_| ())
 }
 
 /// Hands `spec` to the controller. Refuses (instead of queueing it for nobody) when no
