@@ -431,14 +431,13 @@ pub async fn handle_next_submission(
         tracing::info!(%study, max_jobs, "study extended");
         return Ok(Submission::Accepted(Box::new(extended)));
     }
-    let warm = match &spec.warm_start {
-        None => None,
-        Some(from) => match study::warm_start_from(app, &spec, from).await? {
-            Ok(w) => Some(w),
+    let created = match spec.warm_start.clone() {
+        None => Study::create(app, spec).await?,
+        Some(from) => match study::warm_start_from(app, &spec, &from).await? {
+            Ok((space, searcher)) => Study::create_with(app, spec, space, searcher).await?,
             Err(reason) => return reject(reason).await,
         },
     };
-    let created = Study::create_warm(app, spec, warm.as_ref()).await?;
     if let Err(e) = msg.double_ack().await {
         // Saved already: a redelivery will be a duplicate of a running study.
         tracing::warn!(%study, error = %e, "submission ack failed");

@@ -140,22 +140,19 @@ impl Study {
     /// A new study from a submitted spec: validated, its searcher built, its state saved
     /// (phase `Preparing`). Nothing is published yet.
     pub async fn create(app: &App, spec: StudySpec) -> anyhow::Result<Self> {
-        Self::create_warm(app, spec, None).await
-    }
-
-    /// [`Study::create`], its searcher seeded from an earlier study (see [`warm_start_from`]).
-    pub async fn create_warm(
-        app: &App,
-        spec: StudySpec,
-        warm: Option<&WarmStart>,
-    ) -> anyhow::Result<Self> {
         let space =
             validate_spec(&spec).map_err(|errors| anyhow::anyhow!(invalid_spec(&errors)))?;
-        let mut searcher =
-            search::build(&spec.searcher, &space, &spec.searcher_settings, spec.seed)?;
-        if let Some(warm) = warm {
-            searcher.warm_start(warm)?;
-        }
+        let searcher = search::build(&spec.searcher, &space, &spec.searcher_settings, spec.seed)?;
+        Self::create_with(app, spec, space, searcher).await
+    }
+
+    /// [`Study::create`] with a searcher made already (seeded by [`warm_start_from`]).
+    pub async fn create_with(
+        app: &App,
+        spec: StudySpec,
+        space: SearchSpace,
+        searcher: Box<dyn Searcher>,
+    ) -> anyhow::Result<Self> {
         let now = now_unix();
         let dataset_request = match spec.dataset {
             DatasetRef::Source { .. } => Some(format!("{}-{:x}", spec.study, (now * 1e6) as u64)),
@@ -900,15 +897,15 @@ pub fn invalid_spec(errors: &[::study::FieldError]) -> String {
     format!("invalid study spec: {}", all.join("; "))
 }
 
-/// What a study naming `warm_start = from` starts from: `from`'s rewarded strategies (unit
-/// coordinates, in the order they were counted) and its saved searcher. `Err` says why it
-/// cannot (no such study in the store, another space, a searcher that refuses), as the
-/// submission's rejection reason.
+/// The space and searcher of a (validated) study naming `warm_start = from`, the searcher
+/// seeded with `from`'s rewarded strategies (unit coordinates, in the order they were
+/// counted) and its saved state. `Err` says why it cannot be (no such study in the store,
+/// another space, a searcher that refuses), as the submission's rejection reason.
 pub async fn warm_start_from(
     app: &App,
     spec: &StudySpec,
     from: &str,
-) -> anyhow::Result<Result<WarmStart, String>> {
+) -> anyhow::Result<Result<(SearchSpace, Box<dyn Searcher>), String>> {
     let refuse = |why: String| Ok(Err(format!("search.warm_start: {why}")));
     let Some(source) = read_state(&app.store, from).await? else {
         return refuse(format!("no study named {from} in the store"));
@@ -934,11 +931,11 @@ pub async fn warm_start_from(
     };
     // The searcher's own refusals (ppo-rnn from another kind, ...) are the submission's.
     let space = SearchSpace::new(spec.space.clone())?;
-    let mut probe = search::build(&spec.searcher, &space, &spec.searcher_settings, spec.seed)?;
-    if let Err(e) = probe.warm_start(&warm) {
+    let mut searcher = search::build(&spec.searcher, &space, &spec.searcher_settings, spec.seed)?;
+    if let Err(e) = searcher.warm_start(&warm) {
         return refuse(format!("from study {from}: {e}"));
     }
-    Ok(Ok(warm))
+    Ok(Ok((space, searcher)))
 }
 
 /// The first way two spaces differ (names and order, ranges, scales), if they do.

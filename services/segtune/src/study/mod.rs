@@ -11,6 +11,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Args, Subcommand};
+use futures::StreamExt as _;
 use protocol::{StudyEventKind, subjects};
 
 pub mod bus;
@@ -147,28 +148,32 @@ async fn extend(a: ExtendArgs) -> anyhow::Result<()> {
     )
     .await?;
     // The controller says it took the extension with an `extended` event (and only then may a
-    // follower start: the `done` before it must not end the follow).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let events: Vec<protocol::StudyEvent> = bus::replay(
-            &js,
-            subjects::stream::EVENTS,
-            &subjects::study_events(&spec.study),
-        )
-        .await?;
-        let taken = events.iter().any(|e| {
-            matches!(e.event, StudyEventKind::Extended { max_jobs, .. } if max_jobs == a.max_jobs)
-        });
-        if taken {
-            break;
+    // follower start: the `done` before it must not end the follow). One consumer, replayed
+    // then live, until it comes.
+    let (mut events, _) = bus::replay_consumer(
+        &js,
+        subjects::stream::EVENTS,
+        &subjects::study_events(&spec.study),
+    )
+    .await?;
+    let extended = async {
+        while let Some(msg) = events.next().await {
+            let msg = msg.context("reading the study's events")?;
+            if let Ok(ev) = protocol::decode::<protocol::StudyEvent>(&msg.payload)
+                && matches!(ev.event, StudyEventKind::Extended { max_jobs, .. } if max_jobs == a.max_jobs)
+            {
+                return anyhow::Ok(true);
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "the controller did not extend study {} within 30 s (its log says why)",
-                spec.study
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok(false)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), extended).await {
+        Ok(Ok(true)) => {}
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(false)) | Err(_) => anyhow::bail!(
+            "the controller did not extend study {} within 30 s (its log says why)",
+            spec.study
+        ),
     }
     eprintln!(
         "extended study {} from {previous} to {} jobs ({})",
