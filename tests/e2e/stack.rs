@@ -530,6 +530,118 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     );
     let extend_secs = t_extend.elapsed();
 
+    // `segtune study finalize`: the best strategy trained as a job a trainer takes, scored by
+    // the evaluator, stored as a bundle (and copied to a folder); then `segtune predict` on
+    // the validation cases as the task folder has them (0.7 x 0.7 x 2.5 mm, flipped axes):
+    // their Dice in the original space is close to the evaluator's at 1 mm for that model.
+    let t_final = Instant::now();
+    let bundle = dir.path().join("bundle");
+    let out = Command::new(&segtune)
+        .args([
+            "study",
+            "finalize",
+            STUDY,
+            "--timeout-secs",
+            "120",
+            "--nats",
+            &url,
+        ])
+        .arg("--store")
+        .arg(data.join("store"))
+        .arg("--out")
+        .arg(&bundle)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "study finalize: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), format!("store:studies/{STUDY}/final/bundle"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("bundle.json")).unwrap()).unwrap();
+    assert_eq!(manifest["provenance"]["study"], STUDY);
+    let finals: Vec<Reward> = test_support::stream_payloads(
+        &js,
+        subjects::stream::REWARDS,
+        &subjects::rewards(&format!("{STUDY}-final")),
+    )
+    .await
+    .iter()
+    .map(|p| protocol::decode(p).unwrap())
+    .collect();
+    assert_eq!(finals.len(), 1, "one final reward");
+    let at_1mm = &finals[0];
+    assert_eq!(
+        manifest["provenance"]["validation_dice"].as_f64(),
+        Some(at_1mm.mean)
+    );
+    // The study's own reward stream holds the search's jobs only.
+    let after: Vec<Reward> =
+        test_support::stream_payloads(&js, subjects::stream::REWARDS, &subjects::rewards(STUDY))
+            .await
+            .iter()
+            .map(|p| protocol::decode(p).unwrap())
+            .collect();
+    assert_eq!(after.len(), 8);
+    let inputs = dir.path().join("validation-images");
+    std::fs::create_dir_all(&inputs).unwrap();
+    for c in &at_1mm.per_case {
+        let name = format!("{}.nii.gz", c.case);
+        std::fs::copy(task.join("imagesTr").join(&name), inputs.join(&name)).unwrap();
+    }
+    let masks = dir.path().join("masks");
+    let out = Command::new(&segtune)
+        .args(["predict", "--model"])
+        .arg(&bundle)
+        .arg("--input")
+        .arg(&inputs)
+        .arg("--output")
+        .arg(&masks)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "predict: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut dice = Vec::new();
+    for c in &at_1mm.per_case {
+        let name = format!("{}.nii.gz", c.case);
+        let limits = volume::ReadLimits::default();
+        let mask = volume::read_nifti(&masks.join(&name), &limits).unwrap();
+        let label = volume::read_nifti(&task.join("labelsTr").join(&name), &limits).unwrap();
+        assert_eq!(mask.volume.dims, label.volume.dims, "{name}");
+        let image = volume::read_nifti(&inputs.join(&name), &limits).unwrap();
+        assert_eq!(
+            mask.spatial, image.spatial,
+            "{name}: the mask overlays the image"
+        );
+        let to_u8 = |v: &[f32]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+        let d = segmodel::infer::dice_per_class(
+            &to_u8(&mask.volume.data),
+            &to_u8(&label.volume.data),
+            at_1mm.per_class.len() + 1,
+        );
+        dice.push(d.iter().sum::<f64>() / d.len() as f64);
+    }
+    let original = dice.iter().sum::<f64>() / dice.len() as f64;
+    eprintln!(
+        "final model: Dice {:.4} at 1 mm (evaluator), {original:.4} in the original space",
+        at_1mm.mean
+    );
+    assert!(
+        original >= 0.8 * at_1mm.mean,
+        "Dice in the original space {original:.4} < 0.8 x {:.4} at 1 mm",
+        at_1mm.mean
+    );
+    let final_secs = t_final.elapsed();
+
     // Ctrl-C (SIGINT) stops every child segtune up started and exits 0; every service logged
     // to its own file.
     let t_stop = Instant::now();
@@ -549,14 +661,15 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
     let total = t0.elapsed();
     eprintln!(
         "e2e stack: cargo build check {:.1} s, stack up {:.1} s, 6-job study {:.1} s, \
-         late watch {:.1} s, python subscriber {:.1} s, extension {:.1} s, stop {:.1} s, \
-         total {:.1} s",
+         late watch {:.1} s, python subscriber {:.1} s, extension {:.1} s, finalize and \
+         predict {:.1} s, stop {:.1} s, total {:.1} s",
         built.as_secs_f64(),
         ready.as_secs_f64(),
         studied.as_secs_f64(),
         watch_secs.as_secs_f64(),
         py_secs.as_secs_f64(),
         extend_secs.as_secs_f64(),
+        final_secs.as_secs_f64(),
         stopped.as_secs_f64(),
         total.as_secs_f64()
     );

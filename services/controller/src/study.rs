@@ -858,6 +858,7 @@ impl Study {
             strategy: job.strategy.clone(),
             training: self.state.spec.training.clone(),
             seed: job.seed,
+            final_model: None,
         })
     }
 

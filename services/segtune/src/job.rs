@@ -15,22 +15,33 @@ pub struct NetArgs {
     /// U-Net channels per level.
     #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
     pub channels: Vec<usize>,
-    /// Patch (and sliding window) edge in voxels, or x,y,z.
-    #[arg(long, value_delimiter = ',', default_value = "32")]
-    pub patch: Vec<usize>,
+    /// Patch (and sliding window) edge in voxels, or x,y,z (train default: from the
+    /// dataset's median case extent, see "Defaults" in the README; eval default: 32).
+    #[arg(long, value_delimiter = ',')]
+    pub patch: Option<Vec<usize>>,
     /// Sliding-window overlap at validation.
     #[arg(long, default_value_t = 0.25)]
     pub overlap: f64,
 }
 
 impl NetArgs {
-    fn patch(&self) -> anyhow::Result<[usize; 3]> {
-        match self.patch.as_slice() {
-            [p] => Ok([*p; 3]),
-            [x, y, z] => Ok([*x, *y, *z]),
-            p => anyhow::bail!("--patch {p:?}: expected one value or x,y,z"),
+    fn patch(&self) -> anyhow::Result<Option<[usize; 3]>> {
+        match self.patch.as_deref() {
+            None => Ok(None),
+            Some([p]) => Ok(Some([*p; 3])),
+            Some([x, y, z]) => Ok(Some([*x, *y, *z])),
+            Some(p) => anyhow::bail!("--patch {p:?}: expected one value or x,y,z"),
         }
     }
+}
+
+/// The loss of `segtune train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Loss {
+    /// Soft Dice alone (the paper's).
+    Dice,
+    /// Soft Dice plus cross-entropy (nnU-Net's; the default).
+    DiceCe,
 }
 
 #[derive(Debug, Args)]
@@ -38,21 +49,24 @@ pub struct TrainArgs {
     /// Preprocessed dataset id (`segtune data preprocess` prints it).
     #[arg(long)]
     pub dataset: String,
-    /// Strategy file (TOML: `name = value` per dimension); default: the paper's routine
-    /// strategy (every probability 0.5, learning rate 1e-4).
+    /// `default` (learning rate 3e-3; mirroring, shifts, scaling and smoothing at 0.5),
+    /// `routine` (the paper's routine strategy: every probability 0.5, learning rate 1e-4),
+    /// or a strategy file (TOML: `name = value` per dimension, e.g. a study's best.toml).
+    #[arg(long, default_value = "default")]
+    pub strategy: String,
+    /// Epochs (default: 30).
     #[arg(long)]
-    pub strategy: Option<PathBuf>,
-    #[arg(long, default_value_t = 20)]
-    pub epochs: u32,
-    #[arg(long, default_value_t = 16)]
-    pub patches_per_epoch: u32,
+    pub epochs: Option<u32>,
+    /// Patches per epoch (default: as many patch voxels as the training cases hold, at
+    /// least 16).
+    #[arg(long)]
+    pub patches_per_epoch: Option<u32>,
     #[arg(long, default_value_t = 2)]
     pub batch: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Loss: soft Dice plus cross-entropy (default: soft Dice alone, as the paper).
-    #[arg(long)]
-    pub dice_ce: bool,
+    #[arg(long, value_enum, default_value = "dice-ce")]
+    pub loss: Loss,
     /// Fine-tune from this checkpoint (a file written by `segtune train`).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -60,6 +74,10 @@ pub struct TrainArgs {
     /// `<out>.json`).
     #[arg(long, default_value = "model.safetensors")]
     pub out: PathBuf,
+    /// Also write a model bundle into this folder (weights, network, preprocessing, labels,
+    /// validation Dice): what `segtune predict --model` reads.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
     #[arg(long, env = "SEGTUNE_STORE", default_value = storage::DEFAULT_STORE)]
@@ -116,24 +134,21 @@ pub fn load_strategy(path: &Path) -> anyhow::Result<Strategy> {
     Ok(s)
 }
 
+/// `default`, `routine` or a strategy file.
+pub fn resolve_strategy(name: &str) -> anyhow::Result<Strategy> {
+    match name {
+        "default" => Ok(engine::defaults::default_strategy()),
+        "routine" => Ok(protocol::strategy::routine_strategy()),
+        path => load_strategy(Path::new(path)),
+    }
+}
+
 pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
     segmodel::init_compute_threads();
-    let strategy = match &a.strategy {
-        Some(p) => load_strategy(p)?,
-        None => protocol::strategy::routine_strategy(),
-    };
+    let strategy = resolve_strategy(&a.strategy)?;
     let spec = engine::JobSpec::from_strategy(&strategy)?;
     let augment_workers = engine::augment_workers(a.augment_workers).map_err(anyhow::Error::msg)?;
-    let training = TrainingConfig {
-        channels: a.net.channels.clone(),
-        epochs: a.epochs,
-        patches_per_epoch: a.patches_per_epoch,
-        batch_size: a.batch,
-        patch: a.net.patch()?,
-        overlap: a.net.overlap,
-        init_checkpoint: None,
-        dice_ce: a.dice_ce,
-    };
+    let patch = a.net.patch()?;
     let init = match &a.init {
         Some(p) => Some(
             std::fs::read(p).with_context(|| format!("cannot read checkpoint {}", p.display()))?,
@@ -143,23 +158,54 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
     let store = storage::open(&a.store)?;
     let device = engine::device(&a.device)?;
     let data = engine::Dataset::load(&store, &a.dataset).await?;
+    let defaults = engine::defaults::default_training(&data.manifest);
+    let patch = patch.unwrap_or(defaults.patch);
+    let training = TrainingConfig {
+        channels: a.net.channels.clone(),
+        epochs: a.epochs.unwrap_or(defaults.epochs),
+        patches_per_epoch: a.patches_per_epoch.unwrap_or_else(|| {
+            engine::defaults::default_patches_per_epoch(&data.manifest, patch, a.batch)
+        }),
+        batch_size: a.batch,
+        patch,
+        overlap: a.net.overlap,
+        init_checkpoint: None,
+        dice_ce: a.loss == Loss::DiceCe,
+    };
     eprintln!(
         "training on {} ({} train cases), strategy {:?}",
         a.dataset,
         data.train.len(),
         strategy.values
     );
+    eprintln!(
+        "budget: {} epochs x {} patches of {:?} in batches of {}, U-Net {:?}, loss {}",
+        training.epochs,
+        training.patches_per_epoch,
+        training.patch,
+        training.batch_size,
+        training.channels,
+        if training.dice_ce {
+            "Dice + CE"
+        } else {
+            "Dice"
+        }
+    );
     let t2 = training.clone();
-    let out = tokio::task::spawn_blocking(move || {
+    let s2 = strategy.clone();
+    let bundle_dir = a.bundle.clone();
+    let seed = a.seed;
+    let (out, bundle) = tokio::task::spawn_blocking(move || {
         let input = engine::TrainInput {
             data: &data,
             job: &spec,
             training: &t2,
-            seed: a.seed,
+            seed,
             init_checkpoint: init.as_deref(),
             augment_workers,
+            all_cases: false,
         };
-        engine::train(&input, &device, &AtomicBool::new(false), |r| {
+        let out = engine::train(&input, &device, &AtomicBool::new(false), |r| {
             eprintln!(
                 "epoch {}/{}  loss {:.4}  {:.1} patches/s  data wait {:.0}%",
                 r.epoch,
@@ -168,12 +214,42 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
                 r.patches_per_sec,
                 100.0 * r.data_wait_fraction
             )
-        })
+        })?;
+        let bundle = match bundle_dir {
+            None => None,
+            Some(_) => {
+                let dice = if data.validation.is_empty() {
+                    None
+                } else {
+                    let ev = engine::evaluate(&data, &t2, &out.checkpoint, &device)?;
+                    eprintln!("validation mean Dice {:.4} ({:.1} s)", ev.mean, ev.seconds);
+                    Some(ev.mean)
+                };
+                Some(engine::bundle::Bundle::new(
+                    &data,
+                    out.checkpoint.clone(),
+                    &engine::bundle::BundleSource {
+                        study: None,
+                        job_id: None,
+                        strategy: &s2,
+                        training: &t2,
+                        seed,
+                        all_cases: false,
+                        validation_dice: dice,
+                    },
+                ))
+            }
+        };
+        Ok::<_, engine::JobError>((out, bundle))
     })
     .await??;
     std::fs::write(&a.out, &out.checkpoint)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     std::fs::write(sidecar(&a.out), serde_json::to_vec_pretty(&training)?)?;
+    if let (Some(dir), Some(bundle)) = (&a.bundle, bundle) {
+        bundle.write_dir(dir)?;
+        eprintln!("bundle written to {}", dir.display());
+    }
     eprintln!(
         "trained in {:.1} s, final loss {:.4}",
         out.seconds, out.final_loss
@@ -197,7 +273,7 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}", sidecar(&a.checkpoint).display()))?,
         Err(_) => TrainingConfig {
             channels: a.net.channels.clone(),
-            patch: a.net.patch()?,
+            patch: a.net.patch()?.unwrap_or([32; 3]),
             overlap: a.net.overlap,
             ..TrainingConfig::default()
         },

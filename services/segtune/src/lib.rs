@@ -4,6 +4,7 @@ pub mod data;
 pub mod demo;
 pub mod gpu_check;
 pub mod job;
+pub mod predict;
 pub mod study;
 pub mod up;
 
@@ -30,6 +31,8 @@ pub enum Command {
     Train(job::TrainArgs),
     /// Validation Dice of a checkpoint; prints the mean Dice as its last line.
     Eval(job::EvalArgs),
+    /// Segment new scans with a model bundle: masks on each scan's own grid, as .nii.gz.
+    Predict(predict::PredictArgs),
     /// Studies: submit a study file to the controller and follow it.
     #[command(subcommand)]
     Study(study::StudyCommand),
@@ -49,6 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd).await,
         Command::Train(a) => job::train(a).await,
         Command::Eval(a) => job::eval(a).await,
+        Command::Predict(a) => predict::run(a).await,
         Command::Study(c) => study::run(c).await,
         Command::Up(a) => up::run(a).await,
         Command::Demo(a) => demo::run(a).await,

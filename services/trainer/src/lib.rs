@@ -234,6 +234,27 @@ async fn run_job(
     let training = job.training.clone();
     let seed = job.seed;
     let augment_workers = app.augment_workers;
+    let all_cases = job.final_model.as_ref().is_some_and(|f| f.all_cases);
+    // A final model's bundle goes to its study's bundle prefix and nowhere else.
+    if let Some(f) = &job.final_model {
+        let expected = storage::keys::final_bundle(&f.source_study)
+            .map_err(|e| JobError::Permanent(e.to_string()))?;
+        if f.bundle_prefix != expected {
+            return Err(JobError::Permanent(format!(
+                "final_model.bundle_prefix = {:?}, expected {expected:?} for study {:?}",
+                f.bundle_prefix, f.source_study
+            )));
+        }
+    }
+    let bundle_source = job.final_model.clone().map(|f| {
+        (
+            f,
+            job.job_id.clone(),
+            job.strategy.clone(),
+            job.training.clone(),
+            job.seed,
+        )
+    });
     let handle = tokio::task::spawn_blocking(move || {
         let input = engine::TrainInput {
             data: &data,
@@ -242,10 +263,28 @@ async fn run_job(
             seed,
             init_checkpoint: init.as_deref(),
             augment_workers,
+            all_cases,
         };
-        engine::train(&input, &device, &cancel, |r| {
+        let out = engine::train(&input, &device, &cancel, |r| {
             let _ = tx.send(r);
-        })
+        })?;
+        let bundle = bundle_source.map(|(f, job_id, strategy, training, seed)| {
+            let bundle = engine::bundle::Bundle::new(
+                &data,
+                out.checkpoint.clone(),
+                &engine::bundle::BundleSource {
+                    study: Some(&f.source_study),
+                    job_id: Some(&job_id),
+                    strategy: &strategy,
+                    training: &training,
+                    seed,
+                    all_cases: f.all_cases,
+                    validation_dice: None,
+                },
+            );
+            (f.bundle_prefix, bundle)
+        });
+        Ok::<_, JobError>((out, bundle))
     });
     // Progress is best effort (core NATS): watchers may come and go.
     let progress_subject = subjects::progress(&job.study, &job.job_id);
@@ -269,7 +308,7 @@ async fn run_job(
                 .await;
         }
     }
-    let out = handle
+    let (out, bundle) = handle
         .await
         .map_err(|e| JobError::Transient(format!("training task: {e}")))??;
     // The fence: a stale delivery stops here, before it writes or publishes anything.
@@ -283,6 +322,13 @@ async fn run_job(
     storage::put(&app.store, &key, out.checkpoint)
         .await
         .map_err(|e| JobError::Transient(format!("storing the checkpoint: {e}")))?;
+    if let Some((prefix, bundle)) = bundle {
+        bundle
+            .write_store(&app.store, &prefix)
+            .await
+            .map_err(|e| JobError::Transient(format!("storing the model bundle: {e}")))?;
+        tracing::info!(job = %job.job_id, %prefix, "final model bundle stored");
+    }
     Ok(Some(Trained {
         schema: SCHEMA_VERSION,
         study: job.study.clone(),

@@ -11,6 +11,10 @@
 //! - [`evaluate`] runs sliding-window inference over the validation cases and returns the
 //!   Dice per case and class and their mean (the reward).
 
+pub mod bundle;
+pub mod defaults;
+pub mod predict;
+
 use std::{
     collections::HashMap,
     num::NonZeroUsize,
@@ -218,6 +222,8 @@ pub struct TrainInput<'a> {
     /// Threads that sample and augment patches; `None`: [`augment::default_workers`] (the
     /// cores available to the process). The batches do not depend on it.
     pub augment_workers: Option<NonZeroUsize>,
+    /// Train on the validation cases too (a final model; nothing is held out).
+    pub all_cases: bool,
 }
 
 /// Trains one model. Blocking (call it from a blocking thread); `cancel` stops it between
@@ -235,6 +241,7 @@ pub fn train(
         seed,
         init_checkpoint,
         augment_workers,
+        all_cases,
     } = *input;
     let started = Instant::now();
     check_training(training)?;
@@ -256,9 +263,11 @@ pub fn train(
     let batch = training.batch_size as usize;
     let steps_per_epoch = (training.patches_per_epoch as usize).div_ceil(batch).max(1);
     let epochs = training.epochs;
+    let validation: &[CaseData] = if all_cases { &data.validation } else { &[] };
     let cases: Vec<_> = data
         .train
         .iter()
+        .chain(validation)
         .map(|c| (c.image.clone(), c.label.clone(), CaseIndex::new(&c.label)))
         .collect();
     let sampler = PatchSampler::new(training.patch, 1.0 / 3.0).map_err(JobError::permanent)?;

@@ -87,6 +87,7 @@ async fn training_from_scratch_reaches_dice_0_7_on_a_tiny_ct_task() {
         seed: env_or("SEGTUNE_LEARN_SEED", 0),
         init_checkpoint: None,
         augment_workers: None,
+        all_cases: false,
     };
     let mut first_loss = None;
     let mut last_loss = f64::NAN;

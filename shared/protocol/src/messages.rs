@@ -188,6 +188,22 @@ pub struct TrainJob {
     pub training: TrainingConfig,
     /// Seeds patch sampling and augmentation.
     pub seed: u64,
+    /// Set for a study's final model (`segtune study finalize`): the trainer also writes a
+    /// model bundle. Absent on the wire otherwise (older trainers read jobs without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_model: Option<FinalModel>,
+}
+
+/// What makes a [`TrainJob`] a study's final model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalModel {
+    /// The study whose best strategy is trained.
+    pub source_study: String,
+    /// Store prefix of the model bundle the trainer writes (`bundle.json`,
+    /// `model.safetensors`).
+    pub bundle_prefix: String,
+    /// Train on the training and validation cases together (the paper's final model).
+    pub all_cases: bool,
 }
 
 /// `segtune.progress.<study>.<job>` (core NATS, best effort).

@@ -152,6 +152,7 @@ fn every_message_round_trips_as_named_map() {
             strategy: strategy(),
             training: TrainingConfig::default(),
             seed: 11,
+            final_model: None,
         },
         &["schema", "study", "job_id", "strategy", "training", "seed"],
     );

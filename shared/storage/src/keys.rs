@@ -112,6 +112,12 @@ pub fn controller_state(study: &str) -> Result<String, KeyError> {
     check_name("study", study)?;
     Ok(format!("studies/{study}/controller/state.msgpack"))
 }
+/// The prefix of the model bundle `study finalize` writes for a study (a bundle is a
+/// `bundle.json` and a `model.safetensors` under it).
+pub fn final_bundle(study: &str) -> Result<String, KeyError> {
+    check_name("study", study)?;
+    Ok(format!("studies/{study}/final/bundle"))
+}
 pub fn report(study: &str, file: &str) -> Result<String, KeyError> {
     check_name("study", study)?;
     check_name("report file", file)?;

@@ -15,6 +15,7 @@ use futures::StreamExt as _;
 use protocol::{StudyEventKind, subjects};
 
 pub mod bus;
+pub mod finalize;
 pub mod format;
 pub mod report;
 pub mod rewards;
@@ -32,6 +33,9 @@ pub enum StudyCommand {
     Rewards(rewards::RewardsArgs),
     /// Continue a done study to more jobs: same searcher state, same ledger, new jobs only.
     Extend(ExtendArgs),
+    /// Train the final model with the study's best strategy (a job any trainer takes) and
+    /// store it as a model bundle for `segtune predict`; prints `store:<prefix>`.
+    Finalize(finalize::FinalizeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +79,7 @@ pub async fn run(cmd: StudyCommand) -> anyhow::Result<()> {
         StudyCommand::Report(a) => report::run(a).await,
         StudyCommand::Rewards(a) => rewards::run(a).await,
         StudyCommand::Extend(a) => extend(a).await,
+        StudyCommand::Finalize(a) => finalize::run(a).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod gpu_check;
+mod predict;
 mod train_eval;
 
 use std::process::{Command, Output};

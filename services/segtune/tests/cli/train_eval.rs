@@ -27,7 +27,7 @@ const TINY: [&str; 10] = [
 ];
 
 #[track_caller]
-fn run_ok(cmd: &mut Command) -> Output {
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -39,14 +39,14 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-fn last_line(out: &Output) -> String {
+pub(crate) fn last_line(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout.lines().last().unwrap_or_default().trim().to_string()
 }
 
 /// `segtune data synth` (3 cases of 24 voxels in-plane: 2 train, 1 validation) and
 /// `segtune data preprocess` into `store`; returns the dataset id.
-fn tiny_dataset(dir: &Path, store: &Path) -> String {
+pub(crate) fn tiny_dataset(dir: &Path, store: &Path) -> String {
     let task = dir.join("task");
     run_ok(
         segtune()
@@ -107,12 +107,41 @@ fn train_then_eval_prints_the_dice_last() {
     let id = tiny_dataset(dir.path(), &store);
     assert!(!id.is_empty() && !id.contains(' '), "dataset id {id:?}");
 
-    // The store from SEGTUNE_STORE, no --strategy: the routine strategy, every documented
+    // No --strategy: the default strategy (learning rate 3e-3; mirroring, intensity shift
+    // and scale, smoothing at 0.5) with Dice + CE, and the patch and budget derived from the
+    // dataset (16³ for these cases of about 17 voxels at 1 mm; 30 epochs).
+    let out = run_ok(
+        segtune()
+            .args([
+                "train",
+                "--dataset",
+                &id,
+                "--channels",
+                "4,8",
+                "--epochs",
+                "1",
+            ])
+            .arg("--out")
+            .arg(dir.path().join("default.safetensors"))
+            .env("SEGTUNE_STORE", &store),
+    );
+    let log = stderr(&out);
+    for needle in [
+        "\"learning_rate\": 0.003",
+        "\"p_flip\": 0.5",
+        "\"p_smooth\": 0.5",
+        "budget: 1 epochs x 16 patches of [16, 16, 16] in batches of 2, U-Net [4, 8], loss Dice + CE",
+    ] {
+        assert!(log.contains(needle), "{needle} not in:\n{log}");
+    }
+    assert!(!log.contains("p_noise"), "{log}");
+
+    // The store from SEGTUNE_STORE, --strategy routine: the routine strategy, every documented
     // probability 0.5 and learning rate 1e-4.
     let ckpt = dir.path().join("routine.safetensors");
     let out = run_ok(
         segtune()
-            .args(["train", "--dataset", &id])
+            .args(["train", "--dataset", &id, "--strategy", "routine"])
             .args(TINY)
             .arg("--out")
             .arg(&ckpt)

@@ -46,6 +46,7 @@ fn run(
         seed,
         init_checkpoint: init,
         augment_workers: None,
+        all_cases: false,
     };
     let mut first = None;
     let out = engine::train(&input, &Device::Cpu, &AtomicBool::new(false), |r| {

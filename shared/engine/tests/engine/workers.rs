@@ -47,6 +47,7 @@ fn the_worker_count_does_not_change_the_trained_model() {
             seed: 5,
             init_checkpoint: None,
             augment_workers: NonZeroUsize::new(workers),
+            all_cases: false,
         };
         let mut reports = Vec::new();
         let out = engine::train(&input, &Device::Cpu, &AtomicBool::new(false), |r| {

@@ -405,6 +405,7 @@ fn image(header: Header, values: Vec<f32>) -> NiftiImage {
             geometry: header.geometry,
         },
         datatype: header.datatype.code(),
+        spatial: header.spatial,
     }
 }
 

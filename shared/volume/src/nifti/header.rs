@@ -116,6 +116,25 @@ pub struct Header {
     pub scaling: Option<(f64, f64)>,
     pub geometry: Geometry,
     pub geometry_source: GeometrySource,
+    /// The spatial fields as stored, to write a derived image (a mask) on the same grid with
+    /// the same header transforms ([`super::write_nifti_like`]).
+    pub spatial: SpatialFields,
+}
+
+/// The header fields that place voxels in the world, exactly as the file stores them (in
+/// native byte order): both transform codes, the qform, the sform, `pixdim[0..4]` (qfac and
+/// spacing) and the units. A viewer overlays two files whose fields are equal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpatialFields {
+    pub qform_code: i16,
+    pub sform_code: i16,
+    /// `pixdim[0]` (qfac) and `pixdim[1..4]`.
+    pub pixdim: [f32; 4],
+    /// `quatern_b/c/d`, `qoffset_x/y/z`.
+    pub quatern: [f32; 6],
+    /// `srow_x`, `srow_y`, `srow_z`.
+    pub srow: [f32; 12],
+    pub xyzt_units: u8,
 }
 
 impl Header {
@@ -432,6 +451,14 @@ pub fn parse_header(
         scaling,
         geometry,
         geometry_source,
+        spatial: SpatialFields {
+            qform_code,
+            sform_code,
+            pixdim: [pixdim[0], pixdim[1], pixdim[2], pixdim[3]],
+            quatern: std::array::from_fn(|i| f.f32(OFF_QUATERN + 4 * i)),
+            srow: std::array::from_fn(|i| f.f32(OFF_SROW + 4 * i)),
+            xyzt_units: raw[OFF_XYZT_UNITS],
+        },
     })
 }
 

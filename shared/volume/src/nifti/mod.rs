@@ -21,8 +21,10 @@ use std::io;
 use crate::Volume;
 
 pub use decode::{count_non_finite, read_nifti, read_nifti_bytes};
-pub use header::{DataType, GeometrySource, Header, parse_header};
-pub use write::{NiftiElem, try_write_nifti_bytes, write_nifti, write_nifti_bytes};
+pub use header::{DataType, GeometrySource, Header, SpatialFields, parse_header};
+pub use write::{
+    NiftiElem, try_write_nifti_bytes, write_nifti, write_nifti_bytes, write_nifti_like,
+};
 
 /// Size of a NIfTI-1 header.
 pub const HEADER_SIZE: usize = 348;
@@ -130,6 +132,8 @@ pub struct NiftiImage {
     pub volume: Volume<f32>,
     /// NIfTI datatype code of the stored data (2 = uint8, 4 = int16, 16 = float32, ...).
     pub datatype: i16,
+    /// The header's spatial fields as stored.
+    pub spatial: SpatialFields,
 }
 
 fn is_gzip(bytes: &[u8]) -> bool {

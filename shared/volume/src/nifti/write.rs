@@ -13,7 +13,7 @@ use super::header::{
     OFF_QUATERN, OFF_SCL_INTER, OFF_SCL_SLOPE, OFF_SFORM_CODE, OFF_SROW, OFF_VOX_OFFSET,
     OFF_XYZT_UNITS,
 };
-use super::{MAX_DIM, MIN_VOX_OFFSET, NiftiError, PAR_CHUNK, ends_with_gz};
+use super::{MAX_DIM, MIN_VOX_OFFSET, NiftiError, PAR_CHUNK, SpatialFields, ends_with_gz};
 use crate::Volume;
 use crate::geometry::{affine_to_quatern, det3};
 
@@ -89,11 +89,49 @@ pub fn try_write_nifti_bytes<T: NiftiElem>(
 /// Writes `path` (gzip iff it ends in `.gz`) through a sibling `.partial` file renamed into
 /// place, so readers never see half a file.
 pub fn write_nifti<T: NiftiElem>(path: &Path, volume: &Volume<T>) -> Result<(), NiftiError> {
-    let file = path.display().to_string();
     let header = build_header(volume).map_err(|problem| NiftiError::Invalid {
-        file: file.clone(),
+        file: path.display().to_string(),
         problem,
     })?;
+    write_file(path, &header, volume)
+}
+
+/// Like [`write_nifti`], with the spatial fields (transform codes, qform, sform, qfac,
+/// spacing, units) of the image `volume` was derived from, copied as stored: a mask written
+/// this way overlays its source image in any viewer, whatever transforms the source used.
+/// `volume` must be on the source's grid (its geometry is the source's).
+pub fn write_nifti_like<T: NiftiElem>(
+    path: &Path,
+    volume: &Volume<T>,
+    source: &SpatialFields,
+) -> Result<(), NiftiError> {
+    let mut header = build_header(volume).map_err(|problem| NiftiError::Invalid {
+        file: path.display().to_string(),
+        problem,
+    })?;
+    let mut put =
+        |offset: usize, bytes: &[u8]| header[offset..offset + bytes.len()].copy_from_slice(bytes);
+    put(OFF_QFORM_CODE, &source.qform_code.to_le_bytes());
+    put(OFF_SFORM_CODE, &source.sform_code.to_le_bytes());
+    for (i, p) in source.pixdim.iter().enumerate() {
+        put(OFF_PIXDIM + 4 * i, &p.to_le_bytes());
+    }
+    for (i, q) in source.quatern.iter().enumerate() {
+        put(OFF_QUATERN + 4 * i, &q.to_le_bytes());
+    }
+    for (i, v) in source.srow.iter().enumerate() {
+        put(OFF_SROW + 4 * i, &v.to_le_bytes());
+    }
+    put(OFF_XYZT_UNITS, &[source.xyzt_units]);
+    write_file(path, &header, volume)
+}
+
+fn write_file<T: NiftiElem>(
+    path: &Path,
+    header: &[u8; MIN_VOX_OFFSET],
+    volume: &Volume<T>,
+) -> Result<(), NiftiError> {
+    let file = path.display().to_string();
     let io_err = |op, source| NiftiError::Io {
         file: file.clone(),
         op,
@@ -106,11 +144,11 @@ pub fn write_nifti<T: NiftiElem>(path: &Path, volume: &Volume<T>) -> Result<(), 
         let out = io::BufWriter::with_capacity(1 << 20, File::create(partial)?);
         let out = if ends_with_gz(&file) {
             let mut enc = GzEncoder::new(out, Compression::fast());
-            write_body(&header, volume, &mut enc)?;
+            write_body(header, volume, &mut enc)?;
             enc.finish()?
         } else {
             let mut out = out;
-            write_body(&header, volume, &mut out)?;
+            write_body(header, volume, &mut out)?;
             out
         };
         out.into_inner().map_err(|e| e.into_error())?.sync_all()

@@ -1,0 +1,216 @@
+//! `segtune predict`: segment new scans with a model bundle, writing masks that overlay the
+//! source images (same dimensions, transforms and codes).
+
+use std::{
+    io::{IsTerminal, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use engine::{
+    bundle::Bundle,
+    predict::{PredictOptions, Predictor},
+};
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The model bundle: a folder (`segtune train --bundle`, or a study's final model
+    /// downloaded) or `store:<prefix>` in the store (`study finalize` prints it).
+    #[arg(long)]
+    pub model: String,
+    /// A `.nii`/`.nii.gz` file, or a folder: every `.nii`/`.nii.gz` in it (not recursive).
+    /// A 4D image's fourth dimension is its channels.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where `<case>.nii.gz` masks go (created).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Sliding-window overlap (default: the bundle's, the one validation used).
+    #[arg(long)]
+    pub overlap: Option<f64>,
+    /// Test-time augmentation: average the 8 mirrorings of each image (8x slower).
+    #[arg(long)]
+    pub tta: bool,
+    /// Also write the class probabilities, `<case>_probabilities.nii.gz` (float32, one volume
+    /// per class, on the source grid).
+    #[arg(long)]
+    pub save_probabilities: bool,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, env = "SEGTUNE_STORE", default_value = storage::DEFAULT_STORE)]
+    pub store: String,
+    #[arg(long, env = "SEGTUNE_DEVICE", default_value = "cpu")]
+    pub device: String,
+}
+
+/// Reads a bundle from a folder or, for `store:<prefix>`, from the store.
+pub async fn load_bundle(model: &str, store: &str) -> anyhow::Result<Bundle> {
+    if let Some(prefix) = model.strip_prefix("store:") {
+        let store = storage::open(store)?;
+        Ok(Bundle::read_store(&store, prefix.trim_end_matches('/')).await?)
+    } else {
+        Ok(Bundle::read_dir(Path::new(model))?)
+    }
+}
+
+/// The `.nii`/`.nii.gz` inputs, sorted, each with its case name (the file name without the
+/// extension).
+pub fn inputs(input: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let meta = std::fs::metadata(input)
+        .with_context(|| format!("--input {}: cannot read it", input.display()))?;
+    let files: Vec<PathBuf> = if meta.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(input)
+            .with_context(|| format!("--input {}: cannot list it", input.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && case_name(p).is_some())
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            anyhow::bail!(
+                "--input {}: no .nii or .nii.gz file in this folder",
+                input.display()
+            );
+        }
+        v
+    } else {
+        if case_name(input).is_none() {
+            anyhow::bail!(
+                "--input {}: expected a .nii or .nii.gz file or a folder of them",
+                input.display()
+            );
+        }
+        vec![input.to_path_buf()]
+    };
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let name = case_name(&p).expect("filtered");
+            (p, name)
+        })
+        .collect())
+}
+
+fn case_name(p: &Path) -> Option<String> {
+    let name = p.file_name()?.to_str()?;
+    let lower = name.to_ascii_lowercase();
+    let stem_len = if lower.ends_with(".nii.gz") {
+        name.len() - 7
+    } else if lower.ends_with(".nii") {
+        name.len() - 4
+    } else {
+        return None;
+    };
+    (stem_len > 0).then(|| name[..stem_len].to_string())
+}
+
+pub async fn run(a: PredictArgs) -> anyhow::Result<()> {
+    segmodel::init_compute_threads();
+    let bundle = load_bundle(&a.model, &a.store).await?;
+    let device = engine::device(&a.device)?;
+    let inputs = inputs(&a.input)?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("--output {}: cannot create it", a.output.display()))?;
+    let predictor = Predictor::new(&bundle, &device).map_err(anyhow::Error::msg)?;
+    let opts = PredictOptions {
+        overlap: a.overlap,
+        tta: a.tta,
+        batch: a.batch,
+        probabilities: a.save_probabilities,
+    };
+    let output = a.output.clone();
+    tokio::task::spawn_blocking(move || {
+        let tty = std::io::stderr().is_terminal();
+        let single = inputs.len() == 1;
+        let mut failed = 0;
+        for (path, case) in &inputs {
+            match predict_file(&predictor, path, case, &output, &opts, tty) {
+                Ok(line) => eprintln!("{line}"),
+                Err(e) => {
+                    if tty {
+                        eprint!("\r\x1b[2K");
+                    }
+                    // One input: its error is the command's one line.
+                    if single {
+                        anyhow::bail!("{}: {e}", path.display());
+                    }
+                    eprintln!("error: {}: {e}", path.display());
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            anyhow::bail!(
+                "{failed} of {} input(s) could not be segmented (nothing was written for them)",
+                inputs.len()
+            );
+        }
+        Ok(())
+    })
+    .await??;
+    println!("{}", a.output.display());
+    Ok(())
+}
+
+/// Segments one file and writes its mask (and probabilities); returns the line to print.
+fn predict_file(
+    predictor: &Predictor,
+    path: &Path,
+    case: &str,
+    output: &Path,
+    opts: &PredictOptions,
+    tty: bool,
+) -> Result<String, String> {
+    let img =
+        volume::read_nifti(path, &volume::ReadLimits::default()).map_err(|e| e.to_string())?;
+    let mut progress = |done: usize, total: usize| {
+        if tty {
+            let width = 30;
+            let filled = width * done / total.max(1);
+            eprint!(
+                "\r\x1b[2K{case:24} [{}{}] {done}/{total} passes",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let pred = predictor.predict(&img.volume, opts, &mut progress)?;
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    let mask_path = output.join(format!("{case}.nii.gz"));
+    if let Some(p) = &pred.probabilities {
+        let prob_path = output.join(format!("{case}_probabilities.nii.gz"));
+        volume::nifti::write_nifti_like(&prob_path, p, &img.spatial).map_err(|e| e.to_string())?;
+    }
+    if let Err(e) = volume::nifti::write_nifti_like(&mask_path, &pred.mask, &img.spatial) {
+        // No probabilities without their mask.
+        let _ = std::fs::remove_file(output.join(format!("{case}_probabilities.nii.gz")));
+        return Err(e.to_string());
+    }
+    let [x, y, z] = img.volume.dims;
+    let [mx, my, mz] = pred.model_grid;
+    Ok(format!(
+        "{case}: {x}x{y}x{z} (model grid {mx}x{my}x{mz}) -> {} in {:.1} s",
+        mask_path.display(),
+        pred.seconds
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_names_drop_the_nifti_extension() {
+        assert_eq!(
+            case_name(Path::new("a/ct_01.nii.gz")).as_deref(),
+            Some("ct_01")
+        );
+        assert_eq!(case_name(Path::new("b.NII")).as_deref(), Some("b"));
+        assert_eq!(case_name(Path::new("notes.txt")), None);
+        assert_eq!(case_name(Path::new(".nii.gz")), None);
+    }
+}

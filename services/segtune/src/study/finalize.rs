@@ -1,0 +1,266 @@
+//! `segtune study finalize`: train a study's final model with its best strategy, as an
+//! ordinary job over NATS (any trainer replica takes it, the evaluator scores it), and store
+//! it as a model bundle that `segtune predict` reads.
+//!
+//! The final job runs under its own study id, `<study>-final`, so the study's reward stream,
+//! watch and report keep exactly the search's jobs; the controller does not know that id
+//! and issues nothing for it.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use futures::StreamExt as _;
+use protocol::{
+    FinalModel, JobFailed, Progress, Reward, SCHEMA_VERSION, StudyEventKind, TrainJob, subjects,
+};
+
+use super::bus;
+
+#[derive(Debug, Args)]
+pub struct FinalizeArgs {
+    /// Study id (it must have at least one reward; its best strategy is trained).
+    pub study: String,
+    /// Epochs (default: the study's, at least 30).
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Patches per epoch (default: the study's, at least as many patch voxels as the
+    /// training cases hold).
+    #[arg(long)]
+    pub patches_per_epoch: Option<u32>,
+    /// Train on the training and validation cases together, as the paper's final model
+    /// (the Dice the evaluator then reports is not a held-out score).
+    #[arg(long)]
+    pub all_cases: bool,
+    /// Seed of the final training.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also copy the bundle into this folder (for `segtune predict --model DIR`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Give up after this many seconds (default: wait as long as it takes).
+    #[arg(long)]
+    pub timeout_secs: Option<u64>,
+    #[arg(long, env = "SEGTUNE_NATS", default_value = runtime::DEFAULT_NATS)]
+    pub nats: String,
+    #[arg(long, env = "SEGTUNE_STORE", default_value = storage::DEFAULT_STORE)]
+    pub store: String,
+}
+
+/// The study id the final job of `study` runs under.
+pub fn final_study_id(study: &str) -> String {
+    format!("{study}-final")
+}
+
+pub async fn run(a: FinalizeArgs) -> anyhow::Result<()> {
+    subjects::check_token("study id", &a.study)?;
+    let final_study = final_study_id(&a.study);
+    subjects::check_token("study id", &final_study)?;
+    let (client, js) = bus::connect_provisioned(&a.nats).await?;
+    let (rewards, events) = bus::replay_study(&js, &a.study).await?;
+    let mut spec = None;
+    let mut dataset_id = None;
+    let mut done = false;
+    for ev in &events {
+        match &ev.event {
+            StudyEventKind::Started {
+                spec: s,
+                dataset_id: d,
+            } => {
+                spec = Some(s.as_ref().clone());
+                dataset_id = Some(d.clone());
+            }
+            StudyEventKind::Done { .. } => done = true,
+            StudyEventKind::Extended { .. } => done = false,
+            _ => {}
+        }
+    }
+    let (Some(spec), Some(dataset_id)) = (spec, dataset_id) else {
+        anyhow::bail!(
+            "study {}: no started event on {} (check the id and SEGTUNE_NATS)",
+            a.study,
+            a.nats
+        );
+    };
+    let Some(best) = rewards
+        .iter()
+        .filter(|r| r.mean.is_finite())
+        .max_by(|x, y| x.mean.total_cmp(&y.mean))
+    else {
+        anyhow::bail!("study {} has no reward yet: nothing to finalize", a.study);
+    };
+    if !done {
+        eprintln!(
+            "note: study {} is not done; finalizing its best strategy so far",
+            a.study
+        );
+    }
+    let store = storage::open(&a.store)?;
+    let manifest = dataprep::load_manifest(&store, &dataset_id)
+        .await
+        .with_context(|| format!("study {}: dataset {dataset_id}", a.study))?;
+    let mut training = spec.training.clone();
+    training.init_checkpoint = None;
+    training.epochs = a
+        .epochs
+        .unwrap_or(training.epochs.max(engine::defaults::DEFAULT_EPOCHS));
+    training.patches_per_epoch = a.patches_per_epoch.unwrap_or_else(|| {
+        training
+            .patches_per_epoch
+            .max(engine::defaults::default_patches_per_epoch(
+                &manifest,
+                training.patch,
+                training.batch_size,
+            ))
+    });
+    if training.epochs == 0 || training.patches_per_epoch == 0 {
+        anyhow::bail!("--epochs and --patches-per-epoch must be positive");
+    }
+    let prefix = storage::keys::final_bundle(&a.study)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let job = TrainJob {
+        schema: SCHEMA_VERSION,
+        study: final_study.clone(),
+        job_id: format!("{final_study}-{stamp}"),
+        index: 1,
+        dataset_id: dataset_id.clone(),
+        strategy: best.strategy.clone(),
+        training: training.clone(),
+        seed: a.seed,
+        final_model: Some(FinalModel {
+            source_study: a.study.clone(),
+            bundle_prefix: prefix.clone(),
+            all_cases: a.all_cases,
+        }),
+    };
+    eprintln!(
+        "finalizing study {}: best job {} (Dice {:.4}), strategy {:?}",
+        a.study, best.job_id, best.mean, best.strategy.values
+    );
+    eprintln!(
+        "final job {}: {} epochs x {} patches of {:?}{}",
+        job.job_id,
+        training.epochs,
+        training.patches_per_epoch,
+        training.patch,
+        if a.all_cases {
+            ", training and validation cases"
+        } else {
+            ""
+        }
+    );
+
+    // Listen before publishing: progress is core NATS (best effort), results are replayed.
+    let mut progress = client
+        .subscribe(subjects::progress(&final_study, &job.job_id))
+        .await
+        .context("subscribing to the final job's progress")?;
+    let (mut results, _) = bus::replay_consumer(
+        &js,
+        subjects::stream::REWARDS,
+        &subjects::rewards(&final_study),
+    )
+    .await?;
+    let (mut failures, _) = bus::replay_consumer(
+        &js,
+        subjects::stream::DEADLETTER,
+        &subjects::deadletter(&final_study),
+    )
+    .await?;
+    runtime::publish(
+        &js,
+        subjects::jobs(&final_study),
+        Some(&job.job_id),
+        protocol::encode(&job)?,
+    )
+    .await
+    .context("publishing the final job")?;
+    if !bus::await_pullers(&js, subjects::durable::TRAINERS, 1, Duration::from_secs(6)).await? {
+        eprintln!(
+            "note: no trainer is pulling jobs right now; the final job waits in the queue until \
+             one does (`segtune up`, or scale the trainers)"
+        );
+    }
+
+    let deadline = a
+        .timeout_secs
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let reward: Reward = loop {
+        let timeout = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(msg) = progress.next() => {
+                if let Ok(p) = protocol::decode::<Progress>(&msg.payload) {
+                    eprintln!(
+                        "epoch {}/{}  loss {:.4}  {:.1} patches/s  ({})",
+                        p.epoch, p.epochs, p.loss, p.patches_per_sec, p.worker
+                    );
+                }
+            }
+            Some(msg) = results.next() => {
+                let msg = msg.context("reading the final job's reward")?;
+                if let Ok(r) = protocol::decode::<Reward>(&msg.payload)
+                    && r.job_id == job.job_id
+                {
+                    break r;
+                }
+            }
+            Some(msg) = failures.next() => {
+                let msg = msg.context("reading the final job's dead letters")?;
+                if let Ok(f) = protocol::decode::<JobFailed>(&msg.payload)
+                    && f.job_id == job.job_id
+                {
+                    anyhow::bail!("final job {} failed: {}", job.job_id, f.reason);
+                }
+            }
+            _ = timeout => anyhow::bail!(
+                "final job {} did not finish within {} s; it stays queued (its bundle will \
+                 appear under {prefix} when a trainer finishes it)",
+                job.job_id,
+                a.timeout_secs.unwrap_or(0)
+            ),
+        }
+    };
+
+    // The evaluator's Dice goes into the bundle (manifest last: the weights are there).
+    let mut bundle = engine::bundle::Bundle::read_store(&store, &prefix).await?;
+    if bundle.manifest.provenance.job_id.as_deref() != Some(job.job_id.as_str()) {
+        anyhow::bail!(
+            "the bundle under {prefix} is from job {:?}, not {} (another finalize ran at the \
+             same time?)",
+            bundle.manifest.provenance.job_id,
+            job.job_id
+        );
+    }
+    bundle.manifest.provenance.validation_dice = Some(reward.mean);
+    storage::put(
+        &store,
+        &format!("{prefix}/{}", engine::bundle::MANIFEST_FILE),
+        bundle.manifest_json(),
+    )
+    .await?;
+    eprintln!(
+        "final model: validation Dice {:.4}{} (search best {:.4}), trained in {:.0} s",
+        reward.mean,
+        if a.all_cases {
+            " (trained on these cases too)"
+        } else {
+            ""
+        },
+        best.mean,
+        reward.train_seconds
+    );
+    if let Some(dir) = &a.out {
+        bundle.write_dir(dir)?;
+        eprintln!("bundle copied to {}", dir.display());
+    }
+    println!("store:{prefix}");
+    Ok(())
+}
