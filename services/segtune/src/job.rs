@@ -44,6 +44,15 @@ pub enum Loss {
     DiceCe,
 }
 
+/// The learning-rate schedule of `segtune train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Schedule {
+    /// nnU-Net's polynomial decay, `lr · (1 − epoch/epochs)^0.9` (the default).
+    Poly,
+    /// The strategy's learning rate throughout (as study jobs train by default).
+    Constant,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Preprocessed dataset id (`segtune data preprocess` prints it).
@@ -67,6 +76,8 @@ pub struct TrainArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "dice-ce")]
     pub loss: Loss,
+    #[arg(long, value_enum, default_value = "poly")]
+    pub lr_schedule: Schedule,
     /// Fine-tune from this checkpoint (a file written by `segtune train`).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -171,6 +182,10 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
         overlap: a.net.overlap,
         init_checkpoint: None,
         dice_ce: a.loss == Loss::DiceCe,
+        lr_schedule: match a.lr_schedule {
+            Schedule::Poly => protocol::LrSchedule::Poly,
+            Schedule::Constant => protocol::LrSchedule::Constant,
+        },
     };
     eprintln!(
         "training on {} ({} train cases), strategy {:?}",
@@ -179,7 +194,8 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
         strategy.values
     );
     eprintln!(
-        "budget: {} epochs x {} patches of {:?} in batches of {}, U-Net {:?}, loss {}",
+        "budget: {} epochs x {} patches of {:?} in batches of {}, U-Net {:?}, loss {}, \
+         learning rate {}",
         training.epochs,
         training.patches_per_epoch,
         training.patch,
@@ -189,6 +205,10 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
             "Dice + CE"
         } else {
             "Dice"
+        },
+        match training.lr_schedule {
+            protocol::LrSchedule::Poly => "poly",
+            protocol::LrSchedule::Constant => "constant",
         }
     );
     let t2 = training.clone();
@@ -290,7 +310,10 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<()> {
             c.case, c.mean, c.per_class
         );
     }
-    eprintln!("per class {:?} ({:.1} s)", ev.per_class, ev.seconds);
+    eprintln!(
+        "per class {:?}; mean {:.4} before post-processing, {} voxel(s) relabelled ({:.1} s)",
+        ev.per_class, ev.raw_mean, ev.postprocessed_voxels, ev.seconds
+    );
     println!("{:.6}", ev.mean);
     Ok(())
 }

@@ -78,6 +78,7 @@ pub fn default_training(manifest: &Manifest) -> TrainingConfig {
         overlap: 0.25,
         init_checkpoint: None,
         dice_ce: true,
+        lr_schedule: protocol::LrSchedule::Poly,
     }
 }
 

@@ -287,6 +287,7 @@ pub fn train(
     .map_err(JobError::permanent)?;
     let mut final_loss = f64::NAN;
     for epoch in 1..=epochs {
+        trainer.set_learning_rate(training.lr_schedule.rate(job.lr, epoch, epochs));
         let t = Instant::now();
         let mut sum = 0.0;
         let mut waited = Duration::ZERO;

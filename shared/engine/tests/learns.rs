@@ -51,6 +51,7 @@ pub fn learning_setup() -> (Strategy, TrainingConfig) {
         overlap: 0.25,
         init_checkpoint: None,
         dice_ce: env_or("SEGTUNE_LEARN_DICE_CE", true),
+        lr_schedule: Default::default(),
     };
     (strategy, training)
 }

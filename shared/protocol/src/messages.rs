@@ -117,6 +117,38 @@ pub struct TrainingConfig {
     /// Add cross-entropy to the Dice loss.
     #[serde(default)]
     pub dice_ce: bool,
+    /// How the learning rate changes over the epochs. Absent on the wire when constant (the
+    /// paper's, and what older peers assume).
+    #[serde(default, skip_serializing_if = "LrSchedule::is_constant")]
+    pub lr_schedule: LrSchedule,
+}
+
+/// The learning rate over a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// The strategy's learning rate throughout.
+    #[default]
+    Constant,
+    /// nnU-Net's polynomial decay: epoch `e` of `E` (0-based) uses `lr · (1 − e/E)^0.9`.
+    Poly,
+}
+
+impl LrSchedule {
+    pub fn is_constant(&self) -> bool {
+        *self == LrSchedule::Constant
+    }
+
+    /// The learning rate of epoch `epoch` (1-based) of `epochs`, from the base rate `lr`.
+    pub fn rate(self, lr: f64, epoch: u32, epochs: u32) -> f64 {
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Poly => {
+                let done = epoch.saturating_sub(1) as f64 / epochs.max(1) as f64;
+                lr * (1.0 - done).max(0.0).powf(0.9)
+            }
+        }
+    }
 }
 
 impl Default for TrainingConfig {
@@ -130,6 +162,7 @@ impl Default for TrainingConfig {
             overlap: 0.25,
             init_checkpoint: None,
             dice_ce: false,
+            lr_schedule: LrSchedule::Constant,
         }
     }
 }

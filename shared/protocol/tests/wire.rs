@@ -666,9 +666,13 @@ fn reward_stream_doc_lists_exactly_the_encoded_fields() {
     let case = &field(&r, "per_case").as_array().unwrap()[0];
     assert_documented("CaseDice", case);
 
-    // `warm_start` is encoded only when set.
+    // `warm_start` and a non-constant `lr_schedule` are encoded only when set.
     let s = value_of(&StudySpec {
         warm_start: Some("earlier".into()),
+        training: TrainingConfig {
+            lr_schedule: LrSchedule::Poly,
+            ..TrainingConfig::default()
+        },
         ..spec()
     });
     assert_documented("StudySpec", &s);

@@ -154,6 +154,9 @@ pub struct TrainingSection {
     pub init_checkpoint: Option<String>,
     #[serde(default)]
     pub dice_ce: Option<bool>,
+    /// `"constant"` (default) or `"poly"`.
+    #[serde(default)]
+    pub lr_schedule: Option<protocol::LrSchedule>,
 }
 
 /// `96` or `[96, 96, 64]`.
@@ -364,6 +367,7 @@ impl TrainingSection {
             overlap: self.overlap.unwrap_or(d.overlap),
             init_checkpoint: self.init_checkpoint.or(d.init_checkpoint),
             dice_ce: self.dice_ce.unwrap_or(d.dice_ce),
+            lr_schedule: self.lr_schedule.unwrap_or(d.lr_schedule),
         }
     }
 }

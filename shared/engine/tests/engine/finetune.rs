@@ -28,6 +28,7 @@ fn training(epochs: u32) -> TrainingConfig {
         overlap: 0.25,
         init_checkpoint: None,
         dice_ce: true,
+        lr_schedule: Default::default(),
     }
 }
 

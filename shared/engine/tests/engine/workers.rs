@@ -38,6 +38,7 @@ fn the_worker_count_does_not_change_the_trained_model() {
         overlap: 0.25,
         init_checkpoint: None,
         dice_ce: true,
+        lr_schedule: Default::default(),
     };
     let run = |workers: usize| -> (Vec<u8>, Vec<EpochReport>) {
         let input = TrainInput {
