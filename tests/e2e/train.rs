@@ -29,6 +29,7 @@ pub(crate) fn job(study: &str, index: u32, dataset_id: &str, values: &[(&str, f6
             dice_ce: false,
         },
         seed: index as u64,
+        validation: None,
     }
 }
 

@@ -141,6 +141,7 @@ fn fake_job(study: &str, index: u32) -> TrainJob {
         strategy: Default::default(),
         training: Default::default(),
         seed: 0,
+        validation: None,
     }
 }
 

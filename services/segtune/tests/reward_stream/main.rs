@@ -71,6 +71,8 @@ fn reward(study: &str, i: u32) -> Reward {
         train_seconds: train_seconds(i),
         final_loss: 0.25 + i as f64 / 100.0,
         eval_seconds: 1.5,
+        pruned: false,
+        epoch_reached: 4,
     }
 }
 
