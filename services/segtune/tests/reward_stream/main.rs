@@ -71,8 +71,9 @@ fn reward(study: &str, i: u32) -> Reward {
         train_seconds: train_seconds(i),
         final_loss: 0.25 + i as f64 / 100.0,
         eval_seconds: 1.5,
-        pruned: false,
-        epoch_reached: 4,
+        // Job 2 was stopped early by the study's pruner after its report at epoch 2.
+        pruned: i == 2,
+        epoch_reached: if i == 2 { 2 } else { 4 },
     }
 }
 
@@ -369,6 +370,8 @@ async fn write_report_from_the_streams() {
         );
         assert_eq!(row[col("eval_seconds")].parse::<f64>().unwrap(), 1.5);
         assert_eq!(row[col("final_loss")].parse::<f64>().unwrap(), r.final_loss);
+        assert_eq!(row[col("pruned")], r.pruned.to_string());
+        assert_eq!(row[col("epoch_reached")], r.epoch_reached.to_string());
     }
 
     let best = segtune::job::load_strategy(&out.join("best.toml")).unwrap();
@@ -429,6 +432,8 @@ async fn rewards_command_prints_json_lines_and_a_table() {
         "train_seconds",
         "final_loss",
         "eval_seconds",
+        "pruned",
+        "epoch_reached",
     ] {
         assert!(first.get(k).is_some(), "{k} missing: {first}");
     }
@@ -578,5 +583,6 @@ async fn python_subscriber_prints_the_rewards() {
         );
         assert!(line.contains("learning_rate="), "{line}");
         assert!(line.contains(&format!(" trainer={} ", r.trainer)), "{line}");
+        assert_eq!(line.contains(" pruned@epoch=2 "), r.pruned, "{line}");
     }
 }

@@ -4,6 +4,7 @@
 
 mod cache;
 mod finetune;
+mod intermediate;
 mod workers;
 
 use protocol::{DatasetSource, PreprocessParams};
