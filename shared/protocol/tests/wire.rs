@@ -230,7 +230,15 @@ fn every_message_round_trips_as_named_map() {
     check(
         "validation_report",
         validation_report(),
-        &["schema", "study", "job_id", "epoch", "step", "dice", "train_seconds"],
+        &[
+            "schema",
+            "study",
+            "job_id",
+            "epoch",
+            "step",
+            "dice",
+            "train_seconds",
+        ],
     );
     check(
         "stop_job",
@@ -497,11 +505,13 @@ fn rewards_from_before_pruning_still_decode() {
         }
     );
     // A job without a validation plan and a spec without pruning encode as before.
-    let job: TrainJob = decode(&std::fs::read(format!(
-        "{}/tests/golden/train_job.msgpack",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap())
+    let job: TrainJob = decode(
+        &std::fs::read(format!(
+            "{}/tests/golden/train_job.msgpack",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
     .unwrap();
     assert_eq!(job.validation, None);
 }

@@ -35,7 +35,9 @@ pub const DEFAULT_MIN_EPOCHS: u32 = 1;
 pub enum Decision {
     Continue,
     /// Stop the job; the reason is for logs and the study's `pruned` event.
-    Prune { reason: String },
+    Prune {
+        reason: String,
+    },
 }
 
 /// How a job ended, as the pruner learns it.
@@ -137,7 +139,12 @@ fn check_settings(spec: &PruningSpec) -> Vec<PruneError> {
             ));
         }
     };
-    only("warmup_steps", "median", spec.warmup_steps.is_some(), &mut errors);
+    only(
+        "warmup_steps",
+        "median",
+        spec.warmup_steps.is_some(),
+        &mut errors,
+    );
     only("min_jobs", "median", spec.min_jobs.is_some(), &mut errors);
     only("eta", "asha", spec.eta.is_some(), &mut errors);
     only("min_epochs", "asha", spec.min_epochs.is_some(), &mut errors);
@@ -148,7 +155,10 @@ fn check_settings(spec: &PruningSpec) -> Vec<PruneError> {
         if at.is_empty() {
             errors.push(error("report_at", "is empty; give fractions in (0, 1)"));
         }
-        if let Some(bad) = at.iter().find(|f| !(f.is_finite() && **f > 0.0 && **f < 1.0)) {
+        if let Some(bad) = at
+            .iter()
+            .find(|f| !(f.is_finite() && **f > 0.0 && **f < 1.0))
+        {
             errors.push(error(
                 "report_at",
                 format!("{bad} is not a fraction of the epochs in (0, 1)"),
@@ -186,7 +196,11 @@ fn check_settings(spec: &PruningSpec) -> Vec<PruneError> {
 /// (more is refused by [`check`]).
 pub fn report_epochs(spec: &PruningSpec, epochs: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    let every = match (spec.report_every_epochs, &spec.report_at, spec.kind.as_str()) {
+    let every = match (
+        spec.report_every_epochs,
+        &spec.report_at,
+        spec.kind.as_str(),
+    ) {
         (Some(e), _, _) => Some(e),
         (None, None, "median") => Some((epochs / 4).max(1)),
         _ => None,
@@ -518,11 +532,11 @@ mod tests {
     fn asha_promotes_the_top_third_of_each_rung() {
         let mut a = Asha::new(3, 1);
         let at1 = [
-            ("j1", 0.5, false), // alone: promoted
-            ("j2", 0.4, true),  // [0.5, 0.4]: top 1 is 0.5
-            ("j3", 0.6, false), // top 1 of 3 is itself
-            ("j4", 0.55, true), // top 1 of 4 is 0.6
-            ("j5", 0.3, true),  // top 1 of 5
+            ("j1", 0.5, false),  // alone: promoted
+            ("j2", 0.4, true),   // [0.5, 0.4]: top 1 is 0.5
+            ("j3", 0.6, false),  // top 1 of 3 is itself
+            ("j4", 0.55, true),  // top 1 of 4 is 0.6
+            ("j5", 0.3, true),   // top 1 of 5
             ("j6", 0.58, false), // top 2 of 6: 0.6, 0.58
         ];
         for (job, v, stop) in at1 {
@@ -566,7 +580,10 @@ mod tests {
         assert!(pruned(&b.report("y", 1, 0.1)));
         assert!(pruned(&a.report("y", 1, 0.1)));
         assert_eq!(a.save(), b.save());
-        assert_eq!(restore(&build(None).unwrap().save()).unwrap().kind(), "none");
+        assert_eq!(
+            restore(&build(None).unwrap().save()).unwrap().kind(),
+            "none"
+        );
     }
 
     #[test]

@@ -505,7 +505,10 @@ mod tests {
         )
         .unwrap();
         let p = spec.pruning.unwrap();
-        assert_eq!((p.kind.as_str(), p.eta, p.min_epochs), ("asha", Some(3), None));
+        assert_eq!(
+            (p.kind.as_str(), p.eta, p.min_epochs),
+            ("asha", Some(3), None)
+        );
         assert_eq!(p.overlap, Some(0.0));
         assert_eq!(search::prune::report_epochs(&p, 9), vec![1, 3]);
         let none = parse("[dataset]\nid = \"y\"\n[pruning]\n").unwrap();

@@ -110,7 +110,10 @@ async fn run_curve(
     q: f64,
     honour_stops: bool,
 ) -> End {
-    let plan = job.validation.clone().expect("a job of a pruned study has a plan");
+    let plan = job
+        .validation
+        .clone()
+        .expect("a job of a pruned study has a plan");
     let epochs = job.training.epochs;
     let stops = js.get_stream(subjects::stream::STOPS).await.unwrap();
     let mut stop_feed = stops
@@ -159,7 +162,10 @@ async fn run_curve(
                 .unwrap()
                 .unwrap();
             let stop: StopJob = protocol::decode(&msg.payload).unwrap();
-            assert_eq!((stop.job_id.as_str(), stop.epoch), (job.job_id.as_str(), epoch));
+            assert_eq!(
+                (stop.job_id.as_str(), stop.epoch),
+                (job.job_id.as_str(), epoch)
+            );
             return End::Pruned {
                 epoch: stop.epoch,
                 dice: stop.dice,
@@ -181,10 +187,16 @@ async fn decided(js: &jetstream::Context, store: &DynStore, job: &TrainJob, sequ
         {
             break;
         }
-        assert!(Instant::now() < deadline, "the controller never took the report");
+        assert!(
+            Instant::now() < deadline,
+            "the controller never took the report"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let state = controller::read_state(store, &job.study).await.unwrap().unwrap();
+    let state = controller::read_state(store, &job.study)
+        .await
+        .unwrap()
+        .unwrap();
     state.jobs[&job.job_id].stop.is_some()
 }
 
@@ -198,7 +210,12 @@ fn asha() -> PruningSpec {
 }
 
 /// One job at a time, so the reports reach the pruner in issue order.
-fn pruned_spec(study: &str, pruning: PruningSpec, max_jobs: u32, epochs: u32) -> protocol::StudySpec {
+fn pruned_spec(
+    study: &str,
+    pruning: PruningSpec,
+    max_jobs: u32,
+    epochs: u32,
+) -> protocol::StudySpec {
     let mut spec = spec(study, "random", max_jobs, 1);
     spec.training.epochs = epochs;
     spec.pruning = Some(pruning);
@@ -234,7 +251,11 @@ fn asha_expected() -> BTreeMap<u32, End> {
 
 async fn check_ledger(env: &Env, study: &str, expected: &BTreeMap<u32, End>) {
     let state = env.state(study).await;
-    assert!(matches!(state.phase, controller::Phase::Done), "{:?}", state.phase);
+    assert!(
+        matches!(state.phase, controller::Phase::Done),
+        "{:?}",
+        state.phase
+    );
     // Issued = rewarded + failed, one reward per job, pruned ones marked.
     assert_eq!(state.jobs.len(), expected.len());
     assert_eq!(state.rewards.len() + state.failures.len(), state.jobs.len());
@@ -355,15 +376,21 @@ async fn a_restarted_controller_keeps_the_pruners_decisions() {
     env.submit(&pruned_spec("phoenix-asha", asha(), 9, 9)).await;
     for index in [2, 5, 8] {
         let stopped = study::job_id("phoenix-asha", index);
-        events_until(&env.js, "phoenix-asha", |e| {
-            matches!(&e.event, StudyEventKind::Pruned { job_id, .. } if *job_id == stopped)
-        })
+        events_until(
+            &env.js,
+            "phoenix-asha",
+            |e| matches!(&e.event, StudyEventKind::Pruned { job_id, .. } if *job_id == stopped),
+        )
         .await;
         controller.kill().await;
         let state = env.state("phoenix-asha").await;
         let resumed = controller::resume_all(&env.app().await).await.unwrap();
         let study = resumed.iter().find(|s| s.id() == "phoenix-asha").unwrap();
-        assert_eq!(study.pruner().save(), state.pruner.to_vec(), "pruner state lost");
+        assert_eq!(
+            study.pruner().save(),
+            state.pruner.to_vec(),
+            "pruner state lost"
+        );
         assert_eq!(study.pruner().kind(), "asha");
         controller = env.spawn_controller().await;
     }
@@ -387,15 +414,26 @@ async fn a_stop_for_a_job_that_finished_changes_nothing() {
     env.submit(&pruned_spec("late-stop", asha(), 4, 9)).await;
     let events = final_events(&env.js, "late-stop").await;
     let ends = trainer.stop().await;
-    assert!(ends.values().all(|e| matches!(e, End::Completed(_))), "{ends:?}");
+    assert!(
+        ends.values().all(|e| matches!(e, End::Completed(_))),
+        "{ends:?}"
+    );
     let k = kinds(&events);
-    assert_eq!(k.get("pruned"), Some(&2), "jobs 2 and 4 were stopped: {k:?}");
+    assert_eq!(
+        k.get("pruned"),
+        Some(&2),
+        "jobs 2 and 4 were stopped: {k:?}"
+    );
     assert_eq!(k.get("reward"), Some(&4));
     let state = env.state("late-stop").await;
     assert_eq!(state.rewards.len(), 4);
     for r in &state.rewards {
         assert!(!r.pruned);
-        assert_eq!(r.mean, ASHA_Q[r.index as usize - 1], "the complete reward counts");
+        assert_eq!(
+            r.mean,
+            ASHA_Q[r.index as usize - 1],
+            "the complete reward counts"
+        );
     }
     // A pruned reward arriving now for a stopped job that was already rewarded is ignored.
     let job_id = study::job_id("late-stop", 2);
@@ -427,14 +465,20 @@ async fn a_stopped_job_that_is_dead_lettered_counts_once_as_a_failure() {
     env.submit(&pruned_spec("dead-stop", asha(), 3, 9)).await;
     // Play the trainer by hand: job 1 reports and completes, job 2 reports low and is
     // stopped, then its dead letter (a trainer that never answered) arrives.
-    let consumer = runtime::consumer(&env.js, subjects::durable::TRAINERS).await.unwrap();
+    let consumer = runtime::consumer(&env.js, subjects::durable::TRAINERS)
+        .await
+        .unwrap();
     let mut answered = 0;
     while answered < 4 {
         let Some(msg) = runtime::pull_one(&consumer, PATIENCE).await.unwrap() else {
             panic!("no job");
         };
         let job: TrainJob = protocol::decode(&msg.payload).unwrap();
-        let q = if job.index == 2 { 0.1 } else { 0.5 + job.index as f64 / 10.0 };
+        let q = if job.index == 2 {
+            0.1
+        } else {
+            0.5 + job.index as f64 / 10.0
+        };
         let report = ValidationReport {
             schema: SCHEMA_VERSION,
             study: job.study.clone(),
@@ -471,12 +515,19 @@ async fn a_stopped_job_that_is_dead_lettered_counts_once_as_a_failure() {
                 worker: String::new(),
             };
             publish(&env.js, subjects::deadletter(&job.study), "dl-2", &failed).await;
-            msg.ack_with(async_nats::jetstream::AckKind::Term).await.unwrap();
+            msg.ack_with(async_nats::jetstream::AckKind::Term)
+                .await
+                .unwrap();
         } else {
-            publish(&env.js, subjects::rewards(&job.study), &job.job_id, &Reward {
-                mean: q,
-                ..reward(&job)
-            })
+            publish(
+                &env.js,
+                subjects::rewards(&job.study),
+                &job.job_id,
+                &Reward {
+                    mean: q,
+                    ..reward(&job)
+                },
+            )
             .await;
             msg.double_ack().await.unwrap();
         }

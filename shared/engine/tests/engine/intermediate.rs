@@ -73,7 +73,10 @@ fn the_intermediate_dice_is_the_evaluators_and_a_stop_keeps_those_weights() {
     assert_eq!(out.stopped_after, Some(2));
     assert_eq!(epochs_seen, vec![1, 2], "no step of epoch 3 was reported");
     assert_eq!(
-        reports.iter().map(|r| (r.epoch, r.step)).collect::<Vec<_>>(),
+        reports
+            .iter()
+            .map(|r| (r.epoch, r.step))
+            .collect::<Vec<_>>(),
         vec![(1, 2), (2, 4)]
     );
     for r in &reports {

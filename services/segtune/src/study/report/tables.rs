@@ -178,7 +178,11 @@ pub fn summary_markdown(rec: &StudyRecord) -> String {
             Some(epoch) => format!("{:.4} (pruned at epoch {epoch})", r.mean),
             None => format!("{:.4}", r.mean),
         };
-        let mut cells = vec![format!("{}{mark}", r.index), format!("`{}`", r.job_id), dice];
+        let mut cells = vec![
+            format!("{}{mark}", r.index),
+            format!("`{}`", r.job_id),
+            dice,
+        ];
         if rec.classes() > 1 {
             let pc: Vec<String> = r.per_class.iter().map(|d| format!("{d:.3}")).collect();
             cells.push(pc.join(" "));

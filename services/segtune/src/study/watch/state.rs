@@ -223,7 +223,8 @@ impl View {
                 if let Some(j) = self.jobs.get_mut(&index) {
                     j.pruned_at.get_or_insert(epoch);
                 }
-                let text = format!("job {index} pruned at epoch {epoch} (Dice {dice:.4}): {reason}");
+                let text =
+                    format!("job {index} pruned at epoch {epoch} (Dice {dice:.4}): {reason}");
                 self.line(at, &text);
             }
         }
