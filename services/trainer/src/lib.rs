@@ -130,7 +130,7 @@ pub struct TrainedJob {
 #[derive(Debug)]
 pub enum TrainResult {
     /// Trained to the end: `Trained` for the evaluator.
-    Trained(Trained),
+    Trained(Box<Trained>),
     /// Stopped by the pruner: its reward, published by the trainer.
     Pruned(Box<Reward>),
 }
@@ -188,7 +188,7 @@ impl Handler for App {
         worked: Self::Worked,
     ) -> anyhow::Result<Verdict<TrainedJob>> {
         let trained = match worked {
-            Ok(Some(TrainResult::Trained(trained))) => trained,
+            Ok(Some(TrainResult::Trained(trained))) => *trained,
             Ok(Some(TrainResult::Pruned(reward))) => {
                 let ack = runtime::publish(
                     &self.js,
@@ -376,7 +376,7 @@ async fn run_job(
             epoch_reached: order.epoch,
         }))));
     }
-    Ok(Some(TrainResult::Trained(Trained {
+    Ok(Some(TrainResult::Trained(Box::new(Trained {
         schema: SCHEMA_VERSION,
         study: job.study.clone(),
         job_id: job.job_id.clone(),
@@ -389,7 +389,7 @@ async fn run_job(
         train_seconds: out.seconds,
         worker: app.worker.clone(),
         attempt,
-    })))
+    }))))
 }
 
 /// What the training thread sends to the job's task.
