@@ -382,7 +382,10 @@ async fn write_report_from_the_streams() {
     // Job 2 was pruned: marked with its epoch, counted with the trainer-seconds it saved
     // (the mean of the complete jobs' 20 + i * 1.25 s, minus its own 22.5 s: 1.6, printed as 2).
     assert!(md.contains("(pruned at epoch 2)"), "{md}");
-    assert!(md.contains("; 1 pruned, about 2 trainer-seconds saved of 119 spent"), "{md}");
+    assert!(
+        md.contains("; 1 pruned, about 2 trainer-seconds saved of 119 spent"),
+        "{md}"
+    );
     assert!(md.contains("| 4 ★ | `rpt-0004` | 0.6340 |"), "{md}");
     // Job 4: trainer-2, 25.0 s of training, 14 s from issue to reward.
     assert!(md.contains("| trainer-2 | 25.0 | 14 |"), "{md}");
