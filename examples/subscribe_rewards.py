@@ -25,7 +25,9 @@ async def main(study):
         r = msgpack.unpackb(msg.data)  # a dict: the Reward fields by name
         values = " ".join(f"{k}={v:.4g}" for k, v in r["strategy"]["values"].items())
         who = r.get("trainer") or "?"  # absent from rewards of an older evaluator
-        print(f"#{r['index']} {r['job_id']} dice={r['mean']:.4f} trainer={who} {values}",
+        # A job the study's pruner stopped early: its Dice is the last intermediate one.
+        pruned = f" pruned@epoch={r['epoch_reached']}" if r.get("pruned") else ""
+        print(f"#{r['index']} {r['job_id']} dice={r['mean']:.4f}{pruned} trainer={who} {values}",
               flush=True)
 
 

@@ -136,6 +136,8 @@ impl Rewarder {
                     train_seconds: 0.5,
                     final_loss: 0.25,
                     eval_seconds: 0.1,
+                    pruned: false,
+                    epoch_reached: 0,
                 };
                 runtime::publish(
                     &js,

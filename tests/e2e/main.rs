@@ -9,6 +9,7 @@ mod dataset;
 mod demo;
 mod faults;
 mod preprocess;
+mod pruning;
 mod s3;
 mod security;
 mod stack;

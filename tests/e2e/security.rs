@@ -163,24 +163,26 @@ async fn the_compose_broker_refuses_a_trainer_admin_work_and_strangers() {
     );
     assert!(deleted.is_err(), "the trainer deleted a stream");
 
-    // Publish a reward (it would move the search): refused, nothing stored.
+    // Publish a job (it would spend every trainer's time on a strategy of its choosing):
+    // refused, nothing stored. (A trainer does publish rewards: those of the jobs a study's
+    // pruner stops, which no evaluator scores.)
     let study = "study-sec";
     let t = Instant::now();
     let forged = async {
-        js.publish(subjects::rewards(study), "forged".into())
+        js.publish(subjects::jobs(study), "forged".into())
             .await?
             .await
             .map_err(async_nats::Error::from)
     };
-    let reward_subject = subjects::rewards(study);
-    let (forged, reward_refused) = tokio::join!(
+    let job_subject = subjects::jobs(study);
+    let (forged, job_refused) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(3), forged),
-        violation(&mut errors, &reward_subject, t)
+        violation(&mut errors, &job_subject, t)
     );
-    assert!(!matches!(forged, Ok(Ok(_))), "a trainer published a reward");
+    assert!(!matches!(forged, Ok(Ok(_))), "a trainer published a job");
 
-    let mut rewards = admin_js.get_stream(stream::REWARDS).await.unwrap();
-    assert_eq!(rewards.info().await.unwrap().state.messages, 0);
+    let mut jobs = admin_js.get_stream(stream::JOBS).await.unwrap();
+    assert_eq!(jobs.info().await.unwrap().state.messages, 0);
     assert!(admin_js.get_stream("FORGED").await.is_err());
     assert!(admin_js.get_stream(stream::JOBS).await.is_ok());
 
@@ -188,7 +190,7 @@ async fn the_compose_broker_refuses_a_trainer_admin_work_and_strangers() {
     for subject in [
         "$JS.API.STREAM.CREATE.FORGED".to_string(),
         "$JS.API.STREAM.DELETE.JOBS".to_string(),
-        subjects::rewards(study),
+        subjects::jobs(study),
     ] {
         assert!(
             log.lines()
@@ -198,7 +200,7 @@ async fn the_compose_broker_refuses_a_trainer_admin_work_and_strangers() {
     }
     eprintln!(
         "refused in: stream create {create_refused:?}, stream delete {delete_refused:?}, \
-         reward {reward_refused:?}"
+         job {job_refused:?}"
     );
 }
 

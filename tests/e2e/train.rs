@@ -31,6 +31,7 @@ pub(crate) fn job(study: &str, index: u32, dataset_id: &str, values: &[(&str, f6
         },
         seed: index as u64,
         final_model: None,
+        validation: None,
     }
 }
 

@@ -125,6 +125,8 @@ async fn trainer(args: Args, name: String) -> anyhow::Result<()> {
             train_seconds: args.job_ms as f64 / 1e3,
             final_loss: 1.0 - mean,
             eval_seconds: 0.0,
+            pruned: false,
+            epoch_reached: 0,
         };
         // A crash between publish and ack: the redelivery publishes again with the same id.
         if runtime::publish(

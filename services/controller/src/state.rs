@@ -24,6 +24,10 @@ pub struct StudyState {
     /// `Searcher::save()`: the policy weights, optimizer state, baseline, random generator and
     /// outstanding tickets of the search.
     pub searcher: Bytes,
+    /// `search::prune::Pruner::save()`: the pruner's record of intermediate values (empty in
+    /// a state saved before pruning existed: the study's pruner is then built afresh).
+    #[serde(default)]
+    pub pruner: Bytes,
     /// Every job ever issued, by job id.
     pub jobs: BTreeMap<String, JobEntry>,
     /// Rewards counted, in the order they were counted (at most one per job id).
@@ -69,6 +73,18 @@ pub struct JobEntry {
     pub proposal: search::Proposal,
     pub strategy: Strategy,
     pub status: JobStatus,
+    /// Set when the pruner stopped the job: the report it was judged on. The job stays
+    /// `Issued` until its (pruned, or already complete) reward or its dead letter arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopEntry>,
+}
+
+/// The intermediate report a job was stopped on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopEntry {
+    pub epoch: u32,
+    pub dice: f64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +105,9 @@ pub struct RewardEntry {
     pub job_id: String,
     pub index: u32,
     pub mean: f64,
+    /// The reward is a pruned job's last intermediate Dice.
+    #[serde(default)]
+    pub pruned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +132,8 @@ pub enum Outgoing {
     Job { job_id: String },
     /// A study event, message id `<study>-event-<seq>`.
     Event { seq: u64, event: StudyEvent },
+    /// The `StopJob` of this job id (rebuilt from its `stop`), message id `stop-<job>`.
+    Stop { job_id: String },
 }
 
 impl StudyState {

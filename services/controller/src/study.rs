@@ -15,10 +15,13 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 use protocol::{
-    DatasetEvent, DatasetRef, JobFailed, PreprocessRequest, Reward, SCHEMA_VERSION, StudyEvent,
-    StudyEventKind, StudySpec, TrainJob, subjects,
+    DatasetEvent, DatasetRef, JobFailed, PreprocessRequest, Reward, SCHEMA_VERSION, StopJob,
+    StudyEvent, StudyEventKind, StudySpec, TrainJob, ValidationPlan, ValidationReport, subjects,
 };
-use search::{SearchSpace, Searcher, WarmStart};
+use search::{
+    SearchSpace, Searcher, WarmStart,
+    prune::{self, Decision, Ending, Pruner},
+};
 use tokio::sync::watch;
 
 use ::study::{job_id, job_seed, validate_spec};
@@ -27,7 +30,7 @@ use crate::{
     App,
     state::{
         Best, FailureEntry, JobEntry, JobStatus, Outgoing, Phase, RewardEntry, STATE_SCHEMA,
-        StudyState,
+        StopEntry, StudyState,
     },
 };
 
@@ -37,6 +40,8 @@ pub struct Study {
     pub state: StudyState,
     space: SearchSpace,
     searcher: Box<dyn Searcher>,
+    /// The study's `[pruning]` rule (`none` without one).
+    pruner: Box<dyn Pruner>,
     /// Loaded from the store rather than created now: the dataset answer may be in history.
     resumed: bool,
     feeds: Option<Feeds>,
@@ -56,6 +61,8 @@ impl std::fmt::Debug for Study {
 struct Feeds {
     rewards: pull::Stream,
     deadletter: pull::Stream,
+    /// A study with `[pruning]`: its jobs' intermediate validation reports.
+    validation: Option<pull::Stream>,
 }
 
 /// Which per-study consumer a message came from.
@@ -63,6 +70,7 @@ struct Feeds {
 pub enum Feed {
     Reward,
     DeadLetter,
+    Validation,
 }
 
 /// A message from one of the study's consumers, not yet acknowledged.
@@ -101,6 +109,10 @@ pub enum Step {
     Counted { job_id: String, rewards: u32 },
     /// A job failed for good; it was abandoned and replaced.
     Replaced { job_id: String, failures: u32 },
+    /// An intermediate report was recorded and the job goes on.
+    Reported { job_id: String, epoch: u32 },
+    /// An intermediate report made the pruner stop the job (a stop is published).
+    Pruned { job_id: String, epoch: u32 },
     /// A message that changes nothing: a duplicate or late reward, an unknown job id.
     Ignored { job_id: String, why: String },
     /// An undecodable message; it was terminated.
@@ -146,6 +158,16 @@ impl Study {
         Self::create_with(app, spec, space, searcher).await
     }
 
+    /// The pruner of a saved state: restored from its bytes, or built from the spec when the
+    /// state has none (saved before pruning existed).
+    fn pruner_of(state: &StudyState) -> anyhow::Result<Box<dyn Pruner>> {
+        if state.pruner.is_empty() {
+            Ok(prune::build(state.spec.pruning.as_ref())?)
+        } else {
+            prune::restore(&state.pruner).context("saved pruner")
+        }
+    }
+
     /// [`Study::create`] with a searcher made already (seeded by [`warm_start_from`]).
     pub async fn create_with(
         app: &App,
@@ -154,6 +176,7 @@ impl Study {
         searcher: Box<dyn Searcher>,
     ) -> anyhow::Result<Self> {
         let now = now_unix();
+        let pruner = prune::build(spec.pruning.as_ref())?;
         let dataset_request = match spec.dataset {
             DatasetRef::Source { .. } => Some(format!("{}-{:x}", spec.study, (now * 1e6) as u64)),
             DatasetRef::Id { .. } => None,
@@ -165,6 +188,7 @@ impl Study {
             dataset_request,
             dataset_id: None,
             searcher: searcher.save().into(),
+            pruner: pruner.save().into(),
             jobs: Default::default(),
             rewards: Vec::new(),
             failures: Vec::new(),
@@ -180,6 +204,7 @@ impl Study {
             state,
             space,
             searcher,
+            pruner,
             resumed: false,
             feeds: None,
         };
@@ -222,11 +247,13 @@ impl Study {
             .with_context(|| format!("study {study}: saved space"))?;
         let searcher = search::restore(&state.spec.searcher, &state.searcher)
             .with_context(|| format!("study {study}: saved searcher"))?;
+        let pruner = Self::pruner_of(&state).with_context(|| format!("study {study}"))?;
         Ok(Some(Self {
             app: app.clone(),
             state,
             space,
             searcher,
+            pruner,
             resumed: true,
             feeds: None,
         }))
@@ -238,6 +265,10 @@ impl Study {
 
     pub fn searcher(&self) -> &dyn Searcher {
         self.searcher.as_ref()
+    }
+
+    pub fn pruner(&self) -> &dyn Pruner {
+        self.pruner.as_ref()
     }
 
     /// BLAKE3 of the searcher's whole state as it is now (policy weights, optimizer, baseline,
@@ -442,8 +473,8 @@ impl Study {
         Ok(())
     }
 
-    /// Creates (idempotently) the study's durable consumers on REWARDS and DEADLETTER and
-    /// starts reading them.
+    /// Creates (idempotently) the study's durable consumers on REWARDS and DEADLETTER (and
+    /// VALIDATION for a study with pruning) and starts reading them.
     pub async fn attach(&mut self) -> anyhow::Result<()> {
         if self.feeds.is_some() {
             return Ok(());
@@ -463,9 +494,22 @@ impl Study {
             subjects::deadletter(&study),
         )
         .await?;
+        let validation = match self.state.spec.pruning {
+            Some(_) => Some(
+                Self::feed(
+                    &self.app,
+                    subjects::stream::VALIDATION,
+                    subjects::durable::validation(&study),
+                    subjects::validation_all(&study),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         self.feeds = Some(Feeds {
             rewards,
             deadletter,
+            validation,
         });
         Ok(())
     }
@@ -510,9 +554,18 @@ impl Study {
             .as_mut()
             .context("the study is not attached to its consumers")?;
         let next = tokio::time::timeout(wait, async {
+            // Dead letters and rewards before reports: a job's end is news the pruner needs
+            // before it judges the next report against completed jobs.
             tokio::select! {
+                biased;
                 m = feeds.deadletter.next() => (Feed::DeadLetter, m),
                 m = feeds.rewards.next() => (Feed::Reward, m),
+                Some(m) = async {
+                    match feeds.validation.as_mut() {
+                        Some(v) => v.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => (Feed::Validation, Some(m)),
             }
         })
         .await;
@@ -572,7 +625,66 @@ impl Study {
                     })
                 }
             },
+            Feed::Validation => match protocol::decode::<ValidationReport>(payload) {
+                Ok(r) => self.apply_report(&r).await,
+                Err(e) => {
+                    tracing::error!(study = self.id(), error = %e, "undecodable validation report");
+                    Ok(Step::Rejected {
+                        reason: e.to_string(),
+                    })
+                }
+            },
         }
+    }
+
+    /// An intermediate validation report: the pruner records it and may stop the job (its
+    /// `StopJob` goes out from the outbox, with a `pruned` event). A report for a job that is
+    /// not running any more, or already stopped, changes nothing. Saves the state.
+    pub async fn apply_report(&mut self, r: &ValidationReport) -> anyhow::Result<Step> {
+        if let Some(ignored) = self.settled_or_unknown(&r.study, &r.job_id) {
+            tracing::debug!(study = self.id(), ?ignored, "report ignored");
+            return Ok(ignored);
+        }
+        if self.state.jobs[&r.job_id].stop.is_some() {
+            return Ok(Step::Ignored {
+                job_id: r.job_id.clone(),
+                why: "the job was already stopped".into(),
+            });
+        }
+        let dice = if r.dice.is_finite() { r.dice } else { f64::NAN };
+        let decision = self.pruner.report(&r.job_id, r.epoch, dice);
+        let step = match decision {
+            Decision::Continue => Step::Reported {
+                job_id: r.job_id.clone(),
+                epoch: r.epoch,
+            },
+            Decision::Prune { reason } => {
+                tracing::info!(study = self.id(), job = %r.job_id, epoch = r.epoch, dice = r.dice, %reason, "pruning job");
+                let job = self.state.jobs.get_mut(&r.job_id).expect("checked above");
+                job.stop = Some(StopEntry {
+                    epoch: r.epoch,
+                    dice: r.dice,
+                    reason: reason.clone(),
+                });
+                let index = job.index;
+                self.state.outbox.push(Outgoing::Stop {
+                    job_id: r.job_id.clone(),
+                });
+                self.event(StudyEventKind::Pruned {
+                    job_id: r.job_id.clone(),
+                    index,
+                    epoch: r.epoch,
+                    dice: r.dice,
+                    reason,
+                });
+                Step::Pruned {
+                    job_id: r.job_id.clone(),
+                    epoch: r.epoch,
+                }
+            }
+        };
+        self.commit().await?;
+        Ok(step)
     }
 
     fn settled_or_unknown(&self, study: &str, job_id: &str) -> Option<Step> {
@@ -608,10 +720,20 @@ impl Study {
             let reason = format!("the reward {} is not a number", r.mean);
             return self.fail_job(&r.job_id, reason, String::new()).await;
         }
+        // A pruned job's reward is its last intermediate Dice: every searcher observes it
+        // like any other (the controller README says why that is sound for each).
         if let Err(e) = self.searcher.observe(&job.proposal, r.mean) {
             let reason = format!("the searcher refused the reward: {e}");
             return self.fail_job(&r.job_id, reason, String::new()).await;
         }
+        // A complete reward for a job the pruner had stopped (it finished first) counts as
+        // complete: the stop changed nothing.
+        let ending = if r.pruned {
+            Ending::Pruned
+        } else {
+            Ending::Completed
+        };
+        self.pruner.finish(&r.job_id, ending);
         if let Some(j) = self.state.jobs.get_mut(&r.job_id) {
             j.status = JobStatus::Rewarded { mean: r.mean };
         }
@@ -619,6 +741,7 @@ impl Study {
             job_id: r.job_id.clone(),
             index: job.index,
             mean: r.mean,
+            pruned: r.pruned,
         });
         let rewards = self.state.rewards.len() as u32;
         self.event(StudyEventKind::Reward {
@@ -627,7 +750,9 @@ impl Study {
             mean: r.mean,
             rewards_so_far: rewards,
         });
-        if self.state.best.as_ref().is_none_or(|b| r.mean > b.mean) {
+        // Only a complete job can be the study's best: a pruned one's checkpoint is half
+        // trained and its Dice an intermediate one.
+        if !r.pruned && self.state.best.as_ref().is_none_or(|b| r.mean > b.mean) {
             self.state.best = Some(Best {
                 job_id: r.job_id.clone(),
                 mean: r.mean,
@@ -639,7 +764,7 @@ impl Study {
                 strategy: job.strategy.clone(),
             });
         }
-        tracing::info!(study = self.id(), job = %r.job_id, mean = r.mean, rewards, "reward");
+        tracing::info!(study = self.id(), job = %r.job_id, mean = r.mean, pruned = r.pruned, rewards, "reward");
         if rewards >= self.state.spec.max_jobs {
             self.finish_done();
         } else {
@@ -675,6 +800,7 @@ impl Study {
         if let Err(e) = self.searcher.abandon(&proposal) {
             tracing::warn!(study = self.id(), job = job_id, error = %e, "searcher refused to abandon");
         }
+        self.pruner.finish(job_id, Ending::Failed);
         if let Some(j) = self.state.jobs.get_mut(job_id) {
             j.status = JobStatus::Failed {
                 reason: reason.clone(),
@@ -746,6 +872,7 @@ impl Study {
                 proposal,
                 strategy: strategy.clone(),
                 status: JobStatus::Issued,
+                stop: None,
             },
         );
         self.state.outbox.push(Outgoing::Job { job_id: id.clone() });
@@ -759,7 +886,12 @@ impl Study {
 
     fn finish_done(&mut self) {
         let Some(best) = self.state.best.clone() else {
-            return self.finish_failed("no job had a reward".into());
+            let why = if self.state.rewards.is_empty() {
+                "no job had a reward"
+            } else {
+                "no job trained to the end: every rewarded job was pruned"
+            };
+            return self.finish_failed(why.into());
         };
         self.state.phase = Phase::Done;
         tracing::info!(study = self.id(), best = %best.job_id, mean = best.mean, "study done");
@@ -796,6 +928,7 @@ impl Study {
     /// Saves the state (with the searcher's current bytes).
     pub async fn commit(&mut self) -> anyhow::Result<()> {
         self.state.searcher = self.searcher.save().into();
+        self.state.pruner = self.pruner.save().into();
         self.state.updated_unix = now_unix();
         let key = storage::keys::controller_state(self.id())?;
         storage::put(&self.app.store, &key, self.state.encode()?)
@@ -832,6 +965,16 @@ impl Study {
                     )
                     .await?;
                 }
+                Outgoing::Stop { job_id } => {
+                    let stop = self.stop_job(job_id)?;
+                    runtime::publish(
+                        &self.app.js,
+                        subjects::stop(&study, job_id),
+                        Some(&subjects::stop_msg_id(job_id)),
+                        protocol::encode(&stop)?,
+                    )
+                    .await?;
+                }
             }
         }
         self.state.outbox.clear();
@@ -859,6 +1002,37 @@ impl Study {
             training: self.state.spec.training.clone(),
             seed: job.seed,
             final_model: None,
+            validation: self.validation_plan(),
+        })
+    }
+
+    /// When the study's trainers validate before the end (`None`: no `[pruning]`, or no
+    /// validation point before the last epoch).
+    pub fn validation_plan(&self) -> Option<ValidationPlan> {
+        let spec = &self.state.spec;
+        let pruning = spec.pruning.as_ref()?;
+        let epochs = prune::report_epochs(pruning, spec.training.epochs);
+        (!epochs.is_empty()).then(|| ValidationPlan {
+            epochs,
+            overlap: pruning.overlap.unwrap_or(spec.training.overlap),
+        })
+    }
+
+    /// The `StopJob` of a stopped job, rebuilt from the ledger.
+    pub fn stop_job(&self, job_id: &str) -> anyhow::Result<StopJob> {
+        let stop = self
+            .state
+            .jobs
+            .get(job_id)
+            .and_then(|j| j.stop.as_ref())
+            .with_context(|| format!("job {job_id} has no stop in the ledger"))?;
+        Ok(StopJob {
+            schema: SCHEMA_VERSION,
+            study: self.id().to_string(),
+            job_id: job_id.to_string(),
+            epoch: stop.epoch,
+            dice: stop.dice,
+            reason: stop.reason.clone(),
         })
     }
 
@@ -875,6 +1049,10 @@ impl Study {
             (
                 subjects::stream::DEADLETTER,
                 subjects::durable::deadletter(&study),
+            ),
+            (
+                subjects::stream::VALIDATION,
+                subjects::durable::validation(&study),
             ),
         ] {
             if let Ok(s) = self.app.js.get_stream(stream).await

@@ -162,6 +162,8 @@ async fn score(app: &App, t: &Trained) -> Result<Reward, JobError> {
         train_seconds: t.train_seconds,
         final_loss: t.final_loss,
         eval_seconds: started.elapsed().as_secs_f64(),
+        pruned: false,
+        epoch_reached: t.training.epochs,
     })
 }
 

@@ -13,16 +13,30 @@
 //!   divergence) are dead-lettered with the reason and terminated; transient ones (store
 //!   unavailable) are naked with a delay and retried.
 //! - SIGTERM: the job in progress is naked at once so another replica starts it.
+//! - A job with a `ValidationPlan` (a study with `[pruning]`) is scored after the plan's
+//!   epochs with the evaluator's code ([`engine::train_validated`]); each score goes out as a
+//!   `ValidationReport` on `segtune.progress.<study>.<job>.validation` (stream VALIDATION,
+//!   `Nats-Msg-Id` `<job>-v<epoch>`). While it trains such a job the trainer reads the job's
+//!   stop subject from the start (stream STOPS, so a stop sent before this delivery began is
+//!   seen at once); on a stop it ends at the next step boundary, stores the checkpoint and
+//!   publishes the job's pruned `Reward` itself (`Nats-Msg-Id` = job id, like the
+//!   evaluator's), then acks. No `Trained` goes out, so the evaluator never sees the job.
 
 use std::{
     future::Future,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::Context as _;
-use async_nats::jetstream;
-use engine::{DatasetCache, JobError, JobSpec};
-use protocol::{Progress, SCHEMA_VERSION, TrainJob, Trained, subjects};
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use engine::{DatasetCache, IntermediateDice, JobError, JobSpec};
+use futures::StreamExt as _;
+use protocol::{
+    Progress, Reward, SCHEMA_VERSION, StopJob, TrainJob, Trained, ValidationReport, subjects,
+};
 use runtime::worker::{Handler, Verdict};
 use storage::DynStore;
 
@@ -107,6 +121,18 @@ impl App {
 #[derive(Debug, PartialEq)]
 pub struct TrainedJob {
     pub job_id: String,
+    /// `Some(epoch)`: the job was stopped by its study's pruner after its report at `epoch`,
+    /// and its pruned reward is published.
+    pub pruned_at: Option<u32>,
+}
+
+/// What one delivery of a job produced, not yet published.
+#[derive(Debug)]
+pub enum TrainResult {
+    /// Trained to the end: `Trained` for the evaluator.
+    Trained(Box<Trained>),
+    /// Stopped by the pruner: its reward, published by the trainer.
+    Pruned(Box<Reward>),
 }
 
 pub type Outcome = runtime::worker::Outcome<TrainedJob>;
@@ -124,7 +150,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result
 impl Handler for App {
     type Job = TrainJob;
     /// `None`: a later delivery turned up before the checkpoint was stored.
-    type Worked = Result<Option<Trained>, JobError>;
+    type Worked = Result<Option<TrainResult>, JobError>;
     type Done = TrainedJob;
     const ROLE: &'static str = "trainer";
     const DURABLE: &'static str = subjects::durable::TRAINERS;
@@ -162,7 +188,25 @@ impl Handler for App {
         worked: Self::Worked,
     ) -> anyhow::Result<Verdict<TrainedJob>> {
         let trained = match worked {
-            Ok(Some(trained)) => trained,
+            Ok(Some(TrainResult::Trained(trained))) => *trained,
+            Ok(Some(TrainResult::Pruned(reward))) => {
+                let ack = runtime::publish(
+                    &self.js,
+                    subjects::rewards(&job.study),
+                    Some(&job.job_id),
+                    protocol::encode(&*reward)?,
+                )
+                .await
+                .context("publishing the pruned Reward")?;
+                if ack.duplicate {
+                    tracing::warn!(job = %job.job_id, attempt, "the job's reward was already published; this one is dropped");
+                }
+                tracing::info!(job = %job.job_id, epoch = reward.epoch_reached, dice = reward.mean, seconds = reward.train_seconds, "pruned");
+                return Ok(Verdict::Done(TrainedJob {
+                    job_id: job.job_id.clone(),
+                    pruned_at: Some(reward.epoch_reached),
+                }));
+            }
             Ok(None) => return Ok(Verdict::Superseded),
             Err(JobError::Permanent(reason)) => return Ok(Verdict::Permanent(reason)),
             Err(JobError::Transient(reason)) => return Ok(Verdict::Transient(reason)),
@@ -185,6 +229,7 @@ impl Handler for App {
         tracing::info!(job = %job.job_id, loss = trained.final_loss, seconds = trained.train_seconds, "trained");
         Ok(Verdict::Done(TrainedJob {
             job_id: job.job_id.clone(),
+            pruned_at: None,
         }))
     }
 }
@@ -208,7 +253,7 @@ async fn run_job(
     job: &TrainJob,
     attempt: u64,
     cancel: Arc<AtomicBool>,
-) -> Result<Option<Trained>, JobError> {
+) -> Result<Option<TrainResult>, JobError> {
     protocol::subjects::check_token("study", &job.study)
         .and_then(|_| protocol::subjects::check_token("job_id", &job.job_id))
         .map_err(|e| JobError::Permanent(e.to_string()))?;
@@ -229,9 +274,17 @@ async fn run_job(
         })?),
         None => None,
     };
+    // The job's stop, read from the start of its subject while the job trains.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_order: Arc<Mutex<Option<StopJob>>> = Arc::default();
+    let _watch = match &job.validation {
+        Some(_) => Some(watch_stop(app, job, stop.clone(), stop_order.clone()).await?),
+        None => None,
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let device = app.device.clone();
     let training = job.training.clone();
+    let plan = job.validation.clone();
     let seed = job.seed;
     let augment_workers = app.augment_workers;
     let all_cases = job.final_model.as_ref().is_some_and(|f| f.all_cases);
@@ -265,8 +318,17 @@ async fn run_job(
             augment_workers,
             all_cases,
         };
-        let out = engine::train(&input, &device, &cancel, |r| {
-            let _ = tx.send(r);
+        let reports = tx.clone();
+        let mut on_report = move |d: IntermediateDice| {
+            let _ = reports.send(Tick::Validated(d));
+        };
+        let validation = plan.as_ref().map(|plan| engine::Validation {
+            plan,
+            stop: &stop,
+            on_report: &mut on_report,
+        });
+        let out = engine::train_validated(&input, &device, &cancel, validation, |r| {
+            let _ = tx.send(Tick::Epoch(r));
         })?;
         let bundle = bundle_source.map(|(f, job_id, strategy, training, seed)| {
             let bundle = engine::bundle::Bundle::new(
@@ -286,9 +348,17 @@ async fn run_job(
         });
         Ok::<_, JobError>((out, bundle))
     });
-    // Progress is best effort (core NATS): watchers may come and go.
+    // Progress is best effort (core NATS): watchers may come and go. Validation reports are
+    // published to their stream and awaited (the controller's pruner decides on them).
     let progress_subject = subjects::progress(&job.study, &job.job_id);
-    while let Some(r) = rx.recv().await {
+    while let Some(tick) = rx.recv().await {
+        let r = match tick {
+            Tick::Epoch(r) => r,
+            Tick::Validated(d) => {
+                publish_report(app, job, attempt, d).await;
+                continue;
+            }
+        };
         let p = Progress {
             schema: SCHEMA_VERSION,
             study: job.study.clone(),
@@ -329,7 +399,30 @@ async fn run_job(
             .map_err(|e| JobError::Transient(format!("storing the model bundle: {e}")))?;
         tracing::info!(job = %job.job_id, %prefix, "final model bundle stored");
     }
-    Ok(Some(Trained {
+    let order = stop_order.lock().expect("stop lock").clone();
+    if let (Some(_), Some(order)) = (out.stopped_after, order) {
+        // The reward is the Dice the pruner judged (the controller's, carried by the stop),
+        // the same whichever delivery of the job stops.
+        return Ok(Some(TrainResult::Pruned(Box::new(Reward {
+            schema: SCHEMA_VERSION,
+            study: job.study.clone(),
+            job_id: job.job_id.clone(),
+            index: job.index,
+            strategy: job.strategy.clone(),
+            per_case: Vec::new(),
+            per_class: Vec::new(),
+            mean: order.dice,
+            checkpoint_key: key,
+            trainer: app.worker.clone(),
+            attempt,
+            train_seconds: out.seconds,
+            final_loss: out.final_loss,
+            eval_seconds: 0.0,
+            pruned: true,
+            epoch_reached: order.epoch,
+        }))));
+    }
+    Ok(Some(TrainResult::Trained(Box::new(Trained {
         schema: SCHEMA_VERSION,
         study: job.study.clone(),
         job_id: job.job_id.clone(),
@@ -342,7 +435,102 @@ async fn run_job(
         train_seconds: out.seconds,
         worker: app.worker.clone(),
         attempt,
-    }))
+    }))))
+}
+
+/// What the training thread sends to the job's task.
+enum Tick {
+    Epoch(engine::EpochReport),
+    Validated(IntermediateDice),
+}
+
+/// Publishes one intermediate validation (awaited; a failure is logged: the pruner then
+/// simply has no report for that epoch).
+async fn publish_report(app: &App, job: &TrainJob, attempt: u64, d: IntermediateDice) {
+    let report = ValidationReport {
+        schema: SCHEMA_VERSION,
+        study: job.study.clone(),
+        job_id: job.job_id.clone(),
+        index: job.index,
+        worker: app.worker.clone(),
+        attempt,
+        epoch: d.epoch,
+        epochs: d.epochs,
+        step: d.step,
+        dice: d.dice,
+        per_class: d.per_class,
+        train_seconds: d.train_seconds,
+        validation_seconds: d.validation_seconds,
+    };
+    tracing::info!(job = %job.job_id, epoch = d.epoch, dice = d.dice, seconds = d.validation_seconds, "intermediate validation");
+    let published = match protocol::encode(&report) {
+        Ok(bytes) => runtime::publish(
+            &app.js,
+            subjects::validation(&job.study, &job.job_id),
+            Some(&subjects::validation_msg_id(&job.job_id, d.epoch)),
+            bytes,
+        )
+        .await
+        .map(drop),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = published {
+        tracing::warn!(job = %job.job_id, epoch = d.epoch, error = format!("{e:#}"), "validation report not published");
+    }
+}
+
+/// Aborts the stop watch when the job's work ends.
+struct StopWatch(tokio::task::JoinHandle<()>);
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the job's stop subject from its first message (an ordered consumer on STOPS): the
+/// first `StopJob` is kept in `order` and sets `stop`. Ready once the consumer exists, so a
+/// stop published after this returns is not missed, nor one published before.
+async fn watch_stop(
+    app: &App,
+    job: &TrainJob,
+    stop: Arc<AtomicBool>,
+    order: Arc<Mutex<Option<StopJob>>>,
+) -> Result<StopWatch, JobError> {
+    let transient = |e: String| JobError::Transient(format!("watching the job's stop: {e}"));
+    let stream = app
+        .js
+        .get_stream(subjects::stream::STOPS)
+        .await
+        .map_err(|e| transient(e.to_string()))?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subjects::stop(&job.study, &job.job_id),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| transient(e.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| transient(e.to_string()))?;
+    let job_id = job.job_id.clone();
+    Ok(StopWatch(tokio::spawn(async move {
+        while let Some(next) = messages.next().await {
+            let Ok(msg) = next else { continue };
+            match protocol::decode::<StopJob>(&msg.payload) {
+                Ok(s) if s.job_id == job_id => {
+                    tracing::info!(job = %job_id, epoch = s.epoch, reason = %s.reason, "stop received");
+                    *order.lock().expect("stop lock") = Some(s);
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(job = %job_id, error = %e, "undecodable stop ignored"),
+            }
+        }
+    })))
 }
 
 #[cfg(test)]

@@ -10,6 +10,13 @@
 //!   honours cancellation and returns the checkpoint bytes.
 //! - [`evaluate`] runs sliding-window inference over the validation cases and returns the
 //!   Dice per case and class and their mean (the reward).
+//! - [`intermediate`]: [`train_validated`] is [`train`] that also scores its weights with
+//!   [`evaluate`] at the epochs of a `ValidationPlan` and stops at a step boundary when told
+//!   (a pruned job), returning the checkpoint it has.
+
+pub mod intermediate;
+
+pub use intermediate::{IntermediateDice, Validation, train_validated};
 
 pub mod bundle;
 pub mod defaults;
@@ -208,6 +215,8 @@ pub struct TrainOutput {
     pub checkpoint: Vec<u8>,
     pub final_loss: f64,
     pub seconds: f64,
+    /// `Some(epochs done)` when [`train_validated`] was told to stop before the end.
+    pub stopped_after: Option<u32>,
 }
 
 /// Everything one training run needs besides the device.
@@ -232,6 +241,18 @@ pub fn train(
     input: &TrainInput<'_>,
     device: &Device,
     cancel: &AtomicBool,
+    on_epoch: impl FnMut(EpochReport),
+) -> Result<TrainOutput, JobError> {
+    train_validated(input, device, cancel, None, on_epoch)
+}
+
+/// [`train`], and with `validation` the intermediate scores and the early stop
+/// ([`intermediate`]).
+fn train_inner(
+    input: &TrainInput<'_>,
+    device: &Device,
+    cancel: &AtomicBool,
+    mut validation: Option<Validation<'_>>,
     mut on_epoch: impl FnMut(EpochReport),
 ) -> Result<TrainOutput, JobError> {
     let TrainInput {
@@ -263,11 +284,11 @@ pub fn train(
     let batch = training.batch_size as usize;
     let steps_per_epoch = (training.patches_per_epoch as usize).div_ceil(batch).max(1);
     let epochs = training.epochs;
-    let validation: &[CaseData] = if all_cases { &data.validation } else { &[] };
+    let held_out: &[CaseData] = if all_cases { &data.validation } else { &[] };
     let cases: Vec<_> = data
         .train
         .iter()
-        .chain(validation)
+        .chain(held_out)
         .map(|c| (c.image.clone(), c.label.clone(), CaseIndex::new(&c.label)))
         .collect();
     let sampler = PatchSampler::new(training.patch, 1.0 / 3.0).map_err(JobError::permanent)?;
@@ -286,7 +307,8 @@ pub fn train(
     )
     .map_err(JobError::permanent)?;
     let mut final_loss = f64::NAN;
-    for epoch in 1..=epochs {
+    let mut stopped_after = None;
+    'epochs: for epoch in 1..=epochs {
         trainer.set_learning_rate(training.lr_schedule.rate(job.lr, epoch, epochs));
         let t = Instant::now();
         let mut sum = 0.0;
@@ -294,6 +316,10 @@ pub fn train(
         for _ in 0..steps_per_epoch {
             if cancel.load(Ordering::Relaxed) {
                 return Err(JobError::Cancelled);
+            }
+            if validation.as_ref().is_some_and(Validation::stopped) {
+                stopped_after = Some(epoch - 1);
+                break 'epochs;
             }
             let asked = Instant::now();
             let b = rx
@@ -326,12 +352,17 @@ pub fn train(
             patches_per_sec: (steps_per_epoch * batch) as f64 / seconds,
             data_wait_fraction: (waited.as_secs_f64() / seconds).clamp(0.0, 1.0),
         });
+        if let Some(v) = validation.as_mut() {
+            let step = (epoch as usize * steps_per_epoch) as u64;
+            v.after_epoch(&trainer, data, training, device, epoch, step, started)?;
+        }
     }
     let checkpoint = trainer.save_checkpoint().map_err(JobError::permanent)?;
     Ok(TrainOutput {
         checkpoint,
         final_loss,
         seconds: started.elapsed().as_secs_f64(),
+        stopped_after,
     })
 }
 

@@ -192,10 +192,55 @@ pub struct StudySpec {
     /// for `ppo-rnn` its policy). Absent (not encoded) for a cold start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_start: Option<String>,
+    /// Intermediate validation and the rule that stops weak jobs early (`[pruning]`).
+    /// Absent (not encoded): no intermediate validation, every job trains to the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<PruningSpec>,
 }
 
 fn default_max_failures() -> u32 {
     10
+}
+
+/// `[pruning]` of a study: when trainers validate the weights they have so far, and which
+/// rule (`kind`) stops jobs whose intermediate Dice is weak. Only what the study file gave is
+/// set; `search::prune` resolves the defaults and `study::validate_spec` checks every key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PruningSpec {
+    /// `none`, `median` (Optuna's median stopping rule) or `asha` (asynchronous successive
+    /// halving).
+    pub kind: String,
+    /// Validate after every this many epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_every_epochs: Option<u32>,
+    /// Validate at these fractions of `training.epochs` (each rounded up to a whole epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_at: Option<Vec<f64>>,
+    /// Sliding-window overlap of the intermediate validations (default: `training.overlap`,
+    /// the final evaluation's; lower is faster and coarser).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<f64>,
+    /// `median`: no job is stopped at an epoch below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u32>,
+    /// `median`: no job is stopped before this many jobs completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_jobs: Option<u32>,
+    /// `asha`: the reduction factor (the top 1/eta of a rung go on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<u32>,
+    /// `asha`: the first rung's epoch (rungs at r, r*eta, r*eta^2, ... below `epochs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_epochs: Option<u32>,
+}
+
+/// When a trainer validates a job's weights before the end (`TrainJob::validation`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationPlan {
+    /// Epochs (1-based, ascending, each below `training.epochs`) after which to validate.
+    pub epochs: Vec<u32>,
+    /// Sliding-window overlap of these validations.
+    pub overlap: f64,
 }
 
 /// A training strategy: each searched knob in its real units and as its [0, 1] coordinate.
@@ -225,6 +270,9 @@ pub struct TrainJob {
     /// model bundle. Absent on the wire otherwise (older trainers read jobs without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_model: Option<FinalModel>,
+    /// Intermediate validations (a study with `[pruning]`); absent (not encoded): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationPlan>,
 }
 
 /// What makes a [`TrainJob`] a study's final model.
@@ -237,6 +285,51 @@ pub struct FinalModel {
     pub bundle_prefix: String,
     /// Train on the training and validation cases together (the paper's final model).
     pub all_cases: bool,
+}
+
+/// `segtune.progress.<study>.<job>.validation` (stream VALIDATION, kept): the Dice of a job's
+/// weights at an intermediate epoch, scored by the evaluator's code (sliding window, Dice,
+/// small-component post-processing) with the plan's overlap. Published by the trainer with
+/// `Nats-Msg-Id` `<job>-v<epoch>`, so a redelivered job's repeats are dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    pub job_id: String,
+    pub index: u32,
+    pub worker: String,
+    /// JetStream delivery attempt of the job (1 = first).
+    pub attempt: u64,
+    /// Epoch just finished (the pruners' step), of `epochs`.
+    pub epoch: u32,
+    pub epochs: u32,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Mean validation Dice over cases and foreground classes.
+    pub dice: f64,
+    /// Mean over cases of each foreground class's Dice (index 0 = label 1).
+    pub per_class: Vec<f64>,
+    /// Wall seconds this attempt has trained so far, its validations included.
+    pub train_seconds: f64,
+    /// Wall seconds this validation took.
+    pub validation_seconds: f64,
+}
+
+/// `segtune.stop.<study>.<job>` (stream STOPS): the controller's order to stop a job early.
+/// The trainer holding the job stops at its next step boundary, stores the checkpoint and
+/// publishes the job's pruned `Reward` (`mean` = `dice`, `epoch_reached` = `epoch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopJob {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub study: String,
+    pub job_id: String,
+    /// The intermediate report the decision was taken on.
+    pub epoch: u32,
+    pub dice: f64,
+    /// The pruner's reason, for logs.
+    pub reason: String,
 }
 
 /// `segtune.progress.<study>.<job>` (core NATS, best effort).
@@ -319,6 +412,15 @@ pub struct Reward {
     /// and the sliding-window inference over the validation cases.
     #[serde(default)]
     pub eval_seconds: f64,
+    /// True when the job was stopped early by the study's pruner: `mean` is then its last
+    /// intermediate Dice (the one the pruner judged), `per_case` is empty, and the trainer
+    /// published the reward itself (no evaluation). False from older writers.
+    #[serde(default)]
+    pub pruned: bool,
+    /// The epoch the job's training reached: `training.epochs` for a complete job, the epoch
+    /// of the intermediate report it was stopped on for a pruned one; 0 = not reported.
+    #[serde(default)]
+    pub epoch_reached: u32,
 }
 
 /// `segtune.deadletter.<study>`: a job that will not be retried, and why.
@@ -388,5 +490,15 @@ pub enum StudyEventKind {
     Extended {
         max_jobs: u32,
         previous_max_jobs: u32,
+    },
+    /// The pruner stopped a job after its intermediate Dice at `epoch`; its pruned reward
+    /// (a `reward` event) follows once the trainer has stopped, unless the job had already
+    /// finished (then its full reward counts).
+    Pruned {
+        job_id: String,
+        index: u32,
+        epoch: u32,
+        dice: f64,
+        reason: String,
     },
 }

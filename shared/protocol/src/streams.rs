@@ -106,6 +106,28 @@ pub const STREAMS: &[StreamSpec] = &[
         max_msgs: 0,
         max_age: Duration::ZERO,
     },
+    // Intermediate validation Dice of every job of a study that asks for it: kept like the
+    // rewards, so the controller's per-study consumer survives its restarts and reports can
+    // draw learning curves long after.
+    StreamSpec {
+        name: stream::VALIDATION,
+        subjects: &["segtune.progress.*.*.validation"],
+        retention: Retention::Limits,
+        duplicate_window: Duration::from_secs(3600),
+        max_msgs: 0,
+        max_age: Duration::ZERO,
+    },
+    // Stops: a trainer that takes a job (first delivery or a redelivery after its trainer
+    // died) reads its subject from the start, so a stop sent while nobody listened still
+    // reaches whoever trains the job next. A week covers any job's life.
+    StreamSpec {
+        name: stream::STOPS,
+        subjects: &["segtune.stop.*.*"],
+        retention: Retention::Limits,
+        duplicate_window: Duration::from_secs(3600),
+        max_msgs: 1_000_000,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+    },
     // A job whose worker dies on it every time is never answered by a worker: the server's
     // advisory is how the controller learns of it (and dead-letters it), even if the
     // controller was down when it was sent.

@@ -20,6 +20,19 @@ pub fn progress(study: &str, job: &str) -> String {
 pub fn progress_all(study: &str) -> String {
     format!("segtune.progress.{study}.*")
 }
+/// A job's intermediate validation reports (`ValidationReport`, stream VALIDATION). Four
+/// tokens, so `segtune.progress.<study>.*` (the per-epoch `Progress`) does not match it.
+pub fn validation(study: &str, job: &str) -> String {
+    format!("segtune.progress.{study}.{job}.validation")
+}
+/// Every validation report of a study (the controller's per-study consumer filter).
+pub fn validation_all(study: &str) -> String {
+    format!("segtune.progress.{study}.*.validation")
+}
+/// The controller's stop for one job (`StopJob`, stream STOPS).
+pub fn stop(study: &str, job: &str) -> String {
+    format!("segtune.stop.{study}.{job}")
+}
 pub fn trained(study: &str) -> String {
     format!("segtune.trained.{study}")
 }
@@ -47,6 +60,10 @@ pub mod stream {
     pub const REWARDS: &str = "REWARDS";
     pub const EVENTS: &str = "EVENTS";
     pub const DEADLETTER: &str = "DEADLETTER";
+    /// Intermediate validation reports.
+    pub const VALIDATION: &str = "VALIDATION";
+    /// Stops for jobs the pruner ended early.
+    pub const STOPS: &str = "STOPS";
     /// nats-server's max-deliveries advisories, kept for the controller.
     pub const ADVISORIES: &str = "ADVISORIES";
 }
@@ -59,6 +76,7 @@ pub mod durable {
     pub const EVALUATORS: &str = "evaluators";
     pub const CONTROLLER_REWARDS: &str = "controller-rewards";
     pub const CONTROLLER_DEADLETTER: &str = "controller-deadletter";
+    pub const CONTROLLER_VALIDATION: &str = "controller-validation";
     /// The controller's reader of `ADVISORIES` (see `controller::max_deliveries`).
     pub const CONTROLLER_MAX_DELIVERIES: &str = "controller-max-deliveries";
 
@@ -70,11 +88,26 @@ pub mod durable {
     pub fn deadletter(study: &str) -> String {
         format!("{CONTROLLER_DEADLETTER}-{study}")
     }
+    /// The controller's consumer of one study's validation reports (a study with pruning).
+    pub fn validation(study: &str) -> String {
+        format!("{CONTROLLER_VALIDATION}-{study}")
+    }
 }
 
 /// Where nats-server announces that a consumer delivered a message MaxDeliver times without
 /// an ack (`.<stream>.<consumer>` follows); not published by segtune.
 pub const MAX_DELIVERIES_ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>";
+
+/// `Nats-Msg-Id` of a job's validation report at `epoch`: one per job and epoch, so the
+/// reports of a redelivered job (it trains again from the start) are dropped as duplicates.
+pub fn validation_msg_id(job: &str, epoch: u32) -> String {
+    format!("{job}-v{epoch}")
+}
+
+/// `Nats-Msg-Id` of a job's stop: the controller may republish it (outbox), never twice.
+pub fn stop_msg_id(job: &str) -> String {
+    format!("stop-{job}")
+}
 
 /// Header carrying a job's id on every publish that must not duplicate.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";

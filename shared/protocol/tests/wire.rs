@@ -37,6 +37,49 @@ fn spec() -> StudySpec {
         training: TrainingConfig::default(),
         seed: 7,
         warm_start: None,
+        pruning: None,
+    }
+}
+
+fn pruning() -> PruningSpec {
+    PruningSpec {
+        kind: "asha".into(),
+        report_every_epochs: None,
+        report_at: Some(vec![0.5]),
+        overlap: Some(0.0),
+        warmup_steps: None,
+        min_jobs: None,
+        eta: Some(3),
+        min_epochs: Some(1),
+    }
+}
+
+fn validation_report() -> ValidationReport {
+    ValidationReport {
+        schema: SCHEMA_VERSION,
+        study: "demo".into(),
+        job_id: "demo-0003".into(),
+        index: 3,
+        worker: "trainer-1".into(),
+        attempt: 1,
+        epoch: 3,
+        epochs: 9,
+        step: 36,
+        dice: 0.5,
+        per_class: vec![0.75, 0.25],
+        train_seconds: 12.5,
+        validation_seconds: 0.75,
+    }
+}
+
+fn stop_job() -> StopJob {
+    StopJob {
+        schema: SCHEMA_VERSION,
+        study: "demo".into(),
+        job_id: "demo-0003".into(),
+        epoch: 3,
+        dice: 0.5,
+        reason: "asha rung 1".into(),
     }
 }
 
@@ -60,6 +103,8 @@ fn reward() -> Reward {
         train_seconds: 41.5,
         final_loss: 0.3125,
         eval_seconds: 6.25,
+        pruned: false,
+        epoch_reached: 10,
     }
 }
 
@@ -153,8 +198,54 @@ fn every_message_round_trips_as_named_map() {
             training: TrainingConfig::default(),
             seed: 11,
             final_model: None,
+            validation: None,
         },
         &["schema", "study", "job_id", "strategy", "training", "seed"],
+    );
+    check(
+        "train_job_with_validation",
+        TrainJob {
+            schema: SCHEMA_VERSION,
+            study: "demo".into(),
+            job_id: "demo-0003".into(),
+            index: 3,
+            dataset_id: "d".into(),
+            strategy: strategy(),
+            training: TrainingConfig::default(),
+            seed: 11,
+            final_model: None,
+            validation: Some(ValidationPlan {
+                epochs: vec![1, 3],
+                overlap: 0.25,
+            }),
+        },
+        &["validation"],
+    );
+    check(
+        "study_spec_with_pruning",
+        StudySpec {
+            pruning: Some(pruning()),
+            ..spec()
+        },
+        &["pruning"],
+    );
+    check(
+        "validation_report",
+        validation_report(),
+        &[
+            "schema",
+            "study",
+            "job_id",
+            "epoch",
+            "step",
+            "dice",
+            "train_seconds",
+        ],
+    );
+    check(
+        "stop_job",
+        stop_job(),
+        &["schema", "study", "job_id", "epoch", "dice", "reason"],
     );
     check(
         "progress",
@@ -205,6 +296,8 @@ fn every_message_round_trips_as_named_map() {
             "train_seconds",
             "final_loss",
             "eval_seconds",
+            "pruned",
+            "epoch_reached",
         ],
     );
     check(
@@ -348,6 +441,8 @@ fn rewards_from_an_older_evaluator_still_decode() {
         train_seconds: 0.0,
         final_loss: 0.0,
         eval_seconds: 0.0,
+        pruned: false,
+        epoch_reached: 0,
         ..reward()
     };
     assert_eq!(r, want);
@@ -382,6 +477,45 @@ fn rewards_from_an_older_evaluator_still_decode() {
         (r.train_seconds, r.final_loss, r.eval_seconds),
         (0.0, 0.0, 0.0)
     );
+}
+
+/// A reward from an evaluator older than `pruned` and `epoch_reached` still decodes, with
+/// them at false and 0. The golden file is the exact `reward.msgpack` checked in before the
+/// fields were added, not re-encoded.
+#[test]
+fn rewards_from_before_pruning_still_decode() {
+    let path = format!(
+        "{}/tests/golden/reward_before_pruning.msgpack",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let old_bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let v: rmpv::Value = rmpv::decode::read_value(&mut &old_bytes[..]).unwrap();
+    assert!(
+        v.as_map()
+            .unwrap()
+            .iter()
+            .all(|(k, _)| k.as_str() != Some("pruned")),
+        "{v}"
+    );
+    let r: Reward = decode(&old_bytes).unwrap();
+    assert_eq!(
+        r,
+        Reward {
+            pruned: false,
+            epoch_reached: 0,
+            ..reward()
+        }
+    );
+    // A job without a validation plan and a spec without pruning encode as before.
+    let job: TrainJob = decode(
+        &std::fs::read(format!(
+            "{}/tests/golden/train_job.msgpack",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(job.validation, None);
 }
 
 /// Progress from a trainer older than `data_wait_fraction` still decodes, with the field at
@@ -467,6 +601,8 @@ fn every_stream_subject_is_covered_and_consumers_reference_streams() {
         protocol::subjects::rewards("s"),
         protocol::subjects::study_events("s"),
         protocol::subjects::deadletter("s"),
+        protocol::subjects::validation("s", "s-0001"),
+        protocol::subjects::stop("s", "s-0001"),
     ] {
         let n = STREAMS
             .iter()
@@ -474,6 +610,14 @@ fn every_stream_subject_is_covered_and_consumers_reference_streams() {
             .count();
         assert_eq!(n, 1, "{subj} must be in exactly one stream");
     }
+    // Per-epoch progress stays core NATS: no stream takes it.
+    let progress = protocol::subjects::progress("s", "s-0001");
+    assert!(
+        STREAMS
+            .iter()
+            .all(|st| !st.subjects.iter().any(|p| wildcard(p, &progress))),
+        "{progress} must not be stored"
+    );
 }
 
 // docs/reward-stream.md documents the public messages field by field. These tests encode a
@@ -640,6 +784,13 @@ fn event_kinds() -> Vec<(&'static str, StudyEventKind)> {
             max_jobs: 30,
             previous_max_jobs: 20,
         },
+        StudyEventKind::Pruned {
+            job_id: "demo-0002".into(),
+            index: 2,
+            epoch: 3,
+            dice: 0.25,
+            reason: "r".into(),
+        },
     ];
     all.into_iter()
         .map(|k| {
@@ -652,6 +803,7 @@ fn event_kinds() -> Vec<(&'static str, StudyEventKind)> {
                 StudyEventKind::Done { .. } => "done",
                 StudyEventKind::Failed { .. } => "failed",
                 StudyEventKind::Extended { .. } => "extended",
+                StudyEventKind::Pruned { .. } => "pruned",
             };
             (kind, k)
         })
@@ -666,9 +818,10 @@ fn reward_stream_doc_lists_exactly_the_encoded_fields() {
     let case = &field(&r, "per_case").as_array().unwrap()[0];
     assert_documented("CaseDice", case);
 
-    // `warm_start` and a non-constant `lr_schedule` are encoded only when set.
+    // `warm_start`, `pruning` and a non-constant `lr_schedule` are encoded only when set.
     let s = value_of(&StudySpec {
         warm_start: Some("earlier".into()),
+        pruning: Some(pruning()),
         training: TrainingConfig {
             lr_schedule: LrSchedule::Poly,
             ..TrainingConfig::default()
@@ -721,16 +874,36 @@ fn reward_stream_doc_lists_exactly_the_encoded_fields() {
         .filter(|(_, text)| text.lines().any(|l| l.starts_with("| field |")))
         .map(|(name, _)| name)
         .collect();
+    assert_documented("ValidationReport", &value_of(&validation_report()));
+    assert_documented("StopJob", &value_of(&stop_job()));
+    // Every optional key of `[pruning]` set, so every one is checked against the doc.
+    let all = PruningSpec {
+        report_every_epochs: Some(2),
+        warmup_steps: Some(1),
+        min_jobs: Some(5),
+        ..pruning()
+    };
+    assert_documented("PruningSpec", &value_of(&all));
+    let s = value_of(&StudySpec {
+        warm_start: Some("earlier".into()),
+        pruning: Some(pruning()),
+        ..spec()
+    });
+    assert_documented("StudySpec", &s);
+
     let checked = [
         "CaseDice",
         "Dimension",
         "JobFailed",
         "Progress",
+        "PruningSpec",
         "Reward",
+        "StopJob",
         "Strategy",
         "StudyEvent",
         "StudySpec",
         "TrainingConfig",
+        "ValidationReport",
     ];
     assert_eq!(tabled, checked, "sections with a field table");
 }

@@ -11,11 +11,15 @@
 //! [`PpoRnn`]), `tpe` (Optuna's default TPE with the constant liar, [`Tpe`]), `cmaes`
 //! (CMA-ES as Optuna runs it, [`CmaEs`]), `hill-discrete` and `hill-continuous` (the paper's
 //! baselines), `random`, `fixed` (the paper's routine strategy).
+//!
+//! [`prune`]: the pruners (`none`, `median`, `asha`) that stop weak jobs early from their
+//! intermediate validation Dice, with state persisted the same way.
 
 mod cmaes;
 mod error;
 mod hill;
 mod ppo;
+pub mod prune;
 mod rng;
 mod searcher;
 mod settings;
@@ -28,6 +32,7 @@ pub use cmaes::{CmaEs, CmaSettings};
 pub use error::{SearchError, SpaceError};
 pub use hill::{HillContinuous, HillDiscrete};
 pub use ppo::{PpoRnn, PpoSettings};
+pub use prune::{Decision, Ending, Pruner};
 pub use rng::Rng;
 pub use searcher::{
     KINDS, Memo, Proposal, Searcher, SearcherState, WarmStart, build, restore, settings_of,

@@ -16,8 +16,8 @@ use std::{
 };
 
 use protocol::{
-    DatasetRef, DatasetSource, Dimension, PercentileScope, PreprocessParams, SCHEMA_VERSION, Scale,
-    StudySpec, TrainingConfig,
+    DatasetRef, DatasetSource, Dimension, PercentileScope, PreprocessParams, PruningSpec,
+    SCHEMA_VERSION, Scale, StudySpec, TrainingConfig,
 };
 use serde::Deserialize;
 
@@ -38,6 +38,48 @@ pub struct StudyFile {
     pub space: Option<SpaceSection>,
     #[serde(default)]
     pub training: TrainingSection,
+    /// Absent: no intermediate validation, no pruning.
+    #[serde(default)]
+    pub pruning: Option<PruningSection>,
+}
+
+/// `[pruning]`: intermediate validation and the rule that stops weak jobs early
+/// (`protocol::PruningSpec`; the defaults are `search::prune`'s).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruningSection {
+    /// `"none"` (default), `"median"` or `"asha"`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub report_every_epochs: Option<u32>,
+    #[serde(default)]
+    pub report_at: Option<Vec<f64>>,
+    #[serde(default)]
+    pub overlap: Option<f64>,
+    #[serde(default)]
+    pub warmup_steps: Option<u32>,
+    #[serde(default)]
+    pub min_jobs: Option<u32>,
+    #[serde(default)]
+    pub eta: Option<u32>,
+    #[serde(default)]
+    pub min_epochs: Option<u32>,
+}
+
+impl PruningSection {
+    fn into_spec(self) -> PruningSpec {
+        PruningSpec {
+            kind: self.kind.unwrap_or_else(|| "none".into()),
+            report_every_epochs: self.report_every_epochs,
+            report_at: self.report_at,
+            overlap: self.overlap,
+            warmup_steps: self.warmup_steps,
+            min_jobs: self.min_jobs,
+            eta: self.eta,
+            min_epochs: self.min_epochs,
+        }
+    }
 }
 
 /// `[dataset]`: exactly one of `path`, `store_prefix`, `id`.
@@ -264,6 +306,7 @@ impl StudyFile {
             training: self.training.into_config(),
             seed: self.search.seed,
             warm_start: self.search.warm_start,
+            pruning: self.pruning.map(PruningSection::into_spec),
         })
     }
 }
@@ -455,6 +498,25 @@ mod tests {
         let warm = parse("[dataset]\nid = \"y\"\n[search]\nwarm_start = \"s0\"\n").unwrap();
         assert_eq!(warm.warm_start.as_deref(), Some("s0"));
         assert_eq!(spec.training.patch, [48, 48, 48]);
+        assert_eq!(spec.pruning, None);
+    }
+
+    #[test]
+    fn a_pruning_section_keeps_what_it_sets() {
+        let spec = parse(
+            "[dataset]\nid = \"y\"\n[training]\nepochs = 9\n\
+             [pruning]\nkind = \"asha\"\neta = 3\noverlap = 0.0\n",
+        )
+        .unwrap();
+        let p = spec.pruning.unwrap();
+        assert_eq!(
+            (p.kind.as_str(), p.eta, p.min_epochs),
+            ("asha", Some(3), None)
+        );
+        assert_eq!(p.overlap, Some(0.0));
+        assert_eq!(search::prune::report_epochs(&p, 9), vec![1, 3]);
+        let none = parse("[dataset]\nid = \"y\"\n[pruning]\n").unwrap();
+        assert_eq!(none.pruning.unwrap().kind, "none");
     }
 
     #[test]
@@ -501,6 +563,34 @@ mod tests {
             (
                 "[dataset]\nid = \"y\"\n[search]\nsearcher = \"fixed\"\nwarm_start = \"e\"\n",
                 "search.warm_start: the `fixed` searcher",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[pruning]\nkind = \"hyperband\"\n",
+                "pruning.kind: unknown pruner \"hyperband\"",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[pruning]\nkind = \"asha\"\neta = 1\n",
+                "pruning.eta",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[pruning]\nkind = \"median\"\neta = 3\n",
+                "pruning.eta: only applies to kind = \"asha\"",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[pruning]\nkind = \"median\"\nreport_at = [0.5, 2.0]\n",
+                "pruning.report_at",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[training]\nepochs = 1\n[pruning]\nkind = \"median\"\n",
+                "pruning.report_every_epochs: no validation point",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[pruning]\nkind = \"asha\"\nrungs = 3\n",
+                "rungs",
+            ),
+            (
+                "[dataset]\nid = \"y\"\n[pruning]\nkind = \"asha\"\neta = \"three\"\n",
+                "eta",
             ),
         ];
         for (text, key) in cases {

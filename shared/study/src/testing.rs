@@ -49,6 +49,7 @@ impl StudySpecBuilder {
                 training: TrainingConfig::default(),
                 seed: search.seed,
                 warm_start: search.warm_start,
+                pruning: None,
             },
         }
     }
@@ -124,6 +125,12 @@ impl StudySpecBuilder {
     }
 
     /// Seed the searcher from an earlier study.
+    /// A `[pruning]` section.
+    pub fn pruning(mut self, pruning: protocol::PruningSpec) -> Self {
+        self.spec.pruning = Some(pruning);
+        self
+    }
+
     pub fn warm_start(mut self, from: impl Into<String>) -> Self {
         self.spec.warm_start = Some(from.into());
         self

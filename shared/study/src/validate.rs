@@ -152,6 +152,11 @@ pub fn validate_spec(spec: &protocol::StudySpec) -> Result<SearchSpace, Vec<Fiel
             format!("must be in [0, 1), got {}", t.overlap),
         );
     }
+    if let Some(pruning) = &spec.pruning {
+        for e in search::prune::check(pruning, t.epochs.max(1)) {
+            err(&e.key, e.message);
+        }
+    }
     match (errors.is_empty(), space) {
         (true, Some(space)) => Ok(space),
         _ => Err(errors),

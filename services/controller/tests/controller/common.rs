@@ -268,6 +268,8 @@ pub fn reward(job: &TrainJob) -> Reward {
         train_seconds: 0.5,
         final_loss: 0.25,
         eval_seconds: 0.1,
+        pruned: false,
+        epoch_reached: job.training.epochs,
     }
 }
 
@@ -361,6 +363,7 @@ pub fn brief(e: &StudyEvent) -> String {
             max_jobs,
             previous_max_jobs,
         } => format!("extended {previous_max_jobs} -> {max_jobs}"),
+        StudyEventKind::Pruned { job_id, epoch, .. } => format!("pruned {job_id} at {epoch}"),
     }
 }
 
@@ -377,6 +380,7 @@ pub fn kinds(events: &[StudyEvent]) -> BTreeMap<&'static str, usize> {
             StudyEventKind::Done { .. } => "done",
             StudyEventKind::Failed { .. } => "failed",
             StudyEventKind::Extended { .. } => "extended",
+            StudyEventKind::Pruned { .. } => "pruned",
         };
         *m.entry(k).or_insert(0) += 1;
     }

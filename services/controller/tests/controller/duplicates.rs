@@ -142,6 +142,7 @@ fn fake_job(study: &str, index: u32) -> TrainJob {
         training: Default::default(),
         seed: 0,
         final_model: None,
+        validation: None,
     }
 }
 

@@ -7,5 +7,6 @@ mod duplicates;
 mod extend;
 mod failures;
 mod lifecycle;
+mod pruning;
 mod restart;
 mod submissions;

@@ -135,6 +135,7 @@ pub async fn run(a: FinalizeArgs) -> anyhow::Result<()> {
             bundle_prefix: prefix.clone(),
             all_cases: a.all_cases,
         }),
+        validation: None,
     };
     eprintln!(
         "finalizing study {}: best job {} (Dice {:.4}), strategy {:?}",

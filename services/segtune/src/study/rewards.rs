@@ -136,7 +136,12 @@ impl Printer {
             let _ = writeln!(stdout, "{header}");
             cols
         });
-        let per_class: Vec<String> = r.per_class.iter().map(|d| format!("{d:.3}")).collect();
+        let per_class: Vec<String> = if r.pruned {
+            // A pruned job's Dice is its last intermediate one: no per-class scores.
+            vec![format!("pruned@{}", r.epoch_reached)]
+        } else {
+            r.per_class.iter().map(|d| format!("{d:.3}")).collect()
+        };
         let mut line = format!(
             "{:>4}  {:<24} {:>7.4}  {:<16}",
             r.index,

@@ -71,6 +71,9 @@ fn reward(study: &str, i: u32) -> Reward {
         train_seconds: train_seconds(i),
         final_loss: 0.25 + i as f64 / 100.0,
         eval_seconds: 1.5,
+        // Job 2 was stopped early by the study's pruner after its report at epoch 2.
+        pruned: i == 2,
+        epoch_reached: if i == 2 { 2 } else { 4 },
     }
 }
 
@@ -367,6 +370,8 @@ async fn write_report_from_the_streams() {
         );
         assert_eq!(row[col("eval_seconds")].parse::<f64>().unwrap(), 1.5);
         assert_eq!(row[col("final_loss")].parse::<f64>().unwrap(), r.final_loss);
+        assert_eq!(row[col("pruned")], r.pruned.to_string());
+        assert_eq!(row[col("epoch_reached")], r.epoch_reached.to_string());
     }
 
     let best = segtune::job::load_strategy(&out.join("best.toml")).unwrap();
@@ -374,6 +379,13 @@ async fn write_report_from_the_streams() {
 
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("5 rewarded of max_jobs 5"), "{md}");
+    // Job 2 was pruned: marked with its epoch, counted with the trainer-seconds it saved
+    // (the mean of the complete jobs' 20 + i * 1.25 s, minus its own 22.5 s: 1.6, printed as 2).
+    assert!(md.contains("(pruned at epoch 2)"), "{md}");
+    assert!(
+        md.contains("; 1 pruned, about 2 trainer-seconds saved of 119 spent"),
+        "{md}"
+    );
     assert!(md.contains("| 4 ★ | `rpt-0004` | 0.6340 |"), "{md}");
     // Job 4: trainer-2, 25.0 s of training, 14 s from issue to reward.
     assert!(md.contains("| trainer-2 | 25.0 | 14 |"), "{md}");
@@ -427,6 +439,8 @@ async fn rewards_command_prints_json_lines_and_a_table() {
         "train_seconds",
         "final_loss",
         "eval_seconds",
+        "pruned",
+        "epoch_reached",
     ] {
         assert!(first.get(k).is_some(), "{k} missing: {first}");
     }
@@ -576,5 +590,6 @@ async fn python_subscriber_prints_the_rewards() {
         );
         assert!(line.contains("learning_rate="), "{line}");
         assert!(line.contains(&format!(" trainer={} ", r.trainer)), "{line}");
+        assert_eq!(line.contains(" pruned@epoch=2 "), r.pruned, "{line}");
     }
 }

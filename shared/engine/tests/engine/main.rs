@@ -4,6 +4,7 @@
 
 mod cache;
 mod finetune;
+mod intermediate;
 mod predict;
 mod workers;
 

@@ -136,7 +136,8 @@ fn log_range(d: &Dimension) -> (f64, f64) {
     (d.min / 1.6, d.max * 1.6)
 }
 
-/// Reward per job in issue order, the best-so-far line, the best job ringed.
+/// Reward per job in issue order, the best-so-far line, the best job ringed; pruned jobs
+/// (their last intermediate Dice) as crosses, outside the best-so-far line.
 struct RewardsPlot<'a>(&'a StudyRecord);
 
 impl Plot for RewardsPlot<'_> {
@@ -153,11 +154,17 @@ impl Plot for RewardsPlot<'_> {
         let points: Vec<(u32, f64)> = rec
             .rows
             .iter()
-            .filter(|r| r.mean.is_finite())
+            .filter(|r| r.mean.is_finite() && r.pruned_at.is_none())
+            .map(|r| (r.index, r.mean))
+            .collect();
+        let pruned: Vec<(u32, f64)> = rec
+            .rows
+            .iter()
+            .filter(|r| r.mean.is_finite() && r.pruned_at.is_some())
             .map(|r| (r.index, r.mean))
             .collect();
         let n = rec.max_index();
-        let (lo, hi) = dice_range(points.iter().map(|p| p.1), 0.35);
+        let (lo, hi) = dice_range(points.iter().chain(&pruned).map(|p| p.1), 0.35);
         let mut chart = ChartBuilder::on(root)
             .caption(format!("Reward per job — {}", rec.label()), font(24))
             .margin(18)
@@ -210,6 +217,16 @@ impl Plot for RewardsPlot<'_> {
             )?
             .label("reward of a job (mean validation Dice)")
             .legend(|(x, y)| Circle::new((x + 12, y), 5, C_REWARD.filled()));
+        if !pruned.is_empty() {
+            chart
+                .draw_series(
+                    pruned
+                        .iter()
+                        .map(|&(x, y)| Cross::new((x, y), 6, C_ROUTINE.stroke_width(2))),
+                )?
+                .label("pruned job (its last intermediate Dice)")
+                .legend(|(x, y)| Cross::new((x + 12, y), 6, C_ROUTINE.stroke_width(2)));
+        }
         if let Some(b) = rec.best() {
             chart
                 .draw_series(std::iter::once(Circle::new(

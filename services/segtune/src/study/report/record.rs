@@ -24,6 +24,11 @@ pub struct JobRow {
     /// Who trained the job and how long it took; `None` for a reward from an evaluator that
     /// did not report it (older than these fields: `attempt` 0 on the wire).
     pub run: Option<JobRun>,
+    /// `Some(epoch)`: the pruner stopped the job after its intermediate report at `epoch`, and
+    /// `mean` is that intermediate Dice.
+    pub pruned_at: Option<u32>,
+    /// The epoch the job's training reached (0: not reported).
+    pub epoch_reached: u32,
 }
 
 /// The training run behind a reward, as the evaluator reported it.
@@ -99,7 +104,7 @@ impl StudyRecord {
                 }
                 StudyEventKind::Done { .. } => status = StudyStatus::Done,
                 StudyEventKind::Failed { reason } => status = StudyStatus::Failed(reason.clone()),
-                StudyEventKind::NewBest { .. } => {}
+                StudyEventKind::NewBest { .. } | StudyEventKind::Pruned { .. } => {}
                 StudyEventKind::Extended { max_jobs, .. } => {
                     status = StudyStatus::Running;
                     if let Some(s) = spec.as_mut() {
@@ -123,6 +128,8 @@ impl StudyRecord {
                     _ => None,
                 },
                 run: JobRun::of(r),
+                pruned_at: r.pruned.then_some(r.epoch_reached),
+                epoch_reached: r.epoch_reached,
             })
             .collect();
         rows.sort_by(|a, b| (a.index, &a.job_id).cmp(&(b.index, &b.job_id)));
@@ -181,15 +188,50 @@ impl StudyRecord {
         dims
     }
 
-    /// The job with the highest finite reward (the first one on a tie, as the controller).
+    /// The complete job (not pruned) with the highest finite reward (the first one on a tie,
+    /// as the controller).
     pub fn best(&self) -> Option<&JobRow> {
         let mut best: Option<&JobRow> = None;
-        for r in self.rows.iter().filter(|r| r.mean.is_finite()) {
+        for r in self
+            .rows
+            .iter()
+            .filter(|r| r.mean.is_finite() && r.pruned_at.is_none())
+        {
             if best.is_none_or(|b| r.mean > b.mean) {
                 best = Some(r);
             }
         }
         best
+    }
+
+    /// Pruned jobs, and the trainer-seconds they saved: for each, the mean training time of
+    /// the complete jobs minus its own (an estimate; 0 without a complete job yet).
+    pub fn pruning_savings(&self) -> (usize, f64) {
+        let complete: Vec<f64> = self
+            .rows
+            .iter()
+            .filter(|r| r.pruned_at.is_none())
+            .filter_map(|r| r.run.as_ref().map(|run| run.train_seconds))
+            .collect();
+        let pruned: Vec<&JobRow> = self.rows.iter().filter(|r| r.pruned_at.is_some()).collect();
+        if complete.is_empty() {
+            return (pruned.len(), 0.0);
+        }
+        let full = complete.iter().sum::<f64>() / complete.len() as f64;
+        let saved = pruned
+            .iter()
+            .filter_map(|r| r.run.as_ref())
+            .map(|run| (full - run.train_seconds).max(0.0))
+            .sum();
+        (pruned.len(), saved)
+    }
+
+    /// Total trainer-seconds of the rewarded jobs (as reported with their rewards).
+    pub fn trainer_seconds(&self) -> f64 {
+        self.rows
+            .iter()
+            .filter_map(|r| r.run.as_ref().map(|run| run.train_seconds))
+            .sum()
     }
 
     /// Number of foreground classes (the longest per-class list).
@@ -294,6 +336,8 @@ pub(super) mod fixtures {
             train_seconds: 10.0 + i as f64 / 4.0,
             final_loss: 0.5 - mean / 2.0,
             eval_seconds: 2.125,
+            pruned: false,
+            epoch_reached: 4,
         }
     }
 

@@ -8,7 +8,8 @@ use super::{
 };
 
 /// mean, seconds from issue to reward, then the training run: trainer, attempt,
-/// train_seconds, eval_seconds, final_loss. Unknown cells are empty.
+/// train_seconds, eval_seconds, final_loss; then `pruned` (true when the pruner stopped the job
+/// and `mean` is its last intermediate Dice) and `epoch_reached`. Unknown cells are empty.
 pub fn jobs_csv(rec: &StudyRecord) -> String {
     let dims = rec.dimensions();
     let classes = rec.classes();
@@ -24,6 +25,8 @@ pub fn jobs_csv(rec: &StudyRecord) -> String {
             "train_seconds",
             "eval_seconds",
             "final_loss",
+            "pruned",
+            "epoch_reached",
         ]
         .map(String::from),
     );
@@ -50,6 +53,11 @@ pub fn jobs_csv(rec: &StudyRecord) -> String {
             ]),
             None => cells.extend(std::iter::repeat_n(String::new(), 5)),
         }
+        cells.push(r.pruned_at.is_some().to_string());
+        cells.push(match r.epoch_reached {
+            0 => String::new(),
+            e => e.to_string(),
+        });
         s.push_str(&cells.join(","));
         s.push('\n');
     }
@@ -107,6 +115,14 @@ pub(super) fn jobs_text(rec: &StudyRecord) -> String {
     if !rec.failed_jobs.is_empty() {
         let _ = write!(s, "; {} failed", rec.failed_jobs.len());
     }
+    let (pruned, saved) = rec.pruning_savings();
+    if pruned > 0 {
+        let _ = write!(
+            s,
+            "; {pruned} pruned, about {saved:.0} trainer-seconds saved of {:.0} spent",
+            rec.trainer_seconds()
+        );
+    }
     s
 }
 
@@ -158,10 +174,14 @@ pub fn summary_markdown(rec: &StudyRecord) -> String {
         } else {
             ""
         };
+        let dice = match r.pruned_at {
+            Some(epoch) => format!("{:.4} (pruned at epoch {epoch})", r.mean),
+            None => format!("{:.4}", r.mean),
+        };
         let mut cells = vec![
             format!("{}{mark}", r.index),
             format!("`{}`", r.job_id),
-            format!("{:.4}", r.mean),
+            dice,
         ];
         if rec.classes() > 1 {
             let pc: Vec<String> = r.per_class.iter().map(|d| format!("{d:.3}")).collect();

@@ -37,6 +37,10 @@ impl View {
         if let Some((i, d)) = self.best {
             let _ = write!(s, ", best {d:.4} (job {i})");
         }
+        let (pruned, saved) = self.pruning_savings();
+        if pruned > 0 {
+            let _ = write!(s, ", {pruned} pruned (~{saved:.0} trainer-s saved)");
+        }
         s
     }
 
@@ -108,6 +112,9 @@ impl View {
                 }
                 if self.best.map(|(b, _)| b) == Some(index) {
                     s.push_str("  *best");
+                }
+                if let (Some(epoch), true) = (j.pruned_at, j.rewarded) {
+                    let _ = write!(s, "  pruned@{epoch}");
                 }
             }
             _ => {}
@@ -407,6 +414,8 @@ mod tests {
             train_seconds: 3.0,
             final_loss: 0.4,
             eval_seconds: 1.0,
+            pruned: false,
+            epoch_reached: 4,
         }
     }
 

@@ -41,6 +41,11 @@ pub(super) struct JobView {
     pub(super) trainer: String,
     /// Its reward message has been read (per-class Dice, trainer).
     pub(super) rewarded: bool,
+    /// The pruner stopped it after its intermediate report at this epoch (from the `pruned`
+    /// event; cleared when a complete reward arrives instead).
+    pub(super) pruned_at: Option<u32>,
+    /// Trainer-seconds of its training (from its reward; 0 until then).
+    pub(super) train_seconds: f64,
 }
 
 /// Everything known about the study, and how it was last drawn.
@@ -126,6 +131,8 @@ impl View {
                         per_class: Vec::new(),
                         trainer: String::new(),
                         rewarded: false,
+                        pruned_at: None,
+                        train_seconds: 0.0,
                     },
                 );
                 if let Some(r) = self.early_rewards.remove(&job_id) {
@@ -205,8 +212,44 @@ impl View {
                 );
                 self.line(at, &text);
             }
+            StudyEventKind::Pruned {
+                job_id,
+                index,
+                epoch,
+                dice,
+                reason,
+            } => {
+                let index = self.index_of.get(&job_id).copied().unwrap_or(index);
+                if let Some(j) = self.jobs.get_mut(&index) {
+                    j.pruned_at.get_or_insert(epoch);
+                }
+                let text =
+                    format!("job {index} pruned at epoch {epoch} (Dice {dice:.4}): {reason}");
+                self.line(at, &text);
+            }
         }
         None
+    }
+
+    /// Jobs the pruner stopped (whose pruned reward is in), and the trainer-seconds they
+    /// saved: per pruned job, the mean training time of the complete jobs minus its own (an
+    /// estimate; 0 until a job completed).
+    pub(super) fn pruning_savings(&self) -> (usize, f64) {
+        let rewarded = || self.jobs.values().filter(|j| j.rewarded);
+        let complete: Vec<f64> = rewarded()
+            .filter(|j| j.pruned_at.is_none())
+            .map(|j| j.train_seconds)
+            .collect();
+        let pruned: Vec<f64> = rewarded()
+            .filter(|j| j.pruned_at.is_some())
+            .map(|j| j.train_seconds)
+            .collect();
+        if complete.is_empty() {
+            return (pruned.len(), 0.0);
+        }
+        let full = complete.iter().sum::<f64>() / complete.len() as f64;
+        let saved = pruned.iter().map(|s| (full - s).max(0.0)).sum();
+        (pruned.len(), saved)
     }
 
     pub(super) fn reward(&mut self, r: Reward) {
@@ -218,6 +261,9 @@ impl View {
             j.rewarded = true;
             j.per_class = r.per_class;
             j.trainer = r.trainer;
+            j.train_seconds = r.train_seconds;
+            // A job that finished before its stop reached the trainer is complete.
+            j.pruned_at = r.pruned.then_some(r.epoch_reached);
             j.dice.get_or_insert(r.mean);
         }
     }
