@@ -63,7 +63,7 @@ pub struct TrainArgs {
     /// or a strategy file (TOML: `name = value` per dimension, e.g. a study's best.toml).
     #[arg(long, default_value = "default")]
     pub strategy: String,
-    /// Epochs (default: 30).
+    /// Epochs (default: 60).
     #[arg(long)]
     pub epochs: Option<u32>,
     /// Patches per epoch (default: as many patch voxels as the training cases hold, at

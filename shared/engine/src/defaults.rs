@@ -7,6 +7,7 @@
 //! - **Budget**: an epoch draws as many patch voxels as the training cases hold (at least
 //!   [`MIN_PATCHES_PER_EPOCH`] patches, a whole number of batches), for
 //!   [`DEFAULT_EPOCHS`] epochs.
+//! - **Schedule**: nnU-Net's polynomial decay of the learning rate over the epochs.
 //! - **Loss**: soft Dice + cross-entropy (nnU-Net's): cross-entropy gives every voxel a
 //!   gradient from the first step, where soft Dice alone is flat while the foreground
 //!   prediction is near empty.
@@ -17,7 +18,7 @@
 
 use protocol::{Manifest, Split, Strategy, TrainingConfig, strategy::LEARNING_RATE};
 
-pub const DEFAULT_EPOCHS: u32 = 30;
+pub const DEFAULT_EPOCHS: u32 = 60;
 pub const MIN_PATCHES_PER_EPOCH: u32 = 16;
 pub const DEFAULT_BATCH: u32 = 2;
 pub const DEFAULT_LEARNING_RATE: f64 = 3e-3;

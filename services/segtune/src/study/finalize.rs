@@ -21,7 +21,7 @@ use super::bus;
 pub struct FinalizeArgs {
     /// Study id (it must have at least one reward; its best strategy is trained).
     pub study: String,
-    /// Epochs (default: the study's, at least 30).
+    /// Epochs (default: the study's, at least 60).
     #[arg(long)]
     pub epochs: Option<u32>,
     /// Patches per epoch (default: the study's, at least as many patch voxels as the
