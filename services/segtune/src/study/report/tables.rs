@@ -286,7 +286,10 @@ mod tests {
         assert!(csv.lines().nth(2).unwrap().ends_with(",true,2"), "{csv}");
         let md = summary_markdown(&rec);
         assert!(md.contains("0.7000 (pruned at epoch 2)"), "{md}");
-        assert!(md.contains("1 pruned, about 6 trainer-seconds saved of 14 spent"), "{md}");
+        assert!(
+            md.contains("1 pruned, about 6 trainer-seconds saved of 14 spent"),
+            "{md}"
+        );
         assert!(best_toml(&rec).unwrap().contains("demo-0001"));
     }
 
