@@ -809,6 +809,10 @@ fn uses(role: &str) -> Vec<Op> {
             ops.push(Op::Pub(subjects::trained(S)));
             ops.push(Op::Pub(subjects::progress(S, J)));
             ops.push(Op::Pub(subjects::deadletter(S)));
+            // A study with pruning: validation reports, the job's stop, a pruned reward.
+            ops.push(Op::Pub(subjects::validation(S, J)));
+            ops.extend(ordered(stream::STOPS, &subjects::stop(S, J)));
+            ops.push(Op::Pub(subjects::rewards(S)));
         }
         "evaluator" => {
             ops.extend(work_consumer(durable::EVALUATORS));
@@ -830,6 +834,11 @@ fn uses(role: &str) -> Vec<Op> {
                     stream::DEADLETTER,
                     durable::deadletter(S),
                     subjects::deadletter(S),
+                ),
+                (
+                    stream::VALIDATION,
+                    durable::validation(S),
+                    subjects::validation_all(S),
                 ),
             ] {
                 ops.push(api(format!("CONSUMER.CREATE.{stream}.{consumer}.{filter}")));
@@ -854,6 +863,7 @@ fn uses(role: &str) -> Vec<Op> {
             ops.push(Op::Pub(subjects::study_events(S)));
             ops.push(Op::Pub(subjects::PREPROCESS_REQUESTS.to_string()));
             ops.push(Op::Pub(subjects::deadletter(S)));
+            ops.push(Op::Pub(subjects::stop(S, J)));
         }
         "admin" => {
             ops.extend(provisioning());
@@ -909,8 +919,17 @@ fn forbidden(role: &str) -> Vec<Op> {
         ops.extend(work_consumer(durable::TRAINERS));
     }
     if role != "evaluator" {
-        ops.push(Op::Pub(subjects::rewards(S)));
         ops.extend(work_consumer(durable::EVALUATORS));
+    }
+    // Rewards: the evaluator's, and the trainer's for the jobs a pruner stops.
+    if role != "evaluator" && role != "trainer" {
+        ops.push(Op::Pub(subjects::rewards(S)));
+    }
+    if role != "controller" {
+        ops.push(Op::Pub(subjects::stop(S, "study-1-job-0")));
+    }
+    if role != "trainer" {
+        ops.push(Op::Pub(subjects::validation(S, "study-1-job-0")));
     }
     if role != "preprocessor" {
         ops.push(Op::Pub(subjects::dataset("ds-1")));
@@ -1179,7 +1198,8 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         "the admin role sees the trainer's progress"
     );
 
-    // A trainer's credentials do not publish a reward (the broker drops it: no ack).
+    // A trainer's credentials do not publish a job (the broker drops it: no ack). (They do
+    // publish rewards: those of the jobs a study's pruner stops.)
     let trainer_js = async_nats::jetstream::new(
         runtime::connect(&url_of("trainer"), "test-trainer")
             .await
@@ -1187,7 +1207,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
     );
     let forged = async {
         trainer_js
-            .publish(subjects::rewards(&spec.study), "forged".into())
+            .publish(subjects::jobs(&spec.study), "forged".into())
             .await?
             .await
             .map_err(async_nats::Error::from)
@@ -1197,7 +1217,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
             tokio::time::timeout(Duration::from_secs(3), forged).await,
             Ok(Ok(_))
         ),
-        "a trainer published a reward"
+        "a trainer published a job"
     );
 
     for tx in stops {
@@ -1212,7 +1232,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
     }
 
     // The only refusals: workers trying to create the topology before the controller did,
-    // and the forged reward. Anything else is a permission the config lacks.
+    // and the forged job. Anything else is a permission the config lacks.
     let log = std::fs::read_to_string(&log_path).unwrap();
     if std::env::var_os("TEST_LOG").is_some() {
         eprintln!("{log}");
@@ -1225,7 +1245,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
                 .iter()
                 .any(|p| l.contains(&format!("Subject \"{p}")));
             let forged = l.contains("test-trainer")
-                && l.contains(&format!("Subject \"{}\"", subjects::rewards(&spec.study)));
+                && l.contains(&format!("Subject \"{}\"", subjects::jobs(&spec.study)));
             !(startup || forged)
         })
         .collect();
@@ -1235,7 +1255,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         unexpected.join("\n")
     );
     assert!(
-        log.contains("Publish Violation") && log.contains("segtune.rewards."),
-        "the forged reward was not refused by the broker:\n{log}"
+        log.contains("Publish Violation") && log.contains("segtune.jobs."),
+        "the forged job was not refused by the broker:\n{log}"
     );
 }

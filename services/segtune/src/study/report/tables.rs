@@ -248,7 +248,9 @@ mod tests {
                 "attempt",
                 "train_seconds",
                 "eval_seconds",
-                "final_loss"
+                "final_loss",
+                "pruned",
+                "epoch_reached"
             ]
         );
         for (line, row) in lines[1..].iter().zip(&rec.rows) {
@@ -264,7 +266,31 @@ mod tests {
             assert_eq!(cells[16], format!("{:.3}", 10.0 + i as f64 / 4.0));
             assert_eq!(cells[17], "2.125");
             assert_eq!(cells[18].parse::<f64>().unwrap(), 0.5 - row.mean / 2.0);
+            assert_eq!((cells[19], cells[20]), ("false", "4"));
         }
+    }
+
+    #[test]
+    fn a_pruned_job_is_marked_and_never_the_best() {
+        // Job 2 was stopped at epoch 2 with an intermediate Dice above job 1's final one.
+        let mut pruned = reward(2, 0.7);
+        pruned.pruned = true;
+        pruned.epoch_reached = 2;
+        pruned.train_seconds = 4.0;
+        let mut complete = reward(1, 0.5);
+        complete.train_seconds = 10.0;
+        let rec = StudyRecord::from_messages("demo", &[complete, pruned], &[]);
+        assert_eq!(rec.best().unwrap().index, 1);
+        assert_eq!(rec.pruning_savings(), (1, 6.0));
+        let csv = jobs_csv(&rec);
+        assert!(csv.lines().nth(2).unwrap().ends_with(",true,2"), "{csv}");
+        let md = summary_markdown(&rec);
+        assert!(md.contains("0.7000 (pruned at epoch 2)"), "{md}");
+        assert!(
+            md.contains("1 pruned, about 6 trainer-seconds saved of 14 spent"),
+            "{md}"
+        );
+        assert!(best_toml(&rec).unwrap().contains("demo-0001"));
     }
 
     #[test]
@@ -276,14 +302,15 @@ mod tests {
         old.train_seconds = 0.0;
         old.final_loss = 0.0;
         old.eval_seconds = 0.0;
+        old.epoch_reached = 0;
         let rec = StudyRecord::from_messages("demo", &[old, reward(2, 0.6)], &[]);
         assert_eq!(rec.rows[0].run, None);
         assert_eq!(rec.rows[1].run.as_ref().unwrap().trainer, "trainer-1");
         let csv = jobs_csv(&rec);
         let lines: Vec<&str> = csv.lines().collect();
-        assert!(lines[1].ends_with(",,,,,"), "{}", lines[1]);
+        assert!(lines[1].ends_with(",,,,,,false,"), "{}", lines[1]);
         assert!(
-            lines[2].ends_with(",trainer-1,1,10.500,2.125,0.2"),
+            lines[2].ends_with(",trainer-1,1,10.500,2.125,0.2,false,4"),
             "{}",
             lines[2]
         );

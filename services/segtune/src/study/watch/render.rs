@@ -452,6 +452,57 @@ mod tests {
         );
     }
 
+    #[test]
+    fn pruned_jobs_show_their_epoch_and_the_seconds_saved() {
+        let mut view = View::new("s", Output::Quiet);
+        view.event(issued("s-0001", 1));
+        view.reward(reward("s-0001", 1, 0.5, "trainer-1"));
+        view.event(rewarded("s-0001", 1, 0.5));
+        view.event(issued("s-0002", 2));
+        view.event(StudyEvent {
+            event: StudyEventKind::Pruned {
+                job_id: "s-0002".into(),
+                index: 2,
+                epoch: 1,
+                dice: 0.125,
+                reason: "asha".into(),
+            },
+            ..issued("s-0002", 2)
+        });
+        let mut stopped = reward("s-0002", 2, 0.125, "trainer-2");
+        stopped.pruned = true;
+        stopped.epoch_reached = 1;
+        stopped.train_seconds = 1.0;
+        stopped.per_class = Vec::new();
+        view.reward(stopped);
+        view.event(rewarded("s-0002", 2, 0.125));
+        // Stopped, but it had finished: its complete reward counts, it is not pruned.
+        view.event(issued("s-0003", 3));
+        view.event(StudyEvent {
+            event: StudyEventKind::Pruned {
+                job_id: "s-0003".into(),
+                index: 3,
+                epoch: 1,
+                dice: 0.1,
+                reason: "asha".into(),
+            },
+            ..issued("s-0003", 3)
+        });
+        view.reward(reward("s-0003", 3, 0.25, "trainer-1"));
+        view.event(rewarded("s-0003", 3, 0.25));
+
+        let row = view.table_row(2, &view.jobs[&2]);
+        assert!(row.ends_with("pruned@1"), "{row}");
+        assert!(!view.table_row(3, &view.jobs[&3]).contains("pruned"));
+        // Complete jobs trained 3 s each, the pruned one 1 s: 2 s saved.
+        assert_eq!(view.pruning_savings(), (1, 2.0));
+        assert!(
+            view.done_text().ends_with("1 pruned (~2 trainer-s saved)"),
+            "{}",
+            view.done_text()
+        );
+    }
+
     /// A writer the test reads back: what the view printed.
     #[derive(Clone, Default)]
     struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
