@@ -39,13 +39,17 @@ pub fn normalize_window(data: &mut [f32], low: f64, high: f64) {
         });
         return;
     }
-    let width = high - low;
-    data.par_chunks_mut(1 << 14).for_each(|chunk| {
+    data.par_chunks_mut(1 << 14)
+        .for_each(|chunk| window_chunk(chunk, low, high - low));
+}
+
+simd::dispatch! {
+    fn window_chunk(chunk: &mut [f32], low: f64, width: f64) {
         for v in chunk {
             // NaN compares false in clamp's max/min below and propagates.
             *v = ((*v as f64 - low) / width).clamp(0.0, 1.0) as f32;
         }
-    });
+    }
 }
 
 /// Normalizes `data` with the window between its own `p_low` and `p_high` percentiles and
