@@ -30,6 +30,8 @@ pub mod train;
 pub mod unet;
 
 pub use candle_core;
+#[doc(hidden)]
+pub use simd;
 pub use candle_nn;
 
 pub use checkpoint::{CheckpointError, inference_unet, load_checkpoint, save_checkpoint};
