@@ -122,7 +122,11 @@ impl Selection {
 
 impl fmt::Display for Selection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SIMD level {} (host supports {}", self.level, self.detected)?;
+        write!(
+            f,
+            "SIMD level {} (host supports {}",
+            self.level, self.detected
+        )?;
         match self.requested {
             Some(r) if self.capped() => write!(f, "; {ENV}={r} is more than it has)"),
             Some(r) => write!(f, "; {ENV}={r})"),
@@ -260,7 +264,9 @@ pub fn with_level<R>(level: Level, f: impl FnOnce() -> R) -> Result<R, SimdError
             detected: detected(),
         });
     }
-    let _serial = FORCE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = FORCE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     struct Restore(u8);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -355,7 +361,10 @@ mod tests {
     #[test]
     fn select_can_only_lower() {
         let s = select(None, Level::Avx2).unwrap();
-        assert_eq!((s.level, s.requested, s.capped()), (Level::Avx2, None, false));
+        assert_eq!(
+            (s.level, s.requested, s.capped()),
+            (Level::Avx2, None, false)
+        );
         for v in ["", " ", "auto", "AUTO"] {
             assert_eq!(select(Some(v), Level::Avx512).unwrap().level, Level::Avx512);
         }

@@ -625,6 +625,33 @@ mod tests {
     }
 
     #[test]
+    fn window_is_the_same_at_every_simd_level() {
+        // Long enough for the vector loops (and a tail), with NaN and infinities among them.
+        let src: Vec<f32> = (0..40_003)
+            .map(|i| match i % 997 {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                _ => (i as f32 * 0.37).sin() * 1500.0,
+            })
+            .collect();
+        let want: Vec<f32> = src
+            .iter()
+            .map(|&v| ((v as f64 + 1000.0) / 2000.0).clamp(0.0, 1.0) as f32)
+            .collect();
+        simd::for_each_level(|level| {
+            let mut d = src.clone();
+            normalize_window(&mut d, -1000.0, 1000.0);
+            for (i, (g, w)) in d.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "SIMD {level}, value {i}: {g} vs {w}"
+                );
+            }
+        });
+    }
+
+    #[test]
     fn window_endpoints() {
         let mut d = vec![
             -2000.0,

@@ -5,14 +5,7 @@
 //! (`SEGTUNE_SIMD` lowers the SIMD level; each line names the one used.)
 //! Prints one JSON line per repeat, then the peak RSS.
 
-use std::{
-    error::Error,
-    fs::File,
-    io::BufWriter,
-    path::Path,
-    process::ExitCode,
-    time::Instant,
-};
+use std::{error::Error, fs::File, io::BufWriter, path::Path, process::ExitCode, time::Instant};
 
 fn main() -> ExitCode {
     match run() {
@@ -28,7 +21,9 @@ fn main() -> ExitCode {
 fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        return Err("usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS [--in-memory]]".into());
+        return Err(
+            "usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS [--in-memory]]".into(),
+        );
     }
     let (image, label, out) = (
         Path::new(&args[1]),
@@ -68,7 +63,10 @@ fn run() -> Result<(), Box<dyn Error>> {
             p.shape
         } else {
             let file = |name: &str| -> Result<_, Box<dyn Error>> {
-                Ok(BufWriter::with_capacity(1 << 20, File::create(out.join(name))?))
+                Ok(BufWriter::with_capacity(
+                    1 << 20,
+                    File::create(out.join(name))?,
+                ))
             };
             let (info, image_w, label_w) = dataprep::process_volumes_into(
                 img,

@@ -146,9 +146,13 @@ unsafe fn lowered_gemm(
 ) {
     use gemm_common::gemm::gemm_basic_generic;
     let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = if dst_cs < dst_rs {
-        (n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
+        (
+            n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs,
+        )
     } else {
-        (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
+        (
+            m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
+        )
     };
     let par = gemm_common::Parallelism::None;
     let fma = |a: f32, b: f32, c: f32| a * b + c;
@@ -161,9 +165,39 @@ unsafe fn lowered_gemm(
             };
             // SAFETY: forwarded to the caller; V3 proves the CPU has AVX2 and FMA.
             unsafe {
-                gemm_basic_generic::<_, f32, 8, { ukr::MR_DIV_N * 8 }, { ukr::NR }, { ukr::MR_DIV_N }, { ukr::H_M }, { ukr::H_N }>(
-                    v3, m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs,
-                    rhs_rs, 1.0, 1.0, false, false, false, fma, &ukr::UKR, &ukr::H_UKR, false,
+                gemm_basic_generic::<
+                    _,
+                    f32,
+                    8,
+                    { ukr::MR_DIV_N * 8 },
+                    { ukr::NR },
+                    { ukr::MR_DIV_N },
+                    { ukr::H_M },
+                    { ukr::H_N },
+                >(
+                    v3,
+                    m,
+                    n,
+                    k,
+                    dst,
+                    dst_cs,
+                    dst_rs,
+                    read_dst,
+                    lhs,
+                    lhs_cs,
+                    lhs_rs,
+                    rhs,
+                    rhs_cs,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    fma,
+                    &ukr::UKR,
+                    &ukr::H_UKR,
+                    false,
                     par,
                 )
             }
@@ -172,10 +206,40 @@ unsafe fn lowered_gemm(
             use gemm_f32::microkernel::scalar::f32 as ukr;
             // SAFETY: forwarded to the caller; the scalar kernels need no CPU feature.
             unsafe {
-                gemm_basic_generic::<_, f32, 1, { ukr::MR_DIV_N }, { ukr::NR }, { ukr::MR_DIV_N }, { ukr::H_M }, { ukr::H_N }>(
-                    gemm_common::simd::Scalar, m, n, k, dst, dst_cs, dst_rs, read_dst, lhs,
-                    lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 1.0, 1.0, false, false, false, fma,
-                    &ukr::UKR, &ukr::H_UKR, false, par,
+                gemm_basic_generic::<
+                    _,
+                    f32,
+                    1,
+                    { ukr::MR_DIV_N },
+                    { ukr::NR },
+                    { ukr::MR_DIV_N },
+                    { ukr::H_M },
+                    { ukr::H_N },
+                >(
+                    gemm_common::simd::Scalar,
+                    m,
+                    n,
+                    k,
+                    dst,
+                    dst_cs,
+                    dst_rs,
+                    read_dst,
+                    lhs,
+                    lhs_cs,
+                    lhs_rs,
+                    rhs,
+                    rhs_cs,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    fma,
+                    &ukr::UKR,
+                    &ukr::H_UKR,
+                    false,
+                    par,
                 )
             }
         }

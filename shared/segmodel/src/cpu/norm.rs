@@ -68,6 +68,7 @@ fn lane_sum2(x: &[f32], g: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, 
 }
 
 /// Mean and 1/sqrt(var + eps) of one plane (two passes).
+#[inline(always)]
 fn stats(x: &[f32], eps: f64) -> (f32, f32) {
     let n = x.len().max(1) as f64;
     let m = (lane_sum(x, |v| v) / n) as f32;
@@ -77,7 +78,7 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
 
 /// Per-plane scale and shift so that `z = a·x + b`; identical in both passes so the
 /// activation mask recomputed in the backward pass matches the forward one bit for bit.
-#[inline]
+#[inline(always)]
 fn affine(mean: f32, rstd: f32, gamma: f32, beta: f32) -> (f32, f32) {
     let a = gamma * rstd;
     (a, beta - mean * a)

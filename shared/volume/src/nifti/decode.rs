@@ -458,14 +458,20 @@ fn image<T>(header: Header, values: Vec<T>) -> NiftiImage<T> {
 trait Target: Copy + Default + Send + Sync + 'static {
     /// Converts the stored values in `raw` (voxels `first..`) into `out`; returns the first
     /// voxel this type cannot hold (index, value as `f32`), if any.
-    fn convert(header: &Header, raw: &[u8], out: &mut [Self], first: usize) -> Option<(usize, f32)>;
+    fn convert(header: &Header, raw: &[u8], out: &mut [Self], first: usize)
+    -> Option<(usize, f32)>;
 
     /// The error for a voxel [`Target::convert`] refused.
     fn refused(header: &Header, name: &str, bad: (usize, f32)) -> NiftiError;
 }
 
 impl Target for f32 {
-    fn convert(header: &Header, raw: &[u8], out: &mut [f32], _first: usize) -> Option<(usize, f32)> {
+    fn convert(
+        header: &Header,
+        raw: &[u8],
+        out: &mut [f32],
+        _first: usize,
+    ) -> Option<(usize, f32)> {
         convert(header, raw, out);
         None
     }
@@ -582,6 +588,84 @@ mod tests {
     use crate::nifti::fixtures::*;
     use crate::nifti::header::*;
     use crate::nifti::*;
+
+    fn labels(bytes: &[u8], name: &str) -> Result<NiftiImage<u8>, NiftiError> {
+        read_nifti_labels_bytes(bytes, name, &ReadLimits::default())
+    }
+
+    #[test]
+    fn labels_decode_straight_to_u8_from_any_integer_valued_type() {
+        let classes: Vec<u8> = (0..300).map(|i| (i * 7 % 5) as u8).collect();
+        let dims = [10, 6, 5];
+        for be in [false, true] {
+            let order = |mut b: Vec<u8>| {
+                if be {
+                    b.reverse();
+                }
+                b
+            };
+            let u8s = classes.clone();
+            let i16s: Vec<u8> = classes
+                .iter()
+                .flat_map(|&c| order((c as i16).to_le_bytes().to_vec()))
+                .collect();
+            let f32s: Vec<u8> = classes
+                .iter()
+                .flat_map(|&c| order((c as f32).to_le_bytes().to_vec()))
+                .collect();
+            for (code, bitpix, data) in [(2, 8, u8s), (4, 16, i16s), (16, 32, f32s)] {
+                let raw = Raw::with_order(&[10, 6, 5], code, bitpix, be).with_data(&data);
+                for (name, bytes) in [("l.nii", raw.clone()), ("l.nii.gz", gzip(&raw))] {
+                    let img = labels(&bytes, name).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(img.datatype, code);
+                    assert_eq!(img.volume.dims, dims);
+                    assert_eq!(img.volume.data, classes, "{name} code {code} be {be}");
+                }
+            }
+        }
+        // Scaling applies before the check: stored 0..2 with slope 2, intercept 1 → 1, 3, 5.
+        let mut raw = Raw::new(&[3, 1, 1], 2, 8);
+        raw.f32(OFF_SCL_SLOPE, 2.0).f32(OFF_SCL_INTER, 1.0);
+        let img = labels(&raw.with_data(&[0, 1, 2]), "scaled.nii").unwrap();
+        assert_eq!(img.volume.data, vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn labels_refuse_the_first_voxel_that_is_not_a_class() {
+        // Two stream chunks of int16 (1 MiB = 524 288 values each), converted concurrently:
+        // bad values in both; the error names the earliest, whichever chunk finished first.
+        let n = 600_000usize;
+        let mut values = vec![1i16; n];
+        values[590_123] = 256;
+        values[550_000] = -1;
+        values[100_000] = 300;
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw = Raw::new(&[1000, 600, 1], 4, 16).with_data(&data);
+        for (name, bytes) in [("big.nii", raw.clone()), ("big.nii.gz", gzip(&raw))] {
+            let e = labels(&bytes, name).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{name}: label value 300 at voxel (0, 100, 0) is not an integer class in 0..=255"
+                )
+            );
+        }
+        let f: Vec<u8> = [0.0f32, 1.0, 1.5, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = labels(&Raw::new(&[4, 1, 1], 16, 32).with_data(&f), "frac.nii").unwrap_err();
+        assert!(
+            e.to_string().contains("label value 1.5 at voxel (2, 0, 0)"),
+            "{e}"
+        );
+        let e = labels(
+            &Raw::new(&[4, 1, 1], 16, 32).with_data(&f[..12].repeat(1)),
+            "short.nii",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
 
     #[test]
     fn reads_every_datatype_in_both_byte_orders() {

@@ -106,8 +106,13 @@ pub fn try_write_nifti_bytes<T: NiftiElem>(
     gzip: bool,
 ) -> Result<Vec<u8>, NiftiError> {
     const NAME: &str = "<in-memory NIfTI>";
-    let header = build_header::<T>(volume.dims, volume.channels, &volume.geometry, volume.data.len())
-        .map_err(|problem| NiftiError::Invalid {
+    let header = build_header::<T>(
+        volume.dims,
+        volume.channels,
+        &volume.geometry,
+        volume.data.len(),
+    )
+    .map_err(|problem| NiftiError::Invalid {
         file: NAME.to_owned(),
         problem,
     })?;
@@ -132,8 +137,13 @@ pub fn try_write_nifti_bytes<T: NiftiElem>(
 /// place, so readers never see half a file.
 pub fn write_nifti<T: NiftiElem>(path: &Path, volume: &Volume<T>) -> Result<(), NiftiError> {
     let file = path.display().to_string();
-    let header = build_header::<T>(volume.dims, volume.channels, &volume.geometry, volume.data.len())
-        .map_err(|problem| NiftiError::Invalid {
+    let header = build_header::<T>(
+        volume.dims,
+        volume.channels,
+        &volume.geometry,
+        volume.data.len(),
+    )
+    .map_err(|problem| NiftiError::Invalid {
         file: file.clone(),
         problem,
     })?;
@@ -346,6 +356,48 @@ mod tests {
     use crate::nifti::fixtures::*;
     use crate::nifti::header::*;
     use crate::nifti::*;
+
+    #[test]
+    fn streamed_writes_are_the_bytes_of_a_whole_write() {
+        let g = geometries()[0];
+        let dims = [5, 4, 3];
+        let f: Vec<f32> = (0..120).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let v = Volume::new(f.clone(), dims, 2, g);
+        let mut w = NiftiWriter::<_, f32>::new(Vec::new(), "s", dims, 2, &g).unwrap();
+        for piece in f.chunks(7) {
+            w.write(piece).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), write_nifti_bytes(&v, false));
+
+        let l: Vec<u8> = (0..60).map(|i| (i % 3) as u8).collect();
+        let lv = Volume::new(l.clone(), dims, 1, g);
+        let mut w = NiftiWriter::<_, u8>::new(Vec::new(), "l", dims, 1, &g).unwrap();
+        w.write(&l[..20]).unwrap();
+        w.write(&l[20..]).unwrap();
+        assert_eq!(w.finish().unwrap(), write_nifti_bytes(&lv, false));
+    }
+
+    #[test]
+    fn streamed_writes_refuse_a_wrong_count_and_a_bad_volume() {
+        let g = geometries()[1];
+        let mut w = NiftiWriter::<_, f32>::new(Vec::new(), "short", [2, 2, 2], 1, &g).unwrap();
+        w.write(&[0.0; 5]).unwrap();
+        let e = w.write(&[0.0; 4]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("short: 3 value(s) left to write, 4 given"),
+            "{e}"
+        );
+        let e = w.finish().unwrap_err();
+        assert!(
+            e.to_string().contains("3 value(s) left to write, 0 given"),
+            "{e}"
+        );
+        let e = NiftiWriter::<_, u8>::new(Vec::new(), "huge", [40_000, 1, 1], 1, &g)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("cannot write x = 40000"), "{e}");
+    }
 
     fn round_trip<T: NiftiElem + PartialEq + std::fmt::Debug>(
         make: impl Fn(usize) -> T,
