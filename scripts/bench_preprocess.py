@@ -78,8 +78,12 @@ SITK_CHILD = r"""
 import sys, json, resource
 sys.path.insert(0, sys.argv[1])
 import bench_preprocess as b
-ts = [b.sitk_once(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]) for _ in range(int(sys.argv[6]))]
-print(json.dumps({"times": ts, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+n = int(sys.argv[6])
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+ts = [b.sitk_once(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]) for _ in range(n)]
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / n
+print(json.dumps({"times": ts, "cpu_s": cpu, "peak_rss_kb": r1.ru_maxrss}))
 """
 
 
@@ -89,7 +93,7 @@ def run_sitk(img, lab, out, modality):
     if r.returncode != 0:
         sys.exit(f"SimpleITK run failed:\n{r.stderr}")
     d = json.loads(r.stdout.strip().splitlines()[-1])
-    return d["times"], d["peak_rss_kb"]
+    return d["times"], d["peak_rss_kb"], d["cpu_s"]
 
 
 def run_segtune(img, lab, out, modality, level=None, binary=None, in_memory=False):
@@ -97,9 +101,13 @@ def run_segtune(img, lab, out, modality, level=None, binary=None, in_memory=Fals
     if level is not None:
         env["SEGTUNE_SIMD"] = level
     cmd = [binary or BIN, img, lab, out, modality, str(REPEATS)] + (["--in-memory"] if in_memory else [])
+    import resource
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / REPEATS
     lines = [json.loads(l) for l in r.stdout.strip().splitlines()]
-    return [l["total"] for l in lines[:-1]], lines[-1]["peak_rss_kb"], lines[:-1]
+    return [l["total"] for l in lines[:-1]], lines[-1]["peak_rss_kb"], lines[:-1], cpu
 
 
 def cpu_line():
@@ -135,33 +143,35 @@ def main():
     print(f"SIMD: segtune the level in each row (SEGTUNE_SIMD); SimpleITK {sitk.Version.VersionString()} "
           f"(ITK {sitk.Version.ITKVersionString()}) reports none: its wheel's build decides")
     print(f"threads: segtune RAYON_NUM_THREADS={threads}, SimpleITK default ({sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}); repeats {REPEATS}")
-    print("decoded = the image as float32 plus the label as uint8 (what both tools hold after reading)")
+    print("decoded = the image as float32 plus the label as uint8 (what both tools hold after reading);")
+    print("CPU s = user + system CPU per repeat; vs SimpleITK = wall ratio / CPU ratio; load: " + open("/proc/loadavg").read().strip())
     with tempfile.TemporaryDirectory() as tmp:
         vols = make_volumes(tmp)
-        print(f"{'volume':6} {'tool':22} {'SIMD':8} {'median s':>9} {'peak RSS MB':>12} {'decoded MB':>11} {'RSS/decoded':>12} {'vs SimpleITK':>13}")
+        print(f"{'volume':6} {'tool':22} {'SIMD':12} {'median s':>9} {'CPU s':>7} {'peak RSS MB':>12} {'decoded MB':>11} {'RSS/decoded':>12} {'vs SimpleITK':>18}")
         for modality, (img, lab, nbytes, decoded) in vols.items():
             out = os.path.join(tmp, "out_" + modality)
             os.makedirs(out, exist_ok=True)
-            kt, krss = run_sitk(img, lab, out, modality)
+            kt, krss, kcpu = run_sitk(img, lab, out, modality)
             mk = statistics.median(kt)
-            rows = [("SimpleITK", "-", mk, krss, None)]
+            rows = [("SimpleITK", "-", mk, krss, kcpu, None)]
             runs = [(f"segtune", l, False, None) for l in levels]
             if a.in_memory:
                 runs += [(f"segtune --in-memory", l, True, None) for l in levels]
             if a.baseline:
                 runs.append(("segtune (baseline)", None, False, a.baseline))
             for tool, level, in_memory, binary in runs:
-                st, srss, phases = run_segtune(img, lab, out, modality, level, binary, in_memory)
-                used = phases[0].get("simd", "pre-dispatch build")
-                rows.append((tool, used, statistics.median(st), srss, phases))
-            for tool, used, m, rss, phases in rows:
-                ratio = "" if phases is None else f"{m / mk:.2f}"
-                print(f"{modality:6} {tool:22} {used:8} {m:9.3f} {rss / 1024:12.0f} {decoded / 2**20:11.0f} "
-                      f"{rss / 1024 / (decoded / 2**20):12.2f} {ratio:>13}")
+                st, srss, phases, scpu = run_segtune(img, lab, out, modality, level, binary, in_memory)
+                used = phases[0].get("simd", "pre-dispatch")
+                rows.append((tool, used, statistics.median(st), srss, scpu, phases))
+            for tool, used, m, rss, cpu, phases in rows:
+                ratio = "" if phases is None else f"{m / mk:.2f} / {cpu / kcpu:.2f}"
+                print(f"{modality:6} {tool:22} {used:12} {m:9.3f} {cpu:7.3f} {rss / 1024:12.0f} {decoded / 2**20:11.0f} "
+                      f"{rss / 1024 / (decoded / 2**20):12.2f} {ratio:>18}")
                 if phases is not None:
                     ph = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in ("read", "process", "write")}
                     print(f"{'':6}   phases: read {ph['read']:.3f} s, resample+normalize+encode {ph['process']:.3f} s, write {ph['write']:.3f} s")
-        print(f"(input as stored: CT int16 {vols['ct'][2] / 2**20:.0f} MB, MR float32 {vols['mr'][2] / 2**20:.0f} MB)")
+        print(f"(input as stored: CT int16 {vols['ct'][2] / 2**20:.0f} MB, MR float32 {vols['mr'][2] / 2**20:.0f} MB); "
+              f"load after: {open('/proc/loadavg').read().strip()}")
 
 
 if __name__ == "__main__":
