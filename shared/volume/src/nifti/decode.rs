@@ -660,7 +660,7 @@ mod tests {
             "{e}"
         );
         let e = labels(
-            &Raw::new(&[4, 1, 1], 16, 32).with_data(&f[..12].repeat(1)),
+            &Raw::new(&[4, 1, 1], 16, 32).with_data(&f[..12]),
             "short.nii",
         )
         .unwrap_err();
