@@ -5,7 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 
 REPEATS = 5
-BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(__file__), "..", "target"), "release", "preprocess-one")
+BIN = os.environ.get("SEGTUNE_PREPROCESS_ONE") or os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(__file__), "..", "target"), "release", "preprocess-one")
 
 
 def make_volumes(tmp):
@@ -46,8 +46,7 @@ def write_pair(tmp, name, img, lab, spacing):
         p = os.path.join(tmp, f"{name}_{kind}.nii.gz")
         sitk.WriteImage(im, p, useCompression=True)
         paths.append(p)
-    nbytes = img.nbytes
-    return paths + [nbytes]
+    return paths + [img.nbytes, img.size * 4 + lab.size]
 
 
 def sitk_once(img_path, lab_path, out_dir, modality):
@@ -79,8 +78,12 @@ SITK_CHILD = r"""
 import sys, json, resource
 sys.path.insert(0, sys.argv[1])
 import bench_preprocess as b
-ts = [b.sitk_once(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]) for _ in range(int(sys.argv[6]))]
-print(json.dumps({"times": ts, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+n = int(sys.argv[6])
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+ts = [b.sitk_once(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]) for _ in range(n)]
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / n
+print(json.dumps({"times": ts, "cpu_s": cpu, "peak_rss_kb": r1.ru_maxrss}))
 """
 
 
@@ -90,33 +93,85 @@ def run_sitk(img, lab, out, modality):
     if r.returncode != 0:
         sys.exit(f"SimpleITK run failed:\n{r.stderr}")
     d = json.loads(r.stdout.strip().splitlines()[-1])
-    return d["times"], d["peak_rss_kb"]
+    return d["times"], d["peak_rss_kb"], d["cpu_s"]
 
 
-def run_segtune(img, lab, out, modality):
-    r = subprocess.run([BIN, img, lab, out, modality, str(REPEATS)], check=True, capture_output=True, text=True)
+def run_segtune(img, lab, out, modality, level=None, binary=None, in_memory=False):
+    env = dict(os.environ)
+    if level is not None:
+        env["SEGTUNE_SIMD"] = level
+    cmd = [binary or BIN, img, lab, out, modality, str(REPEATS)] + (["--in-memory"] if in_memory else [])
+    import resource
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / REPEATS
     lines = [json.loads(l) for l in r.stdout.strip().splitlines()]
-    return [l["total"] for l in lines[:-1]], lines[-1]["peak_rss_kb"], lines[:-1]
+    return [l["total"] for l in lines[:-1]], lines[-1]["peak_rss_kb"], lines[:-1], cpu
+
+
+def cpu_line():
+    info = open("/proc/cpuinfo").read().splitlines()
+    model = next((l.split(":", 1)[1].strip() for l in info if l.startswith("model name")), "?")
+    flags = next((l.split(":", 1)[1].split() for l in info if l.startswith("flags")), [])
+    if "avx512f" in flags:
+        isa = "AVX-512 (" + "/".join(f[6:] for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd") if f in flags) + ")"
+    elif "avx2" in flags and "fma" in flags:
+        isa = "AVX2+FMA"
+    else:
+        isa = "SSE2 baseline"
+    return f"machine: {model}, {os.cpu_count()} cores, {isa}"
 
 
 def main():
     global REPEATS
-    REPEATS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    import argparse
+    ap = argparse.ArgumentParser(prog="bench-preprocess")
+    ap.add_argument("repeats", nargs="?", type=int, default=5)
+    ap.add_argument("--simd", default="auto", help="comma-separated SEGTUNE_SIMD levels to run segtune at")
+    ap.add_argument("--baseline", help="also run this preprocess-one binary (an earlier build)")
+    ap.add_argument("--in-memory", action="store_true",
+                    help="also run segtune encoding into memory first, as the preprocessor does")
+    a = ap.parse_args()
+    REPEATS = a.repeats
+    levels = a.simd.split(",")
+    for l in levels:
+        if l not in ("auto", "avx512", "avx2", "generic"):
+            sys.exit(f"bench-preprocess: --simd wants auto, avx512, avx2 or generic, got {l}")
     threads = os.environ.get("RAYON_NUM_THREADS", str(os.cpu_count()))
+    print(cpu_line())
+    print(f"SIMD: segtune the level in each row (SEGTUNE_SIMD); SimpleITK {sitk.Version.VersionString()} "
+          f"(ITK {sitk.Version.ITKVersionString()}) reports none: its wheel's build decides")
     print(f"threads: segtune RAYON_NUM_THREADS={threads}, SimpleITK default ({sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}); repeats {REPEATS}")
+    print("decoded = the image as float32 plus the label as uint8 (what both tools hold after reading);")
+    print("CPU s = user + system CPU per repeat; vs SimpleITK = wall ratio / CPU ratio; load: " + open("/proc/loadavg").read().strip())
     with tempfile.TemporaryDirectory() as tmp:
         vols = make_volumes(tmp)
-        print(f"{'volume':8} {'tool':10} {'median s':>9} {'peak RSS MB':>12} {'decoded MB':>11} {'RSS/decoded':>12}")
-        for modality, (img, lab, nbytes) in vols.items():
+        print(f"{'volume':6} {'tool':22} {'SIMD':12} {'median s':>9} {'CPU s':>7} {'peak RSS MB':>12} {'decoded MB':>11} {'RSS/decoded':>12} {'vs SimpleITK':>18}")
+        for modality, (img, lab, nbytes, decoded) in vols.items():
             out = os.path.join(tmp, "out_" + modality)
             os.makedirs(out, exist_ok=True)
-            st, srss, phases = run_segtune(img, lab, out, modality)
-            kt, krss = run_sitk(img, lab, out, modality)
-            ms, mk = statistics.median(st), statistics.median(kt)
-            for tool, m, rss in (("segtune", ms, srss), ("SimpleITK", mk, krss)):
-                print(f"{modality:8} {tool:10} {m:9.3f} {rss / 1024:12.0f} {nbytes / 2**20:11.0f} {rss / 1024 / (nbytes / 2**20):12.2f}")
-            ph = {k: statistics.median(p[k] for p in phases) for k in ("read", "process", "write")}
-            print(f"{modality:8} ratio segtune/SimpleITK = {ms / mk:.2f}  (segtune phases: read {ph['read']:.3f} s, resample+normalize+encode {ph['process']:.3f} s, write {ph['write']:.3f} s)")
+            kt, krss, kcpu = run_sitk(img, lab, out, modality)
+            mk = statistics.median(kt)
+            rows = [("SimpleITK", "-", mk, krss, kcpu, None)]
+            runs = [(f"segtune", l, False, None) for l in levels]
+            if a.in_memory:
+                runs += [(f"segtune --in-memory", l, True, None) for l in levels]
+            if a.baseline:
+                runs.append(("segtune (baseline)", None, False, a.baseline))
+            for tool, level, in_memory, binary in runs:
+                st, srss, phases, scpu = run_segtune(img, lab, out, modality, level, binary, in_memory)
+                used = phases[0].get("simd", "pre-dispatch")
+                rows.append((tool, used, statistics.median(st), srss, scpu, phases))
+            for tool, used, m, rss, cpu, phases in rows:
+                ratio = "" if phases is None else f"{m / mk:.2f} / {cpu / kcpu:.2f}"
+                print(f"{modality:6} {tool:22} {used:12} {m:9.3f} {cpu:7.3f} {rss / 1024:12.0f} {decoded / 2**20:11.0f} "
+                      f"{rss / 1024 / (decoded / 2**20):12.2f} {ratio:>18}")
+                if phases is not None:
+                    ph = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in ("read", "process", "write")}
+                    print(f"{'':6}   phases: read {ph['read']:.3f} s, resample+normalize+encode {ph['process']:.3f} s, write {ph['write']:.3f} s")
+        print(f"(input as stored: CT int16 {vols['ct'][2] / 2**20:.0f} MB, MR float32 {vols['mr'][2] / 2**20:.0f} MB); "
+              f"load after: {open('/proc/loadavg').read().strip()}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 //!
 //! Speed: every pass runs over contiguous rows, so the inner loops are plain
 //! `out += k·(a + b)` over x (the kernel is symmetric) and vectorize: the x pass filters a
-//! reflected copy of each row, the y and z passes add whole weighted rows.
+//! reflected copy of each row, the y and z passes add whole weighted rows. The blur is
+//! compiled once per SIMD level (`simd::dispatch!`).
 
 /// The normalized, truncated (at 3σ) Gaussian kernel of `sigma` voxels; `[1.0]` when `sigma`
 /// is not positive.
@@ -44,7 +45,7 @@ fn reflect_map(n: usize, r: usize) -> Vec<usize> {
 
 /// `out = Σ_j k[j] · src(j)` over whole rows, using the kernel's symmetry
 /// (`k[j] = k[2r − j]`) to halve the multiplies.
-#[inline]
+#[inline(always)]
 fn convolve_rows<'a>(out: &mut [f32], k: &[f32], src: impl Fn(usize) -> &'a [f32]) {
     let r = k.len() / 2;
     let kr = k[r];
@@ -59,66 +60,68 @@ fn convolve_rows<'a>(out: &mut [f32], k: &[f32], src: impl Fn(usize) -> &'a [f32
     }
 }
 
-/// Blurs one channel (`[Z, Y, X]`, x fastest) in place with per-axis sigmas `[σx, σy, σz]`
-/// (voxels). An axis whose sigma is not positive, or whose length is 1, is left alone.
-///
-/// # Panics
-/// When `data.len()` does not match `dims`.
-pub fn gaussian_blur(data: &mut [f32], dims: [usize; 3], sigma: [f64; 3]) {
-    let [nx, ny, nz] = dims;
-    assert_eq!(data.len(), nx * ny * nz, "blur: data length != dims");
-    if data.is_empty() {
-        return;
-    }
-    let kernels = sigma.map(gaussian_kernel);
-    let active = |a: usize| kernels[a].len() > 1 && dims[a] > 1;
-    let plane = nx * ny;
-
-    // Each pass works in place through a small temporary (a row, a plane, an x–z slab), so a
-    // blur allocates a few tens of KiB, never a second volume.
-    if active(0) {
-        let k = &kernels[0];
-        let map = reflect_map(nx, k.len() / 2);
-        let mut padded = vec![0.0f32; map.len()];
-        for row in data.chunks_exact_mut(nx) {
-            for (p, &m) in padded.iter_mut().zip(&map) {
-                *p = row[m];
-            }
-            convolve_rows(row, k, |j| &padded[j..j + nx]);
+simd::dispatch! {
+    /// Blurs one channel (`[Z, Y, X]`, x fastest) in place with per-axis sigmas `[σx, σy, σz]`
+    /// (voxels). An axis whose sigma is not positive, or whose length is 1, is left alone.
+    ///
+    /// # Panics
+    /// When `data.len()` does not match `dims`.
+    pub fn gaussian_blur(data: &mut [f32], dims: [usize; 3], sigma: [f64; 3]) {
+        let [nx, ny, nz] = dims;
+        assert_eq!(data.len(), nx * ny * nz, "blur: data length != dims");
+        if data.is_empty() {
+            return;
         }
-    }
+        let kernels = sigma.map(gaussian_kernel);
+        let active = |a: usize| kernels[a].len() > 1 && dims[a] > 1;
+        let plane = nx * ny;
 
-    if active(1) {
-        let k = &kernels[1];
-        let map = reflect_map(ny, k.len() / 2);
-        let mut src = vec![0.0f32; plane];
-        for p in data.chunks_exact_mut(plane) {
-            src.copy_from_slice(p);
-            for (y, out) in p.chunks_exact_mut(nx).enumerate() {
-                convolve_rows(out, k, |j| {
-                    let sy = map[y + j];
-                    &src[sy * nx..(sy + 1) * nx]
-                });
+        // Each pass works in place through a small temporary (a row, a plane, an x–z slab), so a
+        // blur allocates a few tens of KiB, never a second volume.
+        if active(0) {
+            let k = &kernels[0];
+            let map = reflect_map(nx, k.len() / 2);
+            let mut padded = vec![0.0f32; map.len()];
+            for row in data.chunks_exact_mut(nx) {
+                for (p, &m) in padded.iter_mut().zip(&map) {
+                    *p = row[m];
+                }
+                convolve_rows(row, k, |j| &padded[j..j + nx]);
             }
         }
-    }
 
-    if active(2) {
-        let k = &kernels[2];
-        let map = reflect_map(nz, k.len() / 2);
-        // For each y, the nz rows (x-lines) at that y form an x–z slab; filter it along z.
-        let mut slab = vec![0.0f32; nx * nz];
-        for y in 0..ny {
-            for (z, s) in slab.chunks_exact_mut(nx).enumerate() {
-                let o = z * plane + y * nx;
-                s.copy_from_slice(&data[o..o + nx]);
+        if active(1) {
+            let k = &kernels[1];
+            let map = reflect_map(ny, k.len() / 2);
+            let mut src = vec![0.0f32; plane];
+            for p in data.chunks_exact_mut(plane) {
+                src.copy_from_slice(p);
+                for (y, out) in p.chunks_exact_mut(nx).enumerate() {
+                    convolve_rows(out, k, |j| {
+                        let sy = map[y + j];
+                        &src[sy * nx..(sy + 1) * nx]
+                    });
+                }
             }
-            for z in 0..nz {
-                let o = z * plane + y * nx;
-                convolve_rows(&mut data[o..o + nx], k, |j| {
-                    let sz = map[z + j];
-                    &slab[sz * nx..(sz + 1) * nx]
-                });
+        }
+
+        if active(2) {
+            let k = &kernels[2];
+            let map = reflect_map(nz, k.len() / 2);
+            // For each y, the nz rows (x-lines) at that y form an x–z slab; filter it along z.
+            let mut slab = vec![0.0f32; nx * nz];
+            for y in 0..ny {
+                for (z, s) in slab.chunks_exact_mut(nx).enumerate() {
+                    let o = z * plane + y * nx;
+                    s.copy_from_slice(&data[o..o + nx]);
+                }
+                for z in 0..nz {
+                    let o = z * plane + y * nx;
+                    convolve_rows(&mut data[o..o + nx], k, |j| {
+                        let sz = map[z + j];
+                        &slab[sz * nx..(sz + 1) * nx]
+                    });
+                }
             }
         }
     }

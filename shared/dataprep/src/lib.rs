@@ -25,9 +25,9 @@ use storage::{DynStore, keys};
 use volume::{
     NiftiError, ReadLimits, Volume,
     msd::{self, Case, ChannelModality, DatasetJson},
+    nifti::{MIN_VOX_OFFSET, NiftiWriter},
     normalize::{PercentileSketch, normalize_window, percentiles},
-    resample::{resample_image, resample_label},
-    write_nifti_bytes,
+    resample::{output_dims, resample_image_slabs, resample_label_slabs},
 };
 
 pub use source::{Source, SourceError};
@@ -566,33 +566,28 @@ fn decode_label(
     limits: &ReadLimits,
     num_labels: usize,
 ) -> Result<Volume<u8>, String> {
-    let img = volume::read_nifti_bytes(bytes, name, limits).map_err(|e| nifti_reason(e, name))?;
-    let v = img.volume;
+    // Straight to u8 (a label map is never held as f32); non-integer and out-of-range values
+    // are refused by the reader, naming the voxel.
+    let v = volume::nifti::read_nifti_labels_bytes(bytes, name, limits)
+        .map_err(|e| nifti_reason(e, name))?
+        .volume;
+    check_labels(v, num_labels)
+}
+
+/// A decoded label map has one channel and no class outside dataset.json's labels.
+pub fn check_labels(v: Volume<u8>, num_labels: usize) -> Result<Volume<u8>, String> {
     if v.channels != 1 {
         return Err(format!(
             "a label map must have 1 channel, found {}",
             v.channels
         ));
     }
-    let mut out = Vec::with_capacity(v.data.len());
-    for (i, &x) in v.data.iter().enumerate() {
-        if !x.is_finite() || x.fract() != 0.0 || !(0.0..=255.0).contains(&x) {
-            let [nx, ny, _] = v.dims;
-            return Err(format!(
-                "label value {x} at voxel ({}, {}, {}) is not an integer class in 0..=255",
-                i % nx,
-                (i / nx) % ny,
-                i / (nx * ny)
-            ));
-        }
-        if x as usize >= num_labels {
-            return Err(format!(
-                "label value {x} is not one of the {num_labels} labels in dataset.json"
-            ));
-        }
-        out.push(x as u8);
+    if let Some(&x) = v.data.iter().find(|&&x| x as usize >= num_labels) {
+        return Err(format!(
+            "label value {x} is not one of the {num_labels} labels in dataset.json"
+        ));
     }
-    Ok(Volume::new(out, v.dims, 1, v.geometry))
+    Ok(v)
 }
 
 /// Geometries of image and label must agree: same grid within 1e-3 mm (or 0.1% of a voxel).
@@ -623,10 +618,24 @@ pub struct Processed {
     pub windows: Vec<[f64; 2]>,
 }
 
-/// Resamples and normalizes a decoded case and encodes both as `.nii`.
+/// What [`process_volumes_into`] learned about a case besides the bytes it wrote.
+pub struct ProcessedInfo {
+    pub shape: [usize; 3],
+    pub label_counts: Vec<u64>,
+    pub windows: Vec<[f64; 2]>,
+}
+
+/// Output slices per slab: about 32 MiB of f32, so a slab is small beside a volume and
+/// the resampler's per-block cache restarts rarely.
+fn slab_slices(dims: [usize; 3]) -> usize {
+    ((32 << 20) / (4 * dims[0] * dims[1]).max(1)).max(1)
+}
+
+/// Resamples and normalizes a decoded case and encodes both as `.nii` in memory (what the
+/// preprocessor stores). The resampled image is written into its encoded bytes slab by slab
+/// (never held as a volume beside them) and the inputs are freed as soon as they are used,
+/// so the peak is the inputs plus the encoded image, then the label and both encodings.
 /// `windows[c]` = `None` computes channel `c`'s percentile window on this volume.
-/// Takes the inputs by value so they are freed before encoding (peak memory ≈ input +
-/// resampled output, not input + output + encoded bytes).
 pub fn process_volumes(
     img: Volume<f32>,
     lab: Volume<u8>,
@@ -635,6 +644,45 @@ pub fn process_volumes(
     mr_percentiles: [f64; 2],
     num_labels: usize,
 ) -> Result<Processed, String> {
+    let voxels = output_dims(img.dims, img.geometry.spacing, target)
+        .iter()
+        .product::<usize>();
+    let image_nii = Vec::with_capacity(MIN_VOX_OFFSET + 4 * voxels * img.channels);
+    let label_nii = Vec::with_capacity(MIN_VOX_OFFSET + voxels);
+    let (info, image_nii, label_nii) = process_volumes_into(
+        img,
+        lab,
+        target,
+        windows,
+        mr_percentiles,
+        num_labels,
+        image_nii,
+        label_nii,
+    )?;
+    Ok(Processed {
+        image_nii,
+        label_nii,
+        shape: info.shape,
+        label_counts: info.label_counts,
+        windows: info.windows,
+    })
+}
+
+/// [`process_volumes`] into any two writers (files, buffers): the image's slabs go to
+/// `image_out` as they are computed and the label's to `label_out`, so with files the
+/// resampled volumes are never held at all. The image input is freed before the label is
+/// resampled, the label input before returning. Returns the writers (not flushed).
+#[allow(clippy::too_many_arguments)]
+pub fn process_volumes_into<I: std::io::Write, L: std::io::Write>(
+    img: Volume<f32>,
+    lab: Volume<u8>,
+    target: [f64; 3],
+    windows: &[Option<[f64; 2]>],
+    mr_percentiles: [f64; 2],
+    num_labels: usize,
+    image_out: I,
+    label_out: L,
+) -> Result<(ProcessedInfo, I, L), String> {
     // Percentile windows come from the voxels as stored (before resampling), like the
     // dataset-wide ones, so both scopes measure the same population.
     let mut applied = Vec::new();
@@ -648,26 +696,43 @@ pub fn process_volumes(
             }
         });
     }
-    let mut out = resample_image(&img, target);
-    drop(img);
-    let lab = {
-        let input = lab;
-        resample_label(&input, target)
-    };
-    for (c, [lo, hi]) in applied.iter().enumerate() {
-        normalize_window(out.channel_mut(c), *lo, *hi);
-    }
-    let mut counts = vec![0u64; num_labels.max(1)];
-    for &v in &lab.data {
-        counts[v as usize] += 1;
-    }
-    Ok(Processed {
-        image_nii: write_nifti_bytes(&out, false),
-        label_nii: write_nifti_bytes(&lab, false),
-        shape: out.dims,
-        label_counts: counts,
-        windows: applied,
+    let shape = output_dims(img.dims, img.geometry.spacing, target);
+    let slab = slab_slices(shape);
+    let out_geometry = volume::resample::output_geometry(&img.geometry, target);
+    let e = |e: NiftiError| e.to_string();
+
+    let mut w = NiftiWriter::<_, f32>::new(image_out, "image", shape, img.channels, &out_geometry)
+        .map_err(e)?;
+    resample_image_slabs(&img, target, slab, |c, values| {
+        let [lo, hi] = applied[c];
+        normalize_window(values, lo, hi);
+        w.write(values)
     })
+    .map_err(e)?;
+    let image_out = w.finish().map_err(e)?;
+    drop(img);
+
+    let mut counts = vec![0u64; num_labels.max(1)];
+    let mut w = NiftiWriter::<_, u8>::new(label_out, "label", shape, lab.channels, &out_geometry)
+        .map_err(e)?;
+    resample_label_slabs(&lab, target, slab, |_, values| {
+        for &v in values.iter() {
+            counts[v as usize] += 1;
+        }
+        w.write(values)
+    })
+    .map_err(e)?;
+    let label_out = w.finish().map_err(e)?;
+    drop(lab);
+    Ok((
+        ProcessedInfo {
+            shape,
+            label_counts: counts,
+            windows: applied,
+        },
+        image_out,
+        label_out,
+    ))
 }
 
 async fn process_case(

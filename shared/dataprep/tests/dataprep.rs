@@ -376,3 +376,88 @@ async fn a_missing_source_file_is_told_from_an_unreadable_one() {
         "file is missing (no object raw/task/absent.nii.gz in the store)"
     );
 }
+
+/// The streaming path (slab by slab into any writer) writes the bytes the in-memory path
+/// encodes, for both the resampled image and the label, at every SIMD level.
+#[test]
+fn streamed_processing_writes_what_the_in_memory_path_encodes() {
+    let dims = [23, 19, 70];
+    let g = Geometry::identity([0.8, 0.9, 2.5]);
+    let n = dims.iter().product::<usize>();
+    let img = Volume::new(
+        (0..n).map(|i| ((i * 31) % 977) as f32 - 300.0).collect(),
+        dims,
+        1,
+        g,
+    );
+    let lab = Volume::new((0..n).map(|i| ((i / 7) % 3) as u8).collect(), dims, 1, g);
+    let windows = [Some([-200.0, 500.0])];
+    let whole =
+        dataprep::process_volumes(img.clone(), lab.clone(), [1.0; 3], &windows, [5.0, 95.0], 3)
+            .unwrap();
+    assert_eq!(whole.shape, [18, 17, 175]);
+    let expect_label = volume::resample::resample_label(&lab, [1.0; 3]);
+    let mut counts = vec![0u64; 3];
+    for &v in &expect_label.data {
+        counts[v as usize] += 1;
+    }
+    assert_eq!(whole.label_counts, counts);
+    assert_eq!(
+        whole.label_nii,
+        volume::write_nifti_bytes(&expect_label, false)
+    );
+    let mut expect_image = volume::resample::resample_image(&img, [1.0; 3]);
+    volume::normalize::normalize_window(&mut expect_image.data, -200.0, 500.0);
+    assert_eq!(
+        whole.image_nii,
+        volume::write_nifti_bytes(&expect_image, false)
+    );
+
+    simd::for_each_level(|level| {
+        let (info, image, label) = dataprep::process_volumes_into(
+            img.clone(),
+            lab.clone(),
+            [1.0; 3],
+            &windows,
+            [5.0, 95.0],
+            3,
+            Vec::new(),
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(info.shape, whole.shape);
+        assert_eq!(info.label_counts, whole.label_counts);
+        assert!(
+            image == whole.image_nii,
+            "image bytes differ at SIMD {level}"
+        );
+        assert!(
+            label == whole.label_nii,
+            "label bytes differ at SIMD {level}"
+        );
+    });
+
+    // A writer that fails is reported, not a panic.
+    struct Full;
+    impl std::io::Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let e = dataprep::process_volumes_into(
+        img,
+        lab,
+        [1.0; 3],
+        &windows,
+        [5.0, 95.0],
+        3,
+        Full,
+        Vec::new(),
+    )
+    .err()
+    .expect("a failing writer fails the case");
+    assert!(e.contains("disk full"), "{e}");
+}

@@ -18,9 +18,24 @@ pub fn ensure_set(flag: &str, env: &str, value: &str) -> anyhow::Result<()> {
 /// What a service's `run` is handed to stop on: SIGINT or SIGTERM ([`crate::shutdown_signal`]).
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// Sets the SIMD level the compute loops run at from `SEGTUNE_SIMD` (see the `simd` crate) and
+/// logs it; an unknown value is a configuration error (exit 64), a level above the host's a
+/// warning (the host's best is used).
+pub fn configure_simd(name: &str) {
+    match simd::configure_from_env() {
+        Ok(sel) if sel.capped() => tracing::warn!("{sel}"),
+        Ok(sel) => tracing::info!("{sel}"),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            exit(64);
+        }
+    }
+}
+
 /// Runs a service the way every segtune service runs: tracing to stderr; settings from flags
 /// and `SEGTUNE_*` env vars, then [`Validate`]d; `connect` (waits for the broker); `run`
-/// until SIGINT/SIGTERM. Exit status: 64 (EX_USAGE) on a config error, 69 (EX_UNAVAILABLE)
+/// until SIGINT/SIGTERM; the SIMD level from `SEGTUNE_SIMD` ([`configure_simd`]). Exit status:
+/// 64 (EX_USAGE) on a config error, 69 (EX_UNAVAILABLE)
 /// when `connect` fails, 1 when `run` fails; `--help` and `--version` print on stdout and
 /// exit 0. Errors go to stderr prefixed with the command's name.
 pub async fn service_main<S, A>(
@@ -48,6 +63,7 @@ pub async fn service_main<S, A>(
         eprintln!("{name}: {e:#}");
         exit(64);
     }
+    configure_simd(&name);
     let app = match connect(&settings).await {
         Ok(app) => app,
         Err(e) => {

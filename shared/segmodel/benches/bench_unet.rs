@@ -499,13 +499,14 @@ fn result(bench: &str, t: &Timing, voxels: usize, reps: usize, windows: usize, d
     println!(
         "RESULT {{\"impl\": \"segtune\", \"device\": \"{}\", \"bench\": \"{bench}\", \"median_ms\": {:.1}, \
          \"cpu_ms\": {:.1}, \"voxels\": {voxels}, \"reps\": {reps}, \"windows\": {windows}, \
-         \"threads\": {}, \"peak_rss_mib\": {:.0}, \"baseline_rss_mib\": {:.0}}}",
+         \"threads\": {}, \"peak_rss_mib\": {:.0}, \"baseline_rss_mib\": {:.0}, \"simd\": \"{}\"}}",
         device_name(dev),
         t.wall,
         t.cpu,
         rayon::current_num_threads(),
         status_mib("VmHWM"),
         BASELINE_RSS_MIB.get().copied().unwrap_or(0.0),
+        simd::level(),
     );
 }
 
@@ -524,6 +525,13 @@ fn parse_size(s: &str) -> Option<(usize, usize, usize)> {
 fn main() -> Result<()> {
     BASELINE_RSS_MIB.get_or_init(|| status_mib("VmRSS"));
     init_compute_threads();
+    match simd::configure_from_env() {
+        Ok(sel) => eprintln!("bench_unet: {sel}"),
+        Err(e) => {
+            eprintln!("bench_unet: {e}");
+            std::process::exit(64);
+        }
+    }
     let generic = std::env::args().any(|a| a == "--generic");
     let args: Vec<String> = std::env::args()
         .skip(1)

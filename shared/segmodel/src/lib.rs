@@ -31,6 +31,8 @@ pub mod unet;
 
 pub use candle_core;
 pub use candle_nn;
+#[doc(hidden)]
+pub use simd;
 
 pub use checkpoint::{CheckpointError, inference_unet, load_checkpoint, save_checkpoint};
 pub use host::{HostTraffic, traffic};

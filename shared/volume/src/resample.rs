@@ -59,7 +59,7 @@ pub fn resample_image(v: &Volume<f32>, target: [f64; 3]) -> Volume<f32> {
     let mut data = vec![0.0f32; n_out * v.channels];
     if n_out > 0 {
         for (c, dst) in data.chunks_exact_mut(n_out).enumerate() {
-            plan.run(v.channel(c), dst);
+            plan.run(v.channel(c), 0, dst);
         }
     }
     Volume::new(
@@ -87,7 +87,7 @@ pub fn resample_image_to(v: &Volume<f32>, spacing: [f64; 3], dims: [usize; 3]) -
     let mut data = vec![0.0f32; n_out * v.channels];
     if n_out > 0 && v.voxels() > 0 {
         for (c, dst) in data.chunks_exact_mut(n_out).enumerate() {
-            plan.run(v.channel(c), dst);
+            plan.run(v.channel(c), 0, dst);
         }
     }
     Volume::new(
@@ -98,6 +98,40 @@ pub fn resample_image_to(v: &Volume<f32>, spacing: [f64; 3], dims: [usize; 3]) -
     )
 }
 
+/// [`resample_image`] without holding the output: hands `sink(channel, slab)` consecutive
+/// slabs of at most `slab_slices` output z slices (channel 0 first, z ascending; each slab
+/// is `mx × my × k` values), so a caller can normalize and write them as they come. The
+/// values are those [`resample_image`] computes. Returns the output geometry, or the sink's
+/// first error (no slab after it is computed).
+///
+/// # Panics
+/// When a spacing or target is not finite and positive.
+pub fn resample_image_slabs<E>(
+    v: &Volume<f32>,
+    target: [f64; 3],
+    slab_slices: usize,
+    mut sink: impl FnMut(usize, &mut [f32]) -> Result<(), E>,
+) -> Result<Geometry, E> {
+    let spacing = v.geometry.spacing;
+    let out_dims = output_dims(v.dims, spacing, target);
+    let plan = LinearPlan::new(v.dims, out_dims, spacing, target);
+    let [mx, my, mz] = out_dims;
+    let slice_out = mx * my;
+    if slice_out * mz > 0 {
+        let k = slab_slices.clamp(1, mz);
+        let mut slab = vec![0.0f32; k * slice_out];
+        for c in 0..v.channels {
+            let src = v.channel(c);
+            for z0 in (0..mz).step_by(k) {
+                let out = &mut slab[..(k.min(mz - z0)) * slice_out];
+                plan.run(src, z0, out);
+                sink(c, out)?;
+            }
+        }
+    }
+    Ok(output_geometry(&v.geometry, target))
+}
+
 /// Nearest-neighbour resampling of a label volume onto spacing `target` (mm).
 ///
 /// Every output value is one of the input values. Same grid as [`resample_image`].
@@ -105,39 +139,90 @@ pub fn resample_image_to(v: &Volume<f32>, spacing: [f64; 3], dims: [usize; 3]) -
 /// # Panics
 /// When a spacing or target is not finite and positive.
 pub fn resample_label(v: &Volume<u8>, target: [f64; 3]) -> Volume<u8> {
-    let spacing = v.geometry.spacing;
-    let out_dims = output_dims(v.dims, spacing, target);
-    let [ix, iy, iz]: [Vec<usize>; 3] =
-        std::array::from_fn(|a| nearest_table(v.dims[a], out_dims[a], spacing[a], target[a]));
-    let [nx, ny, _] = v.dims;
-    let [mx, my, mz] = out_dims;
-    let n_out = mx * my * mz;
+    let plan = NearestPlan::new(v, target);
+    let n_out = plan.m.iter().product::<usize>();
     let mut data = vec![0u8; n_out * v.channels];
     if n_out > 0 {
-        let x_identity = mx == nx && ix.iter().enumerate().all(|(i, &j)| i == j);
-        for c in 0..v.channels {
-            let src = v.channel(c);
-            let dst = &mut data[c * n_out..(c + 1) * n_out];
-            dst.par_chunks_mut(mx).enumerate().for_each(|(row, out)| {
-                let (y, z) = (row % my, row / my);
-                let base = (iz[z] * ny + iy[y]) * nx;
-                let src_row = &src[base..base + nx];
-                if x_identity {
-                    out.copy_from_slice(src_row);
-                } else {
-                    for (o, &i) in out.iter_mut().zip(&ix) {
-                        *o = src_row[i];
-                    }
-                }
-            });
+        for (c, dst) in data.chunks_exact_mut(n_out).enumerate() {
+            plan.run(v.channel(c), 0, dst);
         }
     }
     Volume::new(
         data,
-        out_dims,
+        plan.m,
         v.channels,
         output_geometry(&v.geometry, target),
     )
+}
+
+/// [`resample_label`] slab by slab, as [`resample_image_slabs`].
+///
+/// # Panics
+/// When a spacing or target is not finite and positive.
+pub fn resample_label_slabs<E>(
+    v: &Volume<u8>,
+    target: [f64; 3],
+    slab_slices: usize,
+    mut sink: impl FnMut(usize, &mut [u8]) -> Result<(), E>,
+) -> Result<Geometry, E> {
+    let plan = NearestPlan::new(v, target);
+    let [mx, my, mz] = plan.m;
+    let slice_out = mx * my;
+    if slice_out * mz > 0 {
+        let k = slab_slices.clamp(1, mz);
+        let mut slab = vec![0u8; k * slice_out];
+        for c in 0..v.channels {
+            for z0 in (0..mz).step_by(k) {
+                let out = &mut slab[..(k.min(mz - z0)) * slice_out];
+                plan.run(v.channel(c), z0, out);
+                sink(c, out)?;
+            }
+        }
+    }
+    Ok(output_geometry(&v.geometry, target))
+}
+
+/// Nearest-neighbour resampling: one gather through three per-axis index maps.
+struct NearestPlan {
+    n: [usize; 3],
+    m: [usize; 3],
+    tables: [Vec<usize>; 3],
+    x_identity: bool,
+}
+
+impl NearestPlan {
+    fn new(v: &Volume<u8>, target: [f64; 3]) -> Self {
+        let spacing = v.geometry.spacing;
+        let m = output_dims(v.dims, spacing, target);
+        let tables: [Vec<usize>; 3] =
+            std::array::from_fn(|a| nearest_table(v.dims[a], m[a], spacing[a], target[a]));
+        let x_identity = m[0] == v.dims[0] && tables[0].iter().enumerate().all(|(i, &j)| i == j);
+        Self {
+            n: v.dims,
+            m,
+            tables,
+            x_identity,
+        }
+    }
+
+    /// Output slices `z0..` of one channel `src` into `dst` (whole slices).
+    fn run(&self, src: &[u8], z0: usize, dst: &mut [u8]) {
+        let [nx, ny, _] = self.n;
+        let [mx, my, _] = self.m;
+        let [ix, iy, iz] = &self.tables;
+        dst.par_chunks_mut(mx).enumerate().for_each(|(row, out)| {
+            let (y, z) = (row % my, z0 + row / my);
+            let base = (iz[z] * ny + iy[y]) * nx;
+            let src_row = &src[base..base + nx];
+            if self.x_identity {
+                out.copy_from_slice(src_row);
+            } else {
+                for (o, &i) in out.iter_mut().zip(ix) {
+                    *o = src_row[i];
+                }
+            }
+        });
+    }
 }
 
 fn check_spacing(s: f64, t: f64) {
@@ -151,7 +236,8 @@ fn check_spacing(s: f64, t: f64) {
     );
 }
 
-fn output_geometry(g: &Geometry, target: [f64; 3]) -> Geometry {
+/// The geometry of the resampled volume: origin and direction kept, spacing `target`.
+pub fn output_geometry(g: &Geometry, target: [f64; 3]) -> Geometry {
     Geometry {
         spacing: target,
         origin: g.origin,
@@ -259,15 +345,17 @@ impl LinearPlan {
         }
     }
 
-    /// Resamples one channel `src` (n voxels) into `dst` (m voxels, non-empty).
-    fn run(&self, src: &[f32], dst: &mut [f32]) {
+    /// Resamples output slices `z0..` of one channel `src` (n voxels) into `dst` (whole
+    /// `mx × my` slices, at least one).
+    fn run(&self, src: &[f32], z0: usize, dst: &mut [f32]) {
         let [nx, ny, _] = self.n;
-        let [mx, my, mz] = self.m;
+        let [mx, my, _] = self.m;
         let (slice_in, slice_out) = (nx * ny, mx * my);
-        let tz = &self.tables[2];
+        let nslices = dst.len() / slice_out;
+        let tz = &self.tables[2][z0..z0 + nslices];
         if self.identity[2] {
             dst.par_chunks_mut(slice_out)
-                .zip(src.par_chunks(slice_in))
+                .zip(src[z0 * slice_in..].par_chunks(slice_in))
                 .for_each_init(Vec::new, |scratch, (out, slice)| {
                     self.xy(slice, out, scratch)
                 });
@@ -290,8 +378,11 @@ impl LinearPlan {
                     },
                 );
         } else {
-            let blocks = (2 * rayon::current_num_threads()).clamp(1, mz);
-            let per_block = mz.div_ceil(blocks);
+            // Two blocks per thread for balance, but at least 16 slices each: a block's first
+            // slices cost an extra in-plane pass (its cache starts empty), which matters when
+            // a caller asks for small slabs.
+            let blocks = (2 * rayon::current_num_threads()).clamp(1, (nslices / 16).max(1));
+            let per_block = nslices.div_ceil(blocks);
             dst.par_chunks_mut(per_block * slice_out)
                 .enumerate()
                 .for_each(|(block, outs)| {
@@ -356,22 +447,24 @@ impl LinearPlan {
     }
 }
 
-#[inline]
-fn gather_row(out: &mut [f32], row: &[f32], table: &[Lerp]) {
-    for (o, l) in out.iter_mut().zip(table) {
-        let a = row[l.i0];
-        let b = row[l.i1];
-        *o = a + l.w * (b - a);
+simd::dispatch! {
+    fn gather_row(out: &mut [f32], row: &[f32], table: &[Lerp]) {
+        for (o, l) in out.iter_mut().zip(table) {
+            let a = row[l.i0];
+            let b = row[l.i1];
+            *o = a + l.w * (b - a);
+        }
     }
 }
 
-#[inline]
-fn blend_rows(out: &mut [f32], a: &[f32], b: &[f32], w: f32) {
-    if w == 0.0 {
-        out.copy_from_slice(a);
-    } else {
-        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-            *o = a + w * (b - a);
+simd::dispatch! {
+    fn blend_rows(out: &mut [f32], a: &[f32], b: &[f32], w: f32) {
+        if w == 0.0 {
+            out.copy_from_slice(a);
+        } else {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = a + w * (b - a);
+            }
         }
     }
 }
@@ -609,17 +702,81 @@ mod tests {
             (6, [5, 7, 3], [2.0, 1.0, 1.0], [0.7, 3.3, 0.4], 1),
         ] {
             let v = random_volume(dims, channels, spacing, seed);
-            let fast = resample_image(&v, target);
             let slow = naive_trilinear(&v, target);
-            assert_eq!(fast.dims, slow.dims);
-            assert_eq!(fast.geometry, slow.geometry);
-            let max = fast
-                .data
-                .iter()
-                .zip(&slow.data)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(max < 1e-5, "seed {seed}: max diff {max}");
+            let mut first: Option<Vec<f32>> = None;
+            simd::for_each_level(|level| {
+                let fast = resample_image(&v, target);
+                assert_eq!(fast.dims, slow.dims);
+                assert_eq!(fast.geometry, slow.geometry);
+                let max = fast
+                    .data
+                    .iter()
+                    .zip(&slow.data)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(max < 1e-5, "seed {seed}, SIMD {level}: max diff {max}");
+                // The loops fix their order of operations: every level rounds alike.
+                let first = first.get_or_insert_with(|| fast.data.clone());
+                assert!(
+                    first
+                        .iter()
+                        .zip(&fast.data)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "seed {seed}: SIMD {level} differs from the generic level"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn slabs_are_the_whole_volume_in_order() {
+        // z upsampled (z last, per-block caches restart per slab), z strongly downsampled
+        // (z first), z unchanged (identity), and two channels.
+        for (seed, dims, spacing, target, channels) in [
+            (21, [9, 7, 40], [1.0, 1.0, 2.5], [1.0, 1.0, 1.0], 2),
+            (22, [6, 8, 60], [1.0, 1.0, 0.25], [1.3, 1.0, 2.0], 1),
+            (23, [10, 6, 7], [0.7, 0.9, 1.0], [1.0, 1.0, 1.0], 1),
+        ] {
+            let v = random_volume(dims, channels, spacing, seed);
+            let whole = resample_image(&v, target);
+            let lv = v.map(|x| (x * 5.0) as u8);
+            let whole_label = resample_label(&lv, target);
+            let mz = whole.dims[2];
+            for slab in [1, 3, 16, mz, usize::MAX] {
+                let mut got = Vec::new();
+                let mut seen = Vec::new();
+                let g = resample_image_slabs(&v, target, slab, |c, s| {
+                    seen.push((c, s.len()));
+                    got.extend_from_slice(s);
+                    Ok::<_, ()>(())
+                })
+                .unwrap();
+                assert_eq!(g, whole.geometry);
+                assert_eq!(got, whole.data, "seed {seed}, slab {slab}");
+                let slice = whole.dims[0] * whole.dims[1];
+                assert!(
+                    seen.iter()
+                        .all(|&(_, n)| n % slice == 0 && n <= slab.min(mz) * slice)
+                );
+                assert!(
+                    seen.windows(2).all(|w| w[0].0 <= w[1].0),
+                    "channels in order"
+                );
+                let mut labels = Vec::new();
+                resample_label_slabs(&lv, target, slab, |_, s| {
+                    labels.extend_from_slice(s);
+                    Ok::<_, ()>(())
+                })
+                .unwrap();
+                assert_eq!(labels, whole_label.data, "seed {seed}, slab {slab}");
+            }
+            // The sink's error stops the run at the first slab.
+            let mut calls = 0;
+            let r = resample_image_slabs(&v, target, 2, |_, _| {
+                calls += 1;
+                Err("full")
+            });
+            assert_eq!((r, calls), (Err("full"), 1));
         }
     }
 
@@ -738,17 +895,19 @@ mod tests {
                 let mut plan = LinearPlan::new(dims, out_dims, spacing, target);
                 plan.x_first = x_first;
                 plan.z_first = z_first;
-                let mut got = vec![f32::NAN; want.data.len()];
-                plan.run(&v.data, &mut got);
-                let max = got
-                    .iter()
-                    .zip(&want.data)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0f32, f32::max);
-                assert!(
-                    max < 1e-5,
-                    "seed {seed} x_first {x_first} z_first {z_first}: {max}"
-                );
+                simd::for_each_level(|level| {
+                    let mut got = vec![f32::NAN; want.data.len()];
+                    plan.run(&v.data, 0, &mut got);
+                    let max = got
+                        .iter()
+                        .zip(&want.data)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        max < 1e-5,
+                        "seed {seed} x_first {x_first} z_first {z_first} SIMD {level}: {max}"
+                    );
+                });
             }
         }
     }

@@ -131,3 +131,20 @@ fn watch_on_an_unknown_study_says_so() {
         .unwrap();
     assert_one_line_error(&out, &["not.a.token"]);
 }
+
+#[test]
+fn an_unknown_simd_level_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = segtune()
+        .args(["data", "synth", "--out"])
+        .arg(dir.path().join("task"))
+        .env("SEGTUNE_SIMD", "avx1024")
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        &["SEGTUNE_SIMD=\"avx1024\"", "avx512, avx2 or generic"],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(!dir.path().join("task").exists(), "nothing written");
+}

@@ -12,6 +12,7 @@ pub fn segtune() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_segtune"));
     c.env_remove("SEGTUNE_NATS")
         .env_remove("SEGTUNE_STORE")
+        .env_remove("SEGTUNE_SIMD")
         .env("SEGTUNE_LOG", "warn");
     c
 }

@@ -1,10 +1,11 @@
 //! Benchmark driver: read → resample → normalize → write for one image/label pair, the same
 //! code path as the preprocessor, timed per phase. Used by `scripts/bench-preprocess`.
 //!
-//! Usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS]
+//! Usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS [--in-memory]]
+//! (`SEGTUNE_SIMD` lowers the SIMD level; each line names the one used.)
 //! Prints one JSON line per repeat, then the peak RSS.
 
-use std::{error::Error, path::Path, process::ExitCode, time::Instant};
+use std::{error::Error, fs::File, io::BufWriter, path::Path, process::ExitCode, time::Instant};
 
 fn main() -> ExitCode {
     match run() {
@@ -20,7 +21,9 @@ fn main() -> ExitCode {
 fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        return Err("usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS]".into());
+        return Err(
+            "usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS [--in-memory]]".into(),
+        );
     }
     let (image, label, out) = (
         Path::new(&args[1]),
@@ -33,34 +36,59 @@ fn run() -> Result<(), Box<dyn Error>> {
         m => return Err(format!("modality {m:?}: expected ct or mr").into()),
     };
     let repeats: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let in_memory = match args.get(6).map(String::as_str) {
+        None => false,
+        Some("--in-memory") => true,
+        Some(a) => return Err(format!("unknown argument {a:?}: expected --in-memory").into()),
+    };
+    simd::configure_from_env()?;
     std::fs::create_dir_all(out)?;
     let limits = volume::ReadLimits::default();
     for _ in 0..repeats {
         let t0 = Instant::now();
         let img = volume::read_nifti(image, &limits)?.volume;
-        let lab = volume::read_nifti(label, &limits)?.volume.map(|v| v as u8);
+        let lab = volume::nifti::read_nifti_labels(label, &limits)?.volume;
         let t_read = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let window = if mr { None } else { Some([-1000.0, 1000.0]) };
         let channels = img.channels;
-        let p = dataprep::process_volumes(
-            img,
-            lab,
-            [1.0; 3],
-            &vec![window; channels],
-            [5.0, 95.0],
-            256,
-        )?;
-        let t_process = t1.elapsed().as_secs_f64();
-        let t2 = Instant::now();
-        std::fs::write(out.join("image.nii"), &p.image_nii)?;
-        std::fs::write(out.join("label.nii"), &p.label_nii)?;
-        let t_write = t2.elapsed().as_secs_f64();
-        println!(
-            "{{\"read\": {t_read:.4}, \"process\": {t_process:.4}, \"write\": {t_write:.4}, \
-             \"total\": {:.4}, \"out_shape\": {:?}}}",
-            t0.elapsed().as_secs_f64(),
+        let windows = vec![window; channels];
+        // Files are written as the slabs are computed (the inputs are freed on the way), so
+        // resample + normalize + write are one phase here; `--in-memory` encodes into
+        // buffers first, as the preprocessor does before its store upload.
+        let shape = if in_memory {
+            let p = dataprep::process_volumes(img, lab, [1.0; 3], &windows, [5.0, 95.0], 256)?;
+            std::fs::write(out.join("image.nii"), &p.image_nii)?;
+            std::fs::write(out.join("label.nii"), &p.label_nii)?;
             p.shape
+        } else {
+            let file = |name: &str| -> Result<_, Box<dyn Error>> {
+                Ok(BufWriter::with_capacity(
+                    1 << 20,
+                    File::create(out.join(name))?,
+                ))
+            };
+            let (info, image_w, label_w) = dataprep::process_volumes_into(
+                img,
+                lab,
+                [1.0; 3],
+                &windows,
+                [5.0, 95.0],
+                256,
+                file("image.nii")?,
+                file("label.nii")?,
+            )?;
+            for w in [image_w, label_w] {
+                w.into_inner().map_err(|e| e.into_error())?;
+            }
+            info.shape
+        };
+        let t_process = t1.elapsed().as_secs_f64();
+        println!(
+            "{{\"read\": {t_read:.4}, \"process\": {t_process:.4}, \"write\": 0, \
+             \"total\": {:.4}, \"out_shape\": {shape:?}, \"simd\": \"{}\"}}",
+            t0.elapsed().as_secs_f64(),
+            simd::level()
         );
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

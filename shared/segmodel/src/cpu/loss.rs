@@ -22,44 +22,46 @@ pub(crate) struct LossSums {
 
 const CHUNK: usize = 4096;
 
-/// Softmax of one chunk of voxels: `e[k·len + i] = p_k(i)`; returns log Σ exp − (−max), i.e.
-/// `lse[i] = max + ln Σ exp(l − max)` in `lse`.
-fn softmax_chunk(
-    logits: &[f32],
-    k: usize,
-    s: usize,
-    i0: usize,
-    len: usize,
-    e: &mut [f32],
-    lse: &mut [f32],
-) {
-    let m = &mut lse[..len];
-    m.copy_from_slice(&logits[i0..i0 + len]);
-    for c in 1..k {
-        for (m, &v) in m.iter_mut().zip(&logits[c * s + i0..][..len]) {
-            *m = m.max(v);
+simd::dispatch! {
+    /// Softmax of one chunk of voxels: `e[k·len + i] = p_k(i)`; returns log Σ exp − (−max), i.e.
+    /// `lse[i] = max + ln Σ exp(l − max)` in `lse`.
+    fn softmax_chunk(
+        logits: &[f32],
+        k: usize,
+        s: usize,
+        i0: usize,
+        len: usize,
+        e: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        let m = &mut lse[..len];
+        m.copy_from_slice(&logits[i0..i0 + len]);
+        for c in 1..k {
+            for (m, &v) in m.iter_mut().zip(&logits[c * s + i0..][..len]) {
+                *m = m.max(v);
+            }
         }
-    }
-    let mut sum = vec![0f32; len];
-    for c in 0..k {
-        let row = &mut e[c * len..(c + 1) * len];
-        for (((r, &v), &mx), sm) in row
-            .iter_mut()
-            .zip(&logits[c * s + i0..][..len])
-            .zip(m.iter())
-            .zip(sum.iter_mut())
-        {
-            *r = (v - mx).exp();
-            *sm += *r;
+        let mut sum = vec![0f32; len];
+        for c in 0..k {
+            let row = &mut e[c * len..(c + 1) * len];
+            for (((r, &v), &mx), sm) in row
+                .iter_mut()
+                .zip(&logits[c * s + i0..][..len])
+                .zip(m.iter())
+                .zip(sum.iter_mut())
+            {
+                *r = (v - mx).exp();
+                *sm += *r;
+            }
         }
-    }
-    for c in 0..k {
-        for (r, &sm) in e[c * len..(c + 1) * len].iter_mut().zip(&sum) {
-            *r /= sm;
+        for c in 0..k {
+            for (r, &sm) in e[c * len..(c + 1) * len].iter_mut().zip(&sum) {
+                *r /= sm;
+            }
         }
-    }
-    for (m, &sm) in m.iter_mut().zip(&sum) {
-        *m += sm.ln();
+        for (m, &sm) in m.iter_mut().zip(&sum) {
+            *m += sm.ln();
+        }
     }
 }
 

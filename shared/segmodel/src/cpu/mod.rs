@@ -54,6 +54,10 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 /// Strided single-threaded SGEMM: `dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`.
 /// Strides are in elements (`rs` between rows, `cs` between columns).
 ///
+/// The microkernel follows [`simd::level`]: gemm's own dispatch (AVX-512 kernels, built with
+/// its `x86-v4` feature, on an AVX-512 host) at `avx512`, its AVX2+FMA kernels at `avx2` and
+/// its scalar kernels at `generic`, so that a lowered level runs what gemm runs on such a host.
+///
 /// # Safety
 /// All three matrices must be valid for the given extents and strides; `dst` must not alias
 /// `lhs`/`rhs` and must not be written concurrently.
@@ -76,30 +80,169 @@ pub(crate) unsafe fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: forwarded to the caller. gemm computes dst = alpha·dst + beta·lhs·rhs, reading
-    // dst only when `read_dst` is set.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+    let (dst_rs, dst_cs) = (dst_rs as isize, dst_cs as isize);
+    let (lhs_rs, lhs_cs) = (lhs_rs as isize, lhs_cs as isize);
+    let (rhs_rs, rhs_cs) = (rhs_rs as isize, rhs_cs as isize);
+    match simd::level() {
+        // SAFETY: forwarded to the caller. gemm computes dst = alpha·dst + beta·lhs·rhs,
+        // reading dst only when `read_dst` is set.
+        simd::Level::Avx512 => unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                dst_cs,
+                dst_rs,
+                accumulate,
+                lhs,
+                lhs_cs,
+                lhs_rs,
+                rhs,
+                rhs_cs,
+                rhs_rs,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        },
+        // SAFETY: forwarded to the caller; `lowered_gemm` only runs a level the host has.
+        level => unsafe {
+            lowered_gemm(
+                level, m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs,
+                rhs_cs,
+            )
+        },
+    }
+}
+
+/// gemm's AVX2+FMA (`avx2`) or scalar (`generic`) kernels, called directly: gemm picks its
+/// kernel from the CPU alone (a private function pointer), so a lowered level has to go
+/// around its dispatcher to `gemm_basic_generic` with gemm-f32's microkernel tables, which
+/// is what gemm's dispatcher calls for those CPUs. The operand swap is gemm's own: its
+/// microkernels want a column-major destination.
+///
+/// # Safety
+/// As [`sgemm`]; strides are non-negative.
+#[allow(clippy::too_many_arguments)]
+unsafe fn lowered_gemm(
+    level: simd::Level,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    read_dst: bool,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
+    use gemm_common::gemm::gemm_basic_generic;
+    let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = if dst_cs < dst_rs {
+        (
+            n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs,
         )
+    } else {
+        (
+            m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
+        )
+    };
+    let par = gemm_common::Parallelism::None;
+    let fma = |a: f32, b: f32, c: f32| a * b + c;
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        simd::Level::Avx2 => {
+            use gemm_f32::microkernel::fma::f32 as ukr;
+            let Some(v3) = gemm_common::simd::V3::try_new() else {
+                unreachable!("level avx2 is only chosen on a host with AVX2 and FMA")
+            };
+            // SAFETY: forwarded to the caller; V3 proves the CPU has AVX2 and FMA.
+            unsafe {
+                gemm_basic_generic::<
+                    _,
+                    f32,
+                    8,
+                    { ukr::MR_DIV_N * 8 },
+                    { ukr::NR },
+                    { ukr::MR_DIV_N },
+                    { ukr::H_M },
+                    { ukr::H_N },
+                >(
+                    v3,
+                    m,
+                    n,
+                    k,
+                    dst,
+                    dst_cs,
+                    dst_rs,
+                    read_dst,
+                    lhs,
+                    lhs_cs,
+                    lhs_rs,
+                    rhs,
+                    rhs_cs,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    fma,
+                    &ukr::UKR,
+                    &ukr::H_UKR,
+                    false,
+                    par,
+                )
+            }
+        }
+        _ => {
+            use gemm_f32::microkernel::scalar::f32 as ukr;
+            // SAFETY: forwarded to the caller; the scalar kernels need no CPU feature.
+            unsafe {
+                gemm_basic_generic::<
+                    _,
+                    f32,
+                    1,
+                    { ukr::MR_DIV_N },
+                    { ukr::NR },
+                    { ukr::MR_DIV_N },
+                    { ukr::H_M },
+                    { ukr::H_N },
+                >(
+                    gemm_common::simd::Scalar,
+                    m,
+                    n,
+                    k,
+                    dst,
+                    dst_cs,
+                    dst_rs,
+                    read_dst,
+                    lhs,
+                    lhs_cs,
+                    lhs_rs,
+                    rhs,
+                    rhs_cs,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    fma,
+                    &ukr::UKR,
+                    &ukr::H_UKR,
+                    false,
+                    par,
+                )
+            }
+        }
     }
 }
 
@@ -195,19 +338,21 @@ pub(crate) fn group_bounds(n: usize, max_groups: usize) -> Vec<(usize, usize)> {
     ranges(n, step).collect()
 }
 
-/// Sum of a slice with 16 f32 lanes per block of 4096, blocks combined in f64.
-pub(crate) fn sum_f64(x: &[f32]) -> f64 {
-    let mut total = 0f64;
-    for block in x.chunks(4096) {
-        let mut acc = [0f32; 16];
-        let mut it = block.chunks_exact(16);
-        for c in &mut it {
-            for l in 0..16 {
-                acc[l] += c[l];
+simd::dispatch! {
+    /// Sum of a slice with 16 f32 lanes per block of 4096, blocks combined in f64.
+    pub(crate) fn sum_f64(x: &[f32]) -> f64 {
+        let mut total = 0f64;
+        for block in x.chunks(4096) {
+            let mut acc = [0f32; 16];
+            let mut it = block.chunks_exact(16);
+            for c in &mut it {
+                for l in 0..16 {
+                    acc[l] += c[l];
+                }
             }
+            let tail: f32 = it.remainder().iter().sum();
+            total += acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
         }
-        let tail: f32 = it.remainder().iter().sum();
-        total += acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
+        total
     }
-    total
 }

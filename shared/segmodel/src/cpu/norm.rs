@@ -3,7 +3,8 @@
 //! biased variance, as PyTorch's `InstanceNorm3d(affine=True)`.
 //!
 //! The activation is a leaky ReLU with slope `s`: `s = 1` is the identity, `s = 0` ReLU.
-//! Every loop is branch-free over 16-float blocks so that it vectorizes.
+//! Every loop is branch-free over 16-float blocks so that it vectorizes; the per-plane
+//! loops are compiled once per SIMD level (`simd::dispatch!`).
 
 use rayon::prelude::*;
 
@@ -67,6 +68,7 @@ fn lane_sum2(x: &[f32], g: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, 
 }
 
 /// Mean and 1/sqrt(var + eps) of one plane (two passes).
+#[inline(always)]
 fn stats(x: &[f32], eps: f64) -> (f32, f32) {
     let n = x.len().max(1) as f64;
     let m = (lane_sum(x, |v| v) / n) as f32;
@@ -76,7 +78,7 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
 
 /// Per-plane scale and shift so that `z = a·x + b`; identical in both passes so the
 /// activation mask recomputed in the backward pass matches the forward one bit for bit.
-#[inline]
+#[inline(always)]
 fn affine(mean: f32, rstd: f32, gamma: f32, beta: f32) -> (f32, f32) {
     let a = gamma * rstd;
     (a, beta - mean * a)
@@ -103,13 +105,52 @@ pub(crate) fn forward(
         .enumerate()
         .for_each(|(p, (yp, xp))| {
             let ch = p % c;
-            let (mean, rstd) = stats(xp, eps);
-            let (a, b) = affine(mean, rstd, gamma[ch], beta[ch]);
-            for (y, &x) in yp.iter_mut().zip(xp) {
-                *y = act(a * x + b, slope);
-            }
+            forward_plane(xp, yp, gamma[ch], beta[ch], eps, slope);
         });
     y
+}
+
+simd::dispatch! {
+    /// One plane of [`forward`].
+    fn forward_plane(xp: &[f32], yp: &mut [f32], gamma: f32, beta: f32, eps: f64, slope: f32) {
+        let (mean, rstd) = stats(xp, eps);
+        let (a, b) = affine(mean, rstd, gamma, beta);
+        for (y, &x) in yp.iter_mut().zip(xp) {
+            *y = act(a * x + b, slope);
+        }
+    }
+}
+
+simd::dispatch! {
+    /// One plane of [`backward`]: writes `dx`, returns `(Σ dz, Σ dz·x̂)`.
+    fn backward_plane(
+        xp: &[f32],
+        gp: &[f32],
+        dxp: &mut [f32],
+        gamma: f32,
+        beta: f32,
+        eps: f64,
+        slope: f32,
+    ) -> (f64, f64) {
+        let s = xp.len();
+        let (mean, rstd) = stats(xp, eps);
+        let (a, b) = affine(mean, rstd, gamma, beta);
+        let (s1, s2) = lane_sum2(xp, gp, |xv, gv| {
+            let dz = gv * act_grad(a * xv + b, slope);
+            (dz, dz * (xv - mean))
+        });
+        let s2 = s2 * rstd as f64; // Σ dz·x̂
+        let m1 = (s1 / s as f64) as f32;
+        let m2 = (s2 / s as f64) as f32;
+        // dx = γ·rstd·(dz − m1 − x̂·m2), x̂ = (x − mean)·rstd
+        let k = gamma * rstd;
+        let (kr, c0) = (k * rstd * m2, k * m1);
+        for ((d, &xv), &gv) in dxp.iter_mut().zip(xp).zip(gp) {
+            let dz = gv * act_grad(a * xv + b, slope);
+            *d = k * dz - c0 - kr * (xv - mean);
+        }
+        (s1, s2)
+    }
 }
 
 /// Returns `(dx, dγ, dβ)`.
@@ -138,23 +179,7 @@ pub(crate) fn backward(
         .enumerate()
         .map(|(p, (dxp, (xp, gp)))| {
             let ch = p % c;
-            let (mean, rstd) = stats(xp, eps);
-            let (a, b) = affine(mean, rstd, gamma[ch], beta[ch]);
-            let (s1, s2) = lane_sum2(xp, gp, |xv, gv| {
-                let dz = gv * act_grad(a * xv + b, slope);
-                (dz, dz * (xv - mean))
-            });
-            let s2 = s2 * rstd as f64; // Σ dz·x̂
-            let m1 = (s1 / s as f64) as f32;
-            let m2 = (s2 / s as f64) as f32;
-            // dx = γ·rstd·(dz − m1 − x̂·m2), x̂ = (x − mean)·rstd
-            let k = gamma[ch] * rstd;
-            let (kr, c0) = (k * rstd * m2, k * m1);
-            for ((d, &xv), &gv) in dxp.iter_mut().zip(xp).zip(gp) {
-                let dz = gv * act_grad(a * xv + b, slope);
-                *d = k * dz - c0 - kr * (xv - mean);
-            }
-            (s1, s2)
+            backward_plane(xp, gp, dxp, gamma[ch], beta[ch], eps, slope)
         })
         .collect();
     let mut dgamma = vec![0f64; c];

@@ -42,23 +42,29 @@ pub(crate) fn forward(x: &[f32], planes: usize, dims: [usize; 3]) -> Vec<f32> {
     let ow = od[2];
     y.par_chunks_mut(sout)
         .zip(x.par_chunks(sin))
-        .for_each(|(yp, xp)| {
-            // Max over the 4 input rows of a window row, elementwise (vectorizes), then over
-            // adjacent pairs. Same value as `window_argmax` picks for non-NaN inputs.
-            let mut tmp = vec![0f32; 2 * ow];
-            for (row, yrow) in yp.chunks_exact_mut(ow).enumerate() {
-                let (d, h) = (row / od[1], row % od[1]);
-                let r = |a: usize, b: usize| &xp[((2 * d + a) * hi + 2 * h + b) * wi..][..2 * ow];
-                let (r00, r01, r10, r11) = (r(0, 0), r(0, 1), r(1, 0), r(1, 1));
-                for (i, t) in tmp.iter_mut().enumerate() {
-                    *t = r00[i].max(r01[i]).max(r10[i].max(r11[i]));
-                }
-                for (o, y) in yrow.iter_mut().enumerate() {
-                    *y = tmp[2 * o].max(tmp[2 * o + 1]);
-                }
-            }
-        });
+        .for_each(|(yp, xp)| forward_plane(xp, yp, hi, wi, od[1], ow));
     y
+}
+
+simd::dispatch! {
+    /// One plane of [`forward`]: `xp` has rows of `wi`, `hi` rows per slice; `yp` rows of `ow`,
+    /// `oh` rows per slice.
+    fn forward_plane(xp: &[f32], yp: &mut [f32], hi: usize, wi: usize, oh: usize, ow: usize) {
+        // Max over the 4 input rows of a window row, elementwise (vectorizes), then over
+        // adjacent pairs. Same value as `window_argmax` picks for non-NaN inputs.
+        let mut tmp = vec![0f32; 2 * ow];
+        for (row, yrow) in yp.chunks_exact_mut(ow).enumerate() {
+            let (d, h) = (row / oh, row % oh);
+            let r = |a: usize, b: usize| &xp[((2 * d + a) * hi + 2 * h + b) * wi..][..2 * ow];
+            let (r00, r01, r10, r11) = (r(0, 0), r(0, 1), r(1, 0), r(1, 1));
+            for (i, t) in tmp.iter_mut().enumerate() {
+                *t = r00[i].max(r01[i]).max(r10[i].max(r11[i]));
+            }
+            for (o, y) in yrow.iter_mut().enumerate() {
+                *y = tmp[2 * o].max(tmp[2 * o + 1]);
+            }
+        }
+    }
 }
 
 /// Routes each output gradient to the window's first maximum; other inputs get zero.

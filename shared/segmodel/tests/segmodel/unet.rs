@@ -131,43 +131,48 @@ fn seeded_initialization_is_deterministic() -> Result<()> {
 /// with its output's shape.
 #[test]
 fn forward_tapped_names_every_layer_in_order() -> Result<()> {
-    let dev = &Device::Cpu;
-    let varmap = VarMap::new();
-    let net = unet3d(&small(), seeded_var_builder(&varmap, 3, DType::F32, dev))?;
-    let x = Tensor::randn(0f32, 1.0, (1, 2, 8, 8, 8), dev)?;
-    let mut seen: Vec<(String, Vec<usize>)> = Vec::new();
-    let y = net.forward_tapped(&x, &mut |name, t| {
-        seen.push((name.to_string(), t.dims().to_vec()));
-        Ok(())
-    })?;
-    assert_eq!(values(&y)?, values(&net.forward(&x)?)?);
-    let block = |p: &str, c: usize, s: usize| {
-        ["conv1", "norm1", "conv2", "norm2"].map(|l| (format!("{p}.{l}"), vec![1, c, s, s, s]))
-    };
-    let mut want = Vec::new();
-    want.extend(block("enc.0", 4, 8));
-    want.push(("pool.1".to_string(), vec![1, 4, 4, 4, 4]));
-    want.extend(block("enc.1", 8, 4));
-    want.push(("pool.2".to_string(), vec![1, 8, 2, 2, 2]));
-    want.extend(block("enc.2", 16, 2));
-    want.push(("up.1".to_string(), vec![1, 8, 4, 4, 4]));
-    want.push(("cat.1".to_string(), vec![1, 16, 4, 4, 4]));
-    want.extend(block("dec.1", 8, 4));
-    want.push(("up.0".to_string(), vec![1, 4, 8, 8, 8]));
-    want.push(("cat.0".to_string(), vec![1, 8, 8, 8, 8]));
-    want.extend(block("dec.0", 4, 8));
-    want.push(("head".to_string(), vec![1, 3, 8, 8, 8]));
-    assert_eq!(seen, want);
-
-    // An error from the tap stops the pass.
-    let e = net
-        .forward_tapped(&x, &mut |name, _| {
-            if name == "pool.1" {
-                candle_core::bail!("stop at {name}")
-            }
+    // Compares two runs bit for bit: pinned to one SIMD level, which another test forcing
+    // levels cannot change in between.
+    simd::with_level(simd::detected(), || -> Result<()> {
+        let dev = &Device::Cpu;
+        let varmap = VarMap::new();
+        let net = unet3d(&small(), seeded_var_builder(&varmap, 3, DType::F32, dev))?;
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 8, 8, 8), dev)?;
+        let mut seen: Vec<(String, Vec<usize>)> = Vec::new();
+        let y = net.forward_tapped(&x, &mut |name, t| {
+            seen.push((name.to_string(), t.dims().to_vec()));
             Ok(())
-        })
-        .unwrap_err();
-    assert!(e.to_string().contains("stop at pool.1"), "{e}");
-    Ok(())
+        })?;
+        assert_eq!(values(&y)?, values(&net.forward(&x)?)?);
+        let block = |p: &str, c: usize, s: usize| {
+            ["conv1", "norm1", "conv2", "norm2"].map(|l| (format!("{p}.{l}"), vec![1, c, s, s, s]))
+        };
+        let mut want = Vec::new();
+        want.extend(block("enc.0", 4, 8));
+        want.push(("pool.1".to_string(), vec![1, 4, 4, 4, 4]));
+        want.extend(block("enc.1", 8, 4));
+        want.push(("pool.2".to_string(), vec![1, 8, 2, 2, 2]));
+        want.extend(block("enc.2", 16, 2));
+        want.push(("up.1".to_string(), vec![1, 8, 4, 4, 4]));
+        want.push(("cat.1".to_string(), vec![1, 16, 4, 4, 4]));
+        want.extend(block("dec.1", 8, 4));
+        want.push(("up.0".to_string(), vec![1, 4, 8, 8, 8]));
+        want.push(("cat.0".to_string(), vec![1, 8, 8, 8, 8]));
+        want.extend(block("dec.0", 4, 8));
+        want.push(("head".to_string(), vec![1, 3, 8, 8, 8]));
+        assert_eq!(seen, want);
+
+        // An error from the tap stops the pass.
+        let e = net
+            .forward_tapped(&x, &mut |name, _| {
+                if name == "pool.1" {
+                    candle_core::bail!("stop at {name}")
+                }
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("stop at pool.1"), "{e}");
+        Ok(())
+    })
+    .expect("the host's own level")
 }

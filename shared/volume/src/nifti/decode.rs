@@ -16,6 +16,10 @@ use crate::Volume;
 
 /// Reads a `.nii` or `.nii.gz` file (gzip recognised by its magic bytes).
 pub fn read_nifti(path: &Path, limits: &ReadLimits) -> Result<NiftiImage, NiftiError> {
+    read_path_as(path, limits)
+}
+
+fn read_path_as<T: Target>(path: &Path, limits: &ReadLimits) -> Result<NiftiImage<T>, NiftiError> {
     let file = path.display().to_string();
     let io_err = |op, source| NiftiError::Io {
         file: file.clone(),
@@ -46,6 +50,30 @@ pub fn read_nifti_bytes(
     name: &str,
     limits: &ReadLimits,
 ) -> Result<NiftiImage, NiftiError> {
+    read_bytes_as(bytes, name, limits)
+}
+
+/// Reads a label map straight into `u8` classes, never holding it as `f32`: every value
+/// (after scaling) must be an integer in `0..=255`, else the error names the first voxel
+/// that is not. Otherwise as [`read_nifti`].
+pub fn read_nifti_labels(path: &Path, limits: &ReadLimits) -> Result<NiftiImage<u8>, NiftiError> {
+    read_path_as(path, limits)
+}
+
+/// [`read_nifti_labels`] of an in-memory `.nii` or `.nii.gz`.
+pub fn read_nifti_labels_bytes(
+    bytes: &[u8],
+    name: &str,
+    limits: &ReadLimits,
+) -> Result<NiftiImage<u8>, NiftiError> {
+    read_bytes_as(bytes, name, limits)
+}
+
+fn read_bytes_as<T: Target>(
+    bytes: &[u8],
+    name: &str,
+    limits: &ReadLimits,
+) -> Result<NiftiImage<T>, NiftiError> {
     if is_gzip(bytes) {
         let len = bytes.len() as u64;
         decode_stream(MultiGzDecoder::new(bytes), name, None, Some(len), limits)
@@ -66,7 +94,11 @@ pub fn count_non_finite(values: &[f32]) -> usize {
     }
 }
 
-fn decode_slice(bytes: &[u8], name: &str, limits: &ReadLimits) -> Result<NiftiImage, NiftiError> {
+fn decode_slice<T: Target>(
+    bytes: &[u8],
+    name: &str,
+    limits: &ReadLimits,
+) -> Result<NiftiImage<T>, NiftiError> {
     let Some(raw) = bytes.first_chunk::<HEADER_SIZE>() else {
         return Err(truncated(name, "header", HEADER_SIZE, bytes.len()));
     };
@@ -79,21 +111,23 @@ fn decode_slice(bytes: &[u8], name: &str, limits: &ReadLimits) -> Result<NiftiIm
         false,
     )?;
     let data = &bytes[header.vox_offset..header.vox_offset + header.data_bytes()];
-    let mut values = vec![0f32; header.values()];
-    convert(&header, data, &mut values);
+    let mut values = vec![T::default(); header.values()];
+    if let Some(bad) = T::convert(&header, data, &mut values, 0) {
+        return Err(T::refused(&header, name, bad));
+    }
     Ok(image(header, values))
 }
 
 /// Reads header, skips extensions, then decodes the voxel data chunk by chunk, never reading
 /// past `vox_offset + data bytes`. `known_len` is the length of plain data, `gzip_len` that
 /// of a gzip stream.
-fn decode_stream<R: Read>(
+fn decode_stream<T: Target, R: Read>(
     reader: R,
     name: &str,
     known_len: Option<u64>,
     gzip_len: Option<u64>,
     limits: &ReadLimits,
-) -> Result<NiftiImage, NiftiError> {
+) -> Result<NiftiImage<T>, NiftiError> {
     let gzip = gzip_len.is_some();
     let read_err = |e: io::Error, what: &'static str, expected: usize, found: usize| {
         stream_error(e, name, gzip, what, expected, found)
@@ -118,16 +152,19 @@ fn decode_stream<R: Read>(
 
     let total = header.data_bytes();
     reader.set_limit(total as u64);
-    let mut values = vec![0f32; header.values()];
+    let mut values = vec![T::default(); header.values()];
     let size = header.datatype.size();
+    // The first refused voxel (lowest index) over all chunks, for targets that refuse some.
+    let refused: std::sync::Mutex<Option<(usize, f32)>> = std::sync::Mutex::new(None);
     let chunk_len = STREAM_CHUNK.min(total);
     // Decompression is sequential: this thread inflates chunk after chunk while rayon
     // converts the previous ones, so a read costs about one inflate pass. Converted chunk
     // buffers come back through `recycled`.
     let (give_back, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     let header_ref = &header;
+    let refused_ref = &refused;
     rayon::in_place_scope(|scope| -> Result<(), NiftiError> {
-        let mut rest: &mut [f32] = &mut values;
+        let mut rest: &mut [T] = &mut values;
         let mut done = 0;
         while done < total {
             let want = chunk_len.min(total - done);
@@ -140,14 +177,23 @@ fn decode_stream<R: Read>(
             let (out, tail) = std::mem::take(&mut rest).split_at_mut(want / size);
             rest = tail;
             let give_back = give_back.clone();
+            let first = done / size;
             scope.spawn(move |_| {
-                convert(header_ref, &chunk[..want], out);
+                if let Some(bad) = T::convert(header_ref, &chunk[..want], out, first) {
+                    let mut slot = refused_ref.lock().unwrap_or_else(|p| p.into_inner());
+                    if slot.is_none_or(|(i, _)| bad.0 < i) {
+                        *slot = Some(bad);
+                    }
+                }
                 let _ = give_back.send(chunk);
             });
             done += want;
         }
         Ok(())
     })?;
+    if let Some(bad) = refused.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(T::refused(&header, name, bad));
+    }
 
     if gzip {
         // Reading on to the end lets the decoder reach the trailer and check the CRC. Bytes
@@ -396,7 +442,7 @@ fn check_known_length(header: &Header, len: u64, name: &str) -> Result<(), Nifti
     Ok(())
 }
 
-fn image(header: Header, values: Vec<f32>) -> NiftiImage {
+fn image<T>(header: Header, values: Vec<T>) -> NiftiImage<T> {
     NiftiImage {
         volume: Volume {
             data: values,
@@ -406,6 +452,84 @@ fn image(header: Header, values: Vec<f32>) -> NiftiImage {
         },
         datatype: header.datatype.code(),
         spatial: header.spatial,
+    }
+}
+
+/// What voxels decode into: `f32` (images) or `u8` (label maps).
+trait Target: Copy + Default + Send + Sync + 'static {
+    /// Converts the stored values in `raw` (voxels `first..`) into `out`; returns the first
+    /// voxel this type cannot hold (index, value as `f32`), if any.
+    fn convert(header: &Header, raw: &[u8], out: &mut [Self], first: usize)
+    -> Option<(usize, f32)>;
+
+    /// The error for a voxel [`Target::convert`] refused.
+    fn refused(header: &Header, name: &str, bad: (usize, f32)) -> NiftiError;
+}
+
+impl Target for f32 {
+    fn convert(
+        header: &Header,
+        raw: &[u8],
+        out: &mut [f32],
+        _first: usize,
+    ) -> Option<(usize, f32)> {
+        convert(header, raw, out);
+        None
+    }
+
+    fn refused(_: &Header, name: &str, (i, v): (usize, f32)) -> NiftiError {
+        unreachable_refusal(name, i, v)
+    }
+}
+
+#[cold]
+fn unreachable_refusal(name: &str, i: usize, v: f32) -> NiftiError {
+    NiftiError::Invalid {
+        file: name.to_owned(),
+        problem: format!("voxel {i} = {v} refused"),
+    }
+}
+
+/// A label value: a finite integer in `0..=255` after scaling.
+fn is_class(v: f32) -> bool {
+    v.is_finite() && v.fract() == 0.0 && (0.0..=255.0).contains(&v)
+}
+
+impl Target for u8 {
+    fn convert(header: &Header, raw: &[u8], out: &mut [u8], first: usize) -> Option<(usize, f32)> {
+        if header.datatype == DataType::U8 && header.scaling.is_none() {
+            out.copy_from_slice(raw);
+            return None;
+        }
+        let size = header.datatype.size();
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(raw.par_chunks(PAR_CHUNK * size))
+            .enumerate()
+            .filter_map(|(c, (out, raw))| {
+                let mut wide = vec![0f32; out.len()];
+                convert(header, raw, &mut wide);
+                for (j, (o, &v)) in out.iter_mut().zip(&wide).enumerate() {
+                    if !is_class(v) {
+                        return Some((first + c * PAR_CHUNK + j, v));
+                    }
+                    *o = v as u8;
+                }
+                None
+            })
+            .min_by_key(|&(i, _)| i)
+    }
+
+    fn refused(header: &Header, name: &str, (i, v): (usize, f32)) -> NiftiError {
+        let [nx, ny, _] = header.dims;
+        NiftiError::Invalid {
+            file: name.to_owned(),
+            problem: format!(
+                "label value {v} at voxel ({}, {}, {}) is not an integer class in 0..=255",
+                i % nx,
+                (i / nx) % ny,
+                (i / (nx * ny)) % header.dims[2].max(1)
+            ),
+        }
     }
 }
 
@@ -465,6 +589,84 @@ mod tests {
     use crate::nifti::fixtures::*;
     use crate::nifti::header::*;
     use crate::nifti::*;
+
+    fn labels(bytes: &[u8], name: &str) -> Result<NiftiImage<u8>, NiftiError> {
+        read_nifti_labels_bytes(bytes, name, &ReadLimits::default())
+    }
+
+    #[test]
+    fn labels_decode_straight_to_u8_from_any_integer_valued_type() {
+        let classes: Vec<u8> = (0..300).map(|i| (i * 7 % 5) as u8).collect();
+        let dims = [10, 6, 5];
+        for be in [false, true] {
+            let order = |mut b: Vec<u8>| {
+                if be {
+                    b.reverse();
+                }
+                b
+            };
+            let u8s = classes.clone();
+            let i16s: Vec<u8> = classes
+                .iter()
+                .flat_map(|&c| order((c as i16).to_le_bytes().to_vec()))
+                .collect();
+            let f32s: Vec<u8> = classes
+                .iter()
+                .flat_map(|&c| order((c as f32).to_le_bytes().to_vec()))
+                .collect();
+            for (code, bitpix, data) in [(2, 8, u8s), (4, 16, i16s), (16, 32, f32s)] {
+                let raw = Raw::with_order(&[10, 6, 5], code, bitpix, be).with_data(&data);
+                for (name, bytes) in [("l.nii", raw.clone()), ("l.nii.gz", gzip(&raw))] {
+                    let img = labels(&bytes, name).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(img.datatype, code);
+                    assert_eq!(img.volume.dims, dims);
+                    assert_eq!(img.volume.data, classes, "{name} code {code} be {be}");
+                }
+            }
+        }
+        // Scaling applies before the check: stored 0..2 with slope 2, intercept 1 → 1, 3, 5.
+        let mut raw = Raw::new(&[3, 1, 1], 2, 8);
+        raw.f32(OFF_SCL_SLOPE, 2.0).f32(OFF_SCL_INTER, 1.0);
+        let img = labels(&raw.with_data(&[0, 1, 2]), "scaled.nii").unwrap();
+        assert_eq!(img.volume.data, vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn labels_refuse_the_first_voxel_that_is_not_a_class() {
+        // Two stream chunks of int16 (1 MiB = 524 288 values each), converted concurrently:
+        // bad values in both; the error names the earliest, whichever chunk finished first.
+        let n = 600_000usize;
+        let mut values = vec![1i16; n];
+        values[590_123] = 256;
+        values[550_000] = -1;
+        values[100_000] = 300;
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw = Raw::new(&[1000, 600, 1], 4, 16).with_data(&data);
+        for (name, bytes) in [("big.nii", raw.clone()), ("big.nii.gz", gzip(&raw))] {
+            let e = labels(&bytes, name).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{name}: label value 300 at voxel (0, 100, 0) is not an integer class in 0..=255"
+                )
+            );
+        }
+        let f: Vec<u8> = [0.0f32, 1.0, 1.5, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = labels(&Raw::new(&[4, 1, 1], 16, 32).with_data(&f), "frac.nii").unwrap_err();
+        assert!(
+            e.to_string().contains("label value 1.5 at voxel (2, 0, 0)"),
+            "{e}"
+        );
+        let e = labels(
+            &Raw::new(&[4, 1, 1], 16, 32).with_data(&f[..12]),
+            "short.nii",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
 
     #[test]
     fn reads_every_datatype_in_both_byte_orders() {

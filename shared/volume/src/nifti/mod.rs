@@ -20,10 +20,12 @@ use std::io;
 
 use crate::Volume;
 
-pub use decode::{count_non_finite, read_nifti, read_nifti_bytes};
+pub use decode::{
+    count_non_finite, read_nifti, read_nifti_bytes, read_nifti_labels, read_nifti_labels_bytes,
+};
 pub use header::{DataType, GeometrySource, Header, SpatialFields, parse_header};
 pub use write::{
-    NiftiElem, try_write_nifti_bytes, write_nifti, write_nifti_bytes, write_nifti_like,
+    NiftiElem, NiftiWriter, try_write_nifti_bytes, write_nifti, write_nifti_bytes, write_nifti_like,
 };
 
 /// Size of a NIfTI-1 header.
@@ -126,10 +128,11 @@ impl NiftiError {
     }
 }
 
-/// A decoded image: voxel values with `scl_slope`/`scl_inter` applied, as f32.
+/// A decoded image: voxel values with `scl_slope`/`scl_inter` applied, as f32 (images) or
+/// u8 (label maps, [`read_nifti_labels`]).
 #[derive(Debug, Clone)]
-pub struct NiftiImage {
-    pub volume: Volume<f32>,
+pub struct NiftiImage<T = f32> {
+    pub volume: Volume<T>,
     /// NIfTI datatype code of the stored data (2 = uint8, 4 = int16, 16 = float32, ...).
     pub datatype: i16,
     /// The header's spatial fields as stored.

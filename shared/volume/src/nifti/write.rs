@@ -14,8 +14,8 @@ use super::header::{
     OFF_XYZT_UNITS,
 };
 use super::{MAX_DIM, MIN_VOX_OFFSET, NiftiError, PAR_CHUNK, SpatialFields, ends_with_gz};
-use crate::Volume;
 use crate::geometry::{affine_to_quatern, det3};
+use crate::{Geometry, Volume};
 
 /// Element types that can be written.
 pub trait NiftiElem: Copy + Send + Sync + 'static {
@@ -23,12 +23,29 @@ pub trait NiftiElem: Copy + Send + Sync + 'static {
     /// Bytes per element (`bitpix / 8`).
     const SIZE: usize = size_of::<Self>();
     fn write_le(self, out: &mut Vec<u8>);
+
+    /// Writes `values` little-endian to `out`.
+    fn write_all_le(values: &[Self], out: &mut impl Write) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(PAR_CHUNK.min(values.len()) * Self::SIZE);
+        for chunk in values.chunks(PAR_CHUNK) {
+            buf.clear();
+            for &v in chunk {
+                v.write_le(&mut buf);
+            }
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    }
 }
 
 impl NiftiElem for u8 {
     const DATATYPE: i16 = 2;
     fn write_le(self, out: &mut Vec<u8>) {
         out.push(self);
+    }
+
+    fn write_all_le(values: &[u8], out: &mut impl Write) -> io::Result<()> {
+        out.write_all(values)
     }
 }
 
@@ -43,6 +60,30 @@ impl NiftiElem for f32 {
     const DATATYPE: i16 = 16;
     fn write_le(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
+    }
+
+    fn write_all_le(values: &[f32], out: &mut impl Write) -> io::Result<()> {
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: f32 has no padding and every byte pattern is a valid u8; the slice
+            // covers exactly the values' bytes, which are little-endian on this target.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of_val(values))
+            };
+            out.write_all(bytes)
+        }
+        #[cfg(not(target_endian = "little"))]
+        {
+            let mut buf = Vec::with_capacity(PAR_CHUNK.min(values.len()) * 4);
+            for chunk in values.chunks(PAR_CHUNK) {
+                buf.clear();
+                for &v in chunk {
+                    v.write_le(&mut buf);
+                }
+                out.write_all(&buf)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -65,7 +106,13 @@ pub fn try_write_nifti_bytes<T: NiftiElem>(
     gzip: bool,
 ) -> Result<Vec<u8>, NiftiError> {
     const NAME: &str = "<in-memory NIfTI>";
-    let header = build_header(volume).map_err(|problem| NiftiError::Invalid {
+    let header = build_header::<T>(
+        volume.dims,
+        volume.channels,
+        &volume.geometry,
+        volume.data.len(),
+    )
+    .map_err(|problem| NiftiError::Invalid {
         file: NAME.to_owned(),
         problem,
     })?;
@@ -89,7 +136,13 @@ pub fn try_write_nifti_bytes<T: NiftiElem>(
 /// Writes `path` (gzip iff it ends in `.gz`) through a sibling `.partial` file renamed into
 /// place, so readers never see half a file.
 pub fn write_nifti<T: NiftiElem>(path: &Path, volume: &Volume<T>) -> Result<(), NiftiError> {
-    let header = build_header(volume).map_err(|problem| NiftiError::Invalid {
+    let header = build_header::<T>(
+        volume.dims,
+        volume.channels,
+        &volume.geometry,
+        volume.data.len(),
+    )
+    .map_err(|problem| NiftiError::Invalid {
         file: path.display().to_string(),
         problem,
     })?;
@@ -105,7 +158,13 @@ pub fn write_nifti_like<T: NiftiElem>(
     volume: &Volume<T>,
     source: &SpatialFields,
 ) -> Result<(), NiftiError> {
-    let mut header = build_header(volume).map_err(|problem| NiftiError::Invalid {
+    let mut header = build_header::<T>(
+        volume.dims,
+        volume.channels,
+        &volume.geometry,
+        volume.data.len(),
+    )
+    .map_err(|problem| NiftiError::Invalid {
         file: path.display().to_string(),
         problem,
     })?;
@@ -169,21 +228,92 @@ fn write_body<T: NiftiElem>(
     out: &mut impl Write,
 ) -> io::Result<()> {
     out.write_all(header)?;
-    let mut buf = Vec::with_capacity(PAR_CHUNK * T::SIZE);
-    for chunk in volume.data.chunks(PAR_CHUNK) {
-        buf.clear();
-        for &v in chunk {
-            v.write_le(&mut buf);
-        }
-        out.write_all(&buf)?;
+    T::write_all_le(&volume.data, out)
+}
+
+/// Writes an uncompressed NIfTI-1 piece by piece, so that a volume being computed slab by
+/// slab is never held whole: the header when made, then the values in order
+/// ([`NiftiWriter::write`]), and [`NiftiWriter::finish`] checks that exactly
+/// `dims × channels` values came. The bytes are those [`write_nifti_bytes`] makes.
+pub struct NiftiWriter<W, T> {
+    out: W,
+    name: String,
+    left: usize,
+    _values: std::marker::PhantomData<fn(T)>,
+}
+
+impl<W: Write, T: NiftiElem> NiftiWriter<W, T> {
+    /// Writes the header for a volume of `dims` × `channels` values with `geometry`; `name`
+    /// is used in errors. Refuses what NIfTI-1 cannot hold (as [`try_write_nifti_bytes`]).
+    pub fn new(
+        mut out: W,
+        name: &str,
+        dims: [usize; 3],
+        channels: usize,
+        geometry: &Geometry,
+    ) -> Result<Self, NiftiError> {
+        let total = dims.iter().product::<usize>() * channels;
+        let header = build_header::<T>(dims, channels, geometry, total).map_err(|problem| {
+            NiftiError::Invalid {
+                file: name.to_owned(),
+                problem,
+            }
+        })?;
+        out.write_all(&header).map_err(|e| io_error(name, e))?;
+        Ok(Self {
+            out,
+            name: name.to_owned(),
+            left: total,
+            _values: std::marker::PhantomData,
+        })
     }
-    Ok(())
+
+    /// Appends the next values (x fastest, then y, z, channel).
+    pub fn write(&mut self, values: &[T]) -> Result<(), NiftiError> {
+        if values.len() > self.left {
+            return Err(self.count_error(values.len()));
+        }
+        T::write_all_le(values, &mut self.out).map_err(|e| io_error(&self.name, e))?;
+        self.left -= values.len();
+        Ok(())
+    }
+
+    /// Checks that every value came and hands the writer back (not flushed).
+    pub fn finish(self) -> Result<W, NiftiError> {
+        if self.left != 0 {
+            return Err(self.count_error(0));
+        }
+        Ok(self.out)
+    }
+
+    fn count_error(&self, more: usize) -> NiftiError {
+        NiftiError::Invalid {
+            file: self.name.clone(),
+            problem: format!(
+                "{} value(s) left to write, {more} given: a stream must end exactly at \
+                 dims × channels values",
+                self.left
+            ),
+        }
+    }
+}
+
+fn io_error(name: &str, source: io::Error) -> NiftiError {
+    NiftiError::Io {
+        file: name.to_owned(),
+        op: "cannot write",
+        source,
+    }
 }
 
 /// The 348-byte header plus 4 zero extension bytes, little-endian.
-fn build_header<T: NiftiElem>(volume: &Volume<T>) -> Result<[u8; MIN_VOX_OFFSET], String> {
-    let [nx, ny, nz] = volume.dims;
-    let c = volume.channels;
+fn build_header<T: NiftiElem>(
+    dims: [usize; 3],
+    c: usize,
+    g: &Geometry,
+    values: usize,
+) -> Result<[u8; MIN_VOX_OFFSET], String> {
+    let [nx, ny, nz] = dims;
     for (label, n) in [("x", nx), ("y", ny), ("z", nz), ("channels", c)] {
         if n == 0 || n > MAX_DIM {
             return Err(format!(
@@ -191,15 +321,12 @@ fn build_header<T: NiftiElem>(volume: &Volume<T>) -> Result<[u8; MIN_VOX_OFFSET]
             ));
         }
     }
-    if volume.data.len() != nx * ny * nz * c {
+    if values != nx * ny * nz * c {
         return Err(format!(
-            "volume data has {} values, dims {:?} × {c} channels need {}",
-            volume.data.len(),
-            volume.dims,
+            "volume data has {values} values, dims {dims:?} × {c} channels need {}",
             nx * ny * nz * c
         ));
     }
-    let g = &volume.geometry;
     if !g.spacing.iter().all(|s| s.is_finite() && *s > 0.0) {
         return Err(format!(
             "cannot write spacing {:?}: expected positive finite values",
@@ -273,6 +400,48 @@ mod tests {
     use crate::nifti::fixtures::*;
     use crate::nifti::header::*;
     use crate::nifti::*;
+
+    #[test]
+    fn streamed_writes_are_the_bytes_of_a_whole_write() {
+        let g = geometries()[0];
+        let dims = [5, 4, 3];
+        let f: Vec<f32> = (0..120).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let v = Volume::new(f.clone(), dims, 2, g);
+        let mut w = NiftiWriter::<_, f32>::new(Vec::new(), "s", dims, 2, &g).unwrap();
+        for piece in f.chunks(7) {
+            w.write(piece).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), write_nifti_bytes(&v, false));
+
+        let l: Vec<u8> = (0..60).map(|i| (i % 3) as u8).collect();
+        let lv = Volume::new(l.clone(), dims, 1, g);
+        let mut w = NiftiWriter::<_, u8>::new(Vec::new(), "l", dims, 1, &g).unwrap();
+        w.write(&l[..20]).unwrap();
+        w.write(&l[20..]).unwrap();
+        assert_eq!(w.finish().unwrap(), write_nifti_bytes(&lv, false));
+    }
+
+    #[test]
+    fn streamed_writes_refuse_a_wrong_count_and_a_bad_volume() {
+        let g = geometries()[1];
+        let mut w = NiftiWriter::<_, f32>::new(Vec::new(), "short", [2, 2, 2], 1, &g).unwrap();
+        w.write(&[0.0; 5]).unwrap();
+        let e = w.write(&[0.0; 4]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("short: 3 value(s) left to write, 4 given"),
+            "{e}"
+        );
+        let e = w.finish().unwrap_err();
+        assert!(
+            e.to_string().contains("3 value(s) left to write, 0 given"),
+            "{e}"
+        );
+        let e = NiftiWriter::<_, u8>::new(Vec::new(), "huge", [40_000, 1, 1], 1, &g)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("cannot write x = 40000"), "{e}");
+    }
 
     fn round_trip<T: NiftiElem + PartialEq + std::fmt::Debug>(
         make: impl Fn(usize) -> T,
