@@ -79,8 +79,8 @@ pub fn resample_image(v: &Volume<f32>, target: [f64; 3]) -> Volume<f32> {
 /// # Panics
 /// When a spacing is not finite and positive.
 pub fn resample_image_to(v: &Volume<f32>, spacing: [f64; 3], dims: [usize; 3]) -> Volume<f32> {
-    for a in 0..3 {
-        check_spacing(v.geometry.spacing[a], spacing[a]);
+    for (&s, &t) in v.geometry.spacing.iter().zip(&spacing) {
+        check_spacing(s, t);
     }
     let plan = LinearPlan::new(v.dims, dims, v.geometry.spacing, spacing);
     let n_out = dims.iter().product::<usize>();
