@@ -222,6 +222,29 @@ fn every_message_round_trips_as_named_map() {
         &["validation"],
     );
     check(
+        "train_job_final_model",
+        TrainJob {
+            schema: SCHEMA_VERSION,
+            study: "demo-final".into(),
+            job_id: "demo-final-1765000000".into(),
+            index: 1,
+            dataset_id: "d".into(),
+            strategy: strategy(),
+            training: TrainingConfig {
+                lr_schedule: LrSchedule::Poly,
+                ..TrainingConfig::default()
+            },
+            seed: 0,
+            final_model: Some(FinalModel {
+                source_study: "demo".into(),
+                bundle_prefix: "studies/demo/final/bundle".into(),
+                all_cases: true,
+            }),
+            validation: None,
+        },
+        &["final_model"],
+    );
+    check(
         "study_spec_with_pruning",
         StudySpec {
             pruning: Some(pruning()),

@@ -136,16 +136,7 @@ pub fn try_write_nifti_bytes<T: NiftiElem>(
 /// Writes `path` (gzip iff it ends in `.gz`) through a sibling `.partial` file renamed into
 /// place, so readers never see half a file.
 pub fn write_nifti<T: NiftiElem>(path: &Path, volume: &Volume<T>) -> Result<(), NiftiError> {
-    let header = build_header::<T>(
-        volume.dims,
-        volume.channels,
-        &volume.geometry,
-        volume.data.len(),
-    )
-    .map_err(|problem| NiftiError::Invalid {
-        file: path.display().to_string(),
-        problem,
-    })?;
+    let header = volume_header(path, volume)?;
     write_file(path, &header, volume)
 }
 
@@ -158,16 +149,7 @@ pub fn write_nifti_like<T: NiftiElem>(
     volume: &Volume<T>,
     source: &SpatialFields,
 ) -> Result<(), NiftiError> {
-    let mut header = build_header::<T>(
-        volume.dims,
-        volume.channels,
-        &volume.geometry,
-        volume.data.len(),
-    )
-    .map_err(|problem| NiftiError::Invalid {
-        file: path.display().to_string(),
-        problem,
-    })?;
+    let mut header = volume_header(path, volume)?;
     let mut put =
         |offset: usize, bytes: &[u8]| header[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(OFF_QFORM_CODE, &source.qform_code.to_le_bytes());
@@ -183,6 +165,23 @@ pub fn write_nifti_like<T: NiftiElem>(
     }
     put(OFF_XYZT_UNITS, &[source.xyzt_units]);
     write_file(path, &header, volume)
+}
+
+/// The header of `volume` as [`write_nifti`] writes it; errors name `path`.
+fn volume_header<T: NiftiElem>(
+    path: &Path,
+    volume: &Volume<T>,
+) -> Result<[u8; MIN_VOX_OFFSET], NiftiError> {
+    build_header::<T>(
+        volume.dims,
+        volume.channels,
+        &volume.geometry,
+        volume.data.len(),
+    )
+    .map_err(|problem| NiftiError::Invalid {
+        file: path.display().to_string(),
+        problem,
+    })
 }
 
 fn write_file<T: NiftiElem>(
