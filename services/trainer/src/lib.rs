@@ -299,15 +299,7 @@ async fn run_job(
             )));
         }
     }
-    let bundle_source = job.final_model.clone().map(|f| {
-        (
-            f,
-            job.job_id.clone(),
-            job.strategy.clone(),
-            job.training.clone(),
-            job.seed,
-        )
-    });
+    let final_job = job.final_model.is_some().then(|| job.clone());
     let handle = tokio::task::spawn_blocking(move || {
         let input = engine::TrainInput {
             data: &data,
@@ -330,21 +322,22 @@ async fn run_job(
         let out = engine::train_validated(&input, &device, &cancel, validation, |r| {
             let _ = tx.send(Tick::Epoch(r));
         })?;
-        let bundle = bundle_source.map(|(f, job_id, strategy, training, seed)| {
+        let bundle = final_job.and_then(|j| {
+            let f = j.final_model.as_ref()?;
             let bundle = engine::bundle::Bundle::new(
                 &data,
                 out.checkpoint.clone(),
                 &engine::bundle::BundleSource {
                     study: Some(&f.source_study),
-                    job_id: Some(&job_id),
-                    strategy: &strategy,
-                    training: &training,
-                    seed,
+                    job_id: Some(&j.job_id),
+                    strategy: &j.strategy,
+                    training: &j.training,
+                    seed: j.seed,
                     all_cases: f.all_cases,
                     validation_dice: None,
                 },
             );
-            (f.bundle_prefix, bundle)
+            Some((f.bundle_prefix.clone(), bundle))
         });
         Ok::<_, JobError>((out, bundle))
     });

@@ -433,15 +433,7 @@ pub fn evaluate(
     };
     // Components smaller than half the smallest one of their class in the training labels
     // are noise, not structures (segmodel::postprocess).
-    let min_sizes = segmodel::postprocess::min_component_sizes(
-        data.train.iter().map(|c| {
-            (
-                &c.label.data[..c.label.dims.iter().product::<usize>()],
-                c.label.dims,
-            )
-        }),
-        k,
-    );
+    let min_sizes = bundle::min_component_sizes(data);
     let mut per_case = Vec::new();
     let mut raw_sum = 0.0;
     let mut postprocessed_voxels = 0;

@@ -84,7 +84,8 @@ pub async fn run(a: FinalizeArgs) -> anyhow::Result<()> {
     };
     let Some(best) = rewards
         .iter()
-        .filter(|r| r.mean.is_finite())
+        // A pruned job's reward is an intermediate Dice, never the study's best.
+        .filter(|r| r.mean.is_finite() && !r.pruned)
         .max_by(|x, y| x.mean.total_cmp(&y.mean))
     else {
         anyhow::bail!("study {} has no reward yet: nothing to finalize", a.study);
