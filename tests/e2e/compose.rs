@@ -818,6 +818,10 @@ fn uses(role: &str) -> Vec<Op> {
             ops.extend(work_consumer(durable::EVALUATORS));
             ops.push(Op::Pub(subjects::rewards(S)));
             ops.push(Op::Pub(subjects::deadletter(S)));
+            // Predict requests.
+            ops.extend(work_consumer(durable::PREDICTORS));
+            ops.push(Op::Pub(subjects::predictions("req-1")));
+            ops.push(Op::Pub(subjects::DEADLETTER_PREDICT.to_string()));
         }
         "preprocessor" => {
             ops.extend(work_consumer(durable::PREPROCESSORS));
@@ -853,6 +857,7 @@ fn uses(role: &str) -> Vec<Op> {
                 stream::TRAINED,
                 stream::PREPROCESS,
                 stream::SUBMISSIONS,
+                stream::PREDICT,
             ] {
                 ops.push(api(format!("STREAM.MSG.GET.{s}")));
                 ops.push(api(format!("STREAM.MSG.DELETE.{s}")));
@@ -864,6 +869,8 @@ fn uses(role: &str) -> Vec<Op> {
             ops.push(Op::Pub(subjects::PREPROCESS_REQUESTS.to_string()));
             ops.push(Op::Pub(subjects::deadletter(S)));
             ops.push(Op::Pub(subjects::stop(S, J)));
+            ops.push(Op::Pub(subjects::predictions("req-1")));
+            ops.push(Op::Pub(subjects::DEADLETTER_PREDICT.to_string()));
         }
         "admin" => {
             ops.extend(provisioning());
@@ -873,6 +880,11 @@ fn uses(role: &str) -> Vec<Op> {
             ops.push(api(format!("STREAM.MSG.GET.{}", stream::REWARDS)));
             ops.push(Op::Pub(subjects::SUBMISSIONS.to_string()));
             ops.push(Op::Pub(subjects::PREPROCESS_REQUESTS.to_string()));
+            ops.push(Op::Pub(subjects::PREDICT_REQUESTS.to_string()));
+            ops.extend(ordered(
+                stream::PREDICTIONS,
+                &subjects::predictions("req-1"),
+            ));
             ops.push(Op::Sub(subjects::progress_all(S)));
         }
         other => panic!("no bus profile for role {other}"),
@@ -920,6 +932,11 @@ fn forbidden(role: &str) -> Vec<Op> {
     }
     if role != "evaluator" {
         ops.extend(work_consumer(durable::EVALUATORS));
+        ops.extend(work_consumer(durable::PREDICTORS));
+    }
+    // Answers to predict requests: the evaluator's, the controller's for a dead evaluator.
+    if role != "evaluator" && role != "controller" {
+        ops.push(Op::Pub(subjects::predictions("req-1")));
     }
     // Rewards: the evaluator's, and the trainer's for the jobs a pruner stops.
     if role != "evaluator" && role != "trainer" {

@@ -640,6 +640,58 @@ async fn segtune_up_runs_a_ppo_rnn_study_to_a_report() {
         "Dice in the original space {original:.4} < 0.8 x {:.4} at 1 mm",
         at_1mm.mean
     );
+    // The same segmentation over NATS: `predict --bus` uploads the scans, an evaluator of the
+    // stack segments them and writes the masks to the store; they are the CLI's bytes. A
+    // broken scan among them is answered with its error and gets no mask.
+    std::fs::write(inputs.join("broken.nii.gz"), b"not a NIfTI file").unwrap();
+    let bus_masks = dir.path().join("masks-bus");
+    let out = Command::new(&segtune)
+        .args(["predict", "--bus", "--request-id", "e2e-predict"])
+        .arg("--model")
+        .arg(format!("store:studies/{STUDY}/final/bundle"))
+        .arg("--input")
+        .arg(&inputs)
+        .arg("--output")
+        .arg(&bus_masks)
+        .args(["--timeout-secs", "120", "--nats", &url])
+        .arg("--store")
+        .arg(data.join("store"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a broken input fails the command\n{stderr}"
+    );
+    assert!(
+        stderr.contains("error: predictions/e2e-predict/inputs/broken.nii.gz:")
+            && stderr.contains(&format!(
+                "1 of {} input(s) could not be segmented",
+                at_1mm.per_case.len() + 1
+            )),
+        "{stderr}"
+    );
+    assert!(!bus_masks.join("broken.nii.gz").exists());
+    for c in &at_1mm.per_case {
+        let name = format!("{}.nii.gz", c.case);
+        assert!(
+            std::fs::read(bus_masks.join(&name)).unwrap()
+                == std::fs::read(masks.join(&name)).unwrap(),
+            "{name}: the mask over NATS differs from the CLI's"
+        );
+    }
+    let answers = test_support::stream_payloads(
+        &js,
+        subjects::stream::PREDICTIONS,
+        &subjects::predictions("e2e-predict"),
+    )
+    .await;
+    assert_eq!(answers.len(), 1, "one answer per request");
+    let answer: protocol::Predicted = protocol::decode(&answers[0]).unwrap();
+    assert_eq!(answer.outputs.len(), at_1mm.per_case.len());
+    assert_eq!(answer.errors.len(), 1);
+    assert_eq!(answer.errors[0].case, "broken");
     let final_secs = t_final.elapsed();
 
     // Ctrl-C (SIGINT) stops every child segtune up started and exits 0; every service logged

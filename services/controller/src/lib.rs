@@ -327,6 +327,12 @@ pub enum Submission {
         study: String,
         reason: String,
     },
+    /// A `RetrainRequest`: its jobs were published (`Ok`), or dead-lettered with the reason.
+    Retrain {
+        source_study: String,
+        jobs: usize,
+        result: Result<(), String>,
+    },
 }
 
 /// Pulls one submission (waiting up to `wait`) and accepts or rejects it. The submission is
@@ -347,6 +353,11 @@ pub async fn handle_next_submission(
                 .map_err(|e| anyhow::anyhow!("term failed: {e}"))
         }
     };
+    // Retraining jobs of an existing study (`study finalize` / `study confirm`) share the
+    // subject with study specs: the two maps have no required field in common.
+    if let Ok(req) = protocol::decode::<protocol::RetrainRequest>(&msg.payload) {
+        return retrain(app, &msg, req).await;
+    }
     let spec: protocol::StudySpec = match protocol::decode(&msg.payload) {
         Ok(s) => s,
         Err(e) => {
@@ -444,6 +455,78 @@ pub async fn handle_next_submission(
     }
     tracing::info!(%study, "study accepted");
     Ok(Submission::Accepted(Box::new(created)))
+}
+
+/// Publishes the jobs of a `RetrainRequest` once [`::study::retrain::check_retrain`] accepts
+/// them for their study, else dead-letters each job (its requester listens there) with the
+/// reason; then acks the submission (published jobs keep their ids as `Nats-Msg-Id`, so a
+/// redelivered request publishes nothing twice).
+async fn retrain(
+    app: &App,
+    msg: &jetstream::Message,
+    req: protocol::RetrainRequest,
+) -> anyhow::Result<Submission> {
+    let source = req.source_study.clone();
+    let verdict = async {
+        subjects::check_token("source_study", &source).map_err(|e| e.to_string())?;
+        let state = read_state(&app.store, &source)
+            .await
+            .map_err(|e| format!("study {source}: {e:#}"))?
+            .ok_or_else(|| format!("no study {source} on this controller"))?;
+        // A study on a stored dataset names it from the start; one on a raw folder once
+        // it is preprocessed.
+        let dataset = match (&state.dataset_id, &state.spec.dataset) {
+            (Some(id), _) | (None, protocol::DatasetRef::Id { id }) => id.clone(),
+            (None, _) => return Err(format!("study {source} has no dataset yet")),
+        };
+        let bundle = storage::keys::final_bundle(&source).map_err(|e| e.to_string())?;
+        ::study::retrain::check_retrain(&req, &dataset, &bundle)
+    }
+    .await;
+    match &verdict {
+        Ok(()) => {
+            for job in &req.jobs {
+                runtime::publish(
+                    &app.js,
+                    subjects::jobs(&job.study),
+                    Some(&job.job_id),
+                    protocol::encode(job)?,
+                )
+                .await?;
+            }
+            tracing::info!(study = %source, jobs = req.jobs.len(), "retraining jobs published");
+        }
+        Err(reason) => {
+            tracing::warn!(study = %source, %reason, "retraining request refused");
+            for job in &req.jobs {
+                let study = runtime::dead_letter_study(&job.study);
+                let failed = protocol::JobFailed {
+                    schema: SCHEMA_VERSION,
+                    study: study.clone(),
+                    job_id: job.job_id.clone(),
+                    reason: format!("retraining refused by the controller: {reason}"),
+                    original_subject: msg.subject.to_string(),
+                    deliveries: runtime::delivery_attempt(msg),
+                    worker: "controller".into(),
+                };
+                runtime::publish_dead_letter(
+                    &app.js,
+                    subjects::deadletter(&study),
+                    &failed,
+                    runtime::message_origin(msg),
+                )
+                .await?;
+            }
+        }
+    }
+    msg.double_ack()
+        .await
+        .map_err(|e| anyhow::anyhow!("ack failed: {e}"))?;
+    Ok(Submission::Retrain {
+        source_study: source,
+        jobs: req.jobs.len(),
+        result: verdict,
+    })
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use protocol::{
-    CaseError, DatasetEvent, DatasetFailed, JobFailed, PreprocessRequest, SCHEMA_VERSION, TrainJob,
-    Trained, subjects,
+    CaseError, DatasetEvent, DatasetFailed, JobFailed, PredictRequest, Predicted,
+    PreprocessRequest, SCHEMA_VERSION, TrainJob, Trained, subjects,
 };
 use serde::Deserialize;
 
@@ -49,6 +49,8 @@ pub enum Outcome {
     DeadLettered { study: String, job_id: String },
     /// A `DatasetFailed` for the preprocess request was published.
     DatasetFailed { request_id: String },
+    /// A `Predicted` failing every input of the predict request was published.
+    PredictFailed { request_id: String },
     /// The message was gone already (acked late, or handled before a restart).
     Gone,
     /// Logged only (a submission, or a stream this controller does not own).
@@ -146,6 +148,7 @@ pub async fn handle(
         stream::TRAINED,
         stream::PREPROCESS,
         stream::SUBMISSIONS,
+        stream::PREDICT,
     ];
     if !owned.contains(&advisory.stream.as_str()) {
         tracing::warn!(
@@ -259,6 +262,57 @@ pub async fn handle(
             .await?;
             tracing::warn!(request = %request.request_id, %reason, "preprocess request failed");
             Outcome::DatasetFailed {
+                request_id: request.request_id,
+            }
+        }
+        stream::PREDICT => {
+            let request = match protocol::decode::<PredictRequest>(&message.payload) {
+                Ok(r) if subjects::check_token("request_id", &r.request_id).is_ok() => r,
+                _ => {
+                    tracing::error!("unanswerable predict request past max deliveries");
+                    delete(&s, advisory).await?;
+                    return Ok(Outcome::Logged);
+                }
+            };
+            let reason = reason.replace("the worker", "the evaluator");
+            let answer = Predicted {
+                schema: SCHEMA_VERSION,
+                request_id: request.request_id.clone(),
+                model: request.model.clone(),
+                outputs: Vec::new(),
+                errors: vec![CaseError {
+                    case: String::new(),
+                    file: String::new(),
+                    reason: reason.clone(),
+                }],
+                worker: WORKER.to_string(),
+                seconds: 0.0,
+            };
+            runtime::publish(
+                js,
+                subjects::predictions(&request.request_id),
+                Some(&request.request_id),
+                protocol::encode(&answer)?,
+            )
+            .await?;
+            let failed = JobFailed {
+                schema: SCHEMA_VERSION,
+                study: String::new(),
+                job_id: request.request_id.clone(),
+                reason: reason.clone(),
+                original_subject: subject.clone(),
+                deliveries: advisory.deliveries,
+                worker: WORKER.to_string(),
+            };
+            runtime::publish_dead_letter(
+                js,
+                subjects::DEADLETTER_PREDICT.to_string(),
+                &failed,
+                Some((advisory.stream.clone(), advisory.stream_seq)),
+            )
+            .await?;
+            tracing::warn!(request = %request.request_id, %reason, "predict request failed");
+            Outcome::PredictFailed {
                 request_id: request.request_id,
             }
         }

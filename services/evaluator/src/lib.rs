@@ -2,7 +2,9 @@
 //! sliding-window inference of the checkpoint over the dataset's validation cases, and
 //! publishes the `Reward` (Dice per case and class and their mean; which trainer trained the
 //! job and how long training and evaluation took) on `segtune.rewards.<study>` with
-//! `Nats-Msg-Id` = job id, then acks.
+//! `Nats-Msg-Id` = job id, then acks. It also serves predict requests ([`predict`]).
+
+pub mod predict;
 
 use std::{
     future::Future,
@@ -47,6 +49,8 @@ pub struct App {
     pub device: segmodel::candle_core::Device,
     pub cache: DatasetCache,
     pub worker: String,
+    /// Held while a job or a predict request computes: the two take turns on the cores.
+    pub compute: tokio::sync::Mutex<()>,
 }
 
 impl App {
@@ -60,6 +64,7 @@ impl App {
             device,
             cache: DatasetCache::default(),
             worker: runtime::worker_name(Self::ROLE),
+            compute: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -73,10 +78,23 @@ pub struct Rewarded {
 
 pub type Outcome = runtime::worker::Outcome<Rewarded>;
 
-/// Serves the `evaluators` consumer until `shutdown` resolves.
+/// Serves the `evaluators` and `predictors` consumers until `shutdown` resolves.
 pub async fn run(app: App, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     tracing::info!(device = ?app.device, "compute device");
-    runtime::worker::serve(&app, shutdown).await
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let evaluate = runtime::worker::serve(&app, stopped(stopping.clone()));
+    let predictor = predict::PredictWork(&app);
+    let predict = runtime::worker::serve(&predictor, stopped(stopping));
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        Ok(())
+    };
+    // Either loop failing (its consumer missing) ends the service.
+    tokio::try_join!(evaluate, predict, signal).map(|_| ())
 }
 
 impl Handler for App {
@@ -130,6 +148,7 @@ impl Handler for App {
 }
 
 async fn score(app: &App, t: &Trained) -> Result<Reward, JobError> {
+    let _turn = app.compute.lock().await;
     let started = std::time::Instant::now();
     let data = app.cache.get(&app.store, &t.dataset_id).await?;
     let ckpt = storage::get(&app.store, &t.checkpoint_key)

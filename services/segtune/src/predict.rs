@@ -43,6 +43,19 @@ pub struct PredictArgs {
     pub store: String,
     #[arg(long, env = "SEGTUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Segment on the deployment's evaluators over NATS instead of here: the inputs (and a
+    /// bundle folder) are uploaded to the store under `predictions/<request>/`, a predict
+    /// request is published, and the masks the evaluators write are downloaded into --output.
+    #[arg(long)]
+    pub bus: bool,
+    /// With --bus: the request id (default `predict-<unix milliseconds>`).
+    #[arg(long, requires = "bus")]
+    pub request_id: Option<String>,
+    /// With --bus: give up after this many seconds (the request stays queued).
+    #[arg(long, requires = "bus")]
+    pub timeout_secs: Option<u64>,
+    #[arg(long, env = "SEGTUNE_NATS", default_value = runtime::DEFAULT_NATS)]
+    pub nats: String,
 }
 
 /// Reads a bundle from a folder or, for `store:<prefix>`, from the store.
@@ -106,6 +119,9 @@ fn case_name(p: &Path) -> Option<String> {
 }
 
 pub async fn run(a: PredictArgs) -> anyhow::Result<()> {
+    if a.bus {
+        return run_on_bus(a).await;
+    }
     segmodel::init_compute_threads();
     let bundle = load_bundle(&a.model, &a.store).await?;
     let device = engine::device(&a.device)?;
@@ -151,6 +167,172 @@ pub async fn run(a: PredictArgs) -> anyhow::Result<()> {
     .await??;
     println!("{}", a.output.display());
     Ok(())
+}
+
+/// `segtune predict --bus`: the same segmentation by an evaluator replica, through the store.
+async fn run_on_bus(a: PredictArgs) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use protocol::{PredictRequest, Predicted, SCHEMA_VERSION, subjects};
+
+    let inputs = inputs(&a.input)?;
+    let request_id = match &a.request_id {
+        Some(id) => id.clone(),
+        None => format!(
+            "predict-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ),
+    };
+    subjects::check_token("--request-id", &request_id)?;
+    if let Some(o) = a.overlap
+        && !(0.0..1.0).contains(&o)
+    {
+        anyhow::bail!("--overlap {o}: expected a value in [0, 1)");
+    }
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("--output {}: cannot create it", a.output.display()))?;
+    let store = storage::open(&a.store)?;
+    // The evaluators read the bundle from the store: a folder is uploaded (checked first).
+    let model = match a.model.strip_prefix("store:") {
+        Some(prefix) => prefix.trim_end_matches('/').to_string(),
+        None => {
+            let bundle = Bundle::read_dir(Path::new(&a.model))?;
+            let prefix = storage::keys::prediction(&request_id, "model")?;
+            bundle.write_store(&store, &prefix).await?;
+            prefix
+        }
+    };
+    let mut keys = Vec::with_capacity(inputs.len());
+    for (path, _) in &inputs {
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let key = storage::keys::prediction_input(&request_id, file)
+            .with_context(|| format!("{}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read it", path.display()))?;
+        storage::put(&store, &key, bytes).await?;
+        keys.push(key);
+    }
+    let request = PredictRequest {
+        schema: SCHEMA_VERSION,
+        request_id: request_id.clone(),
+        model,
+        inputs: keys,
+        overlap: a.overlap,
+        tta: a.tta,
+        save_probabilities: a.save_probabilities,
+    };
+    let (_client, js) = crate::study::bus::connect_provisioned(&a.nats).await?;
+    // Listen before publishing: the answer is replayed from its stream anyway.
+    let (mut answers, _) = crate::study::bus::replay_consumer(
+        &js,
+        subjects::stream::PREDICTIONS,
+        &subjects::predictions(&request_id),
+    )
+    .await?;
+    runtime::publish(
+        &js,
+        subjects::PREDICT_REQUESTS.to_string(),
+        Some(&request_id),
+        protocol::encode(&request)?,
+    )
+    .await
+    .context("publishing the predict request")?;
+    eprintln!(
+        "predict request {request_id}: {} input(s) on the evaluators",
+        request.inputs.len()
+    );
+    if !crate::study::bus::await_pullers(
+        &js,
+        subjects::durable::PREDICTORS,
+        1,
+        std::time::Duration::from_secs(6),
+    )
+    .await?
+    {
+        eprintln!(
+            "note: no evaluator is pulling predict requests right now; the request waits in \
+             the queue until one does (`segtune up`, or scale the evaluators)"
+        );
+    }
+    let wait = async {
+        while let Some(msg) = answers.next().await {
+            let msg = msg.context("reading the answer")?;
+            if let Ok(p) = protocol::decode::<Predicted>(&msg.payload)
+                && p.request_id == request_id
+            {
+                return Ok(p);
+            }
+        }
+        anyhow::bail!("the answer stream ended before the answer came")
+    };
+    let answer = match a.timeout_secs {
+        Some(s) => tokio::time::timeout(std::time::Duration::from_secs(s), wait)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no answer to predict request {request_id} within {s} s; it stays queued \
+                     (its answer will come on {})",
+                    subjects::predictions(&request_id)
+                )
+            })??,
+        None => wait.await?,
+    };
+    for out in &answer.outputs {
+        for (key, file) in [
+            (Some(&out.mask_key), format!("{}.nii.gz", out.case)),
+            (
+                out.probabilities_key.as_ref(),
+                format!("{}_probabilities.nii.gz", out.case),
+            ),
+        ] {
+            let Some(key) = key else { continue };
+            let bytes = storage::get(&store, key).await?;
+            write_atomically(&a.output.join(&file), &bytes)?;
+        }
+        let [x, y, z] = out.dims;
+        eprintln!(
+            "{}: {x}x{y}x{z} -> {} in {:.1} s ({})",
+            out.case,
+            a.output.join(format!("{}.nii.gz", out.case)).display(),
+            out.seconds,
+            answer.worker
+        );
+    }
+    for e in &answer.errors {
+        let what = if e.file.is_empty() {
+            "request".to_string()
+        } else {
+            e.file.clone()
+        };
+        eprintln!("error: {what}: {}", e.reason);
+    }
+    if !answer.errors.is_empty() {
+        anyhow::bail!(
+            "{} of {} input(s) could not be segmented (nothing was written for them)",
+            inputs.len() - answer.outputs.len(),
+            inputs.len()
+        );
+    }
+    println!("{}", a.output.display());
+    Ok(())
+}
+
+/// Writes `path` through a sibling `.partial` file renamed into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, bytes)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            anyhow::anyhow!("{}: cannot write it: {e}", path.display())
+        })
 }
 
 /// Segments one file and writes its mask (and probabilities); returns the line to print.

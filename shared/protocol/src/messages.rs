@@ -275,6 +275,22 @@ pub struct TrainJob {
     pub validation: Option<ValidationPlan>,
 }
 
+/// `segtune.submissions`, beside `StudySpec`s: train these jobs, which retrain a study's
+/// strategies outside its search (`study finalize`: `<study>-final`; `study confirm`:
+/// `<study>-confirm`). The CLI builds the jobs; the controller checks that they belong to
+/// `source_study` (an existing study: same dataset, a job study id of its own, a final model's
+/// bundle under the study's prefix) and publishes them, or dead-letters each one on
+/// `segtune.deadletter.<job study>` with the reason. So the operator's role need not publish
+/// jobs itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrainRequest {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// The study whose strategies are retrained.
+    pub source_study: String,
+    pub jobs: Vec<TrainJob>,
+}
+
 /// What makes a [`TrainJob`] a study's final model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalModel {
@@ -436,6 +452,64 @@ pub struct JobFailed {
     pub original_subject: String,
     pub deliveries: u64,
     pub worker: String,
+}
+
+/// `segtune.predict.requests`: segment scans already in the store with a model bundle in the
+/// store (served by the evaluators; answered by a [`Predicted`] on
+/// `segtune.predictions.<request>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictRequest {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// Chosen by the requester (a subject token); the outputs go under
+    /// `predictions/<request_id>/` and the answer on `segtune.predictions.<request_id>`.
+    pub request_id: String,
+    /// The bundle's store prefix (`bundle.json` and `model.safetensors` under it), e.g. the
+    /// `studies/<study>/final/bundle` that `study finalize` writes.
+    pub model: String,
+    /// Store keys of `.nii`/`.nii.gz` scans; each gives `<case>.nii.gz`, the case being the
+    /// file name without its extension (unique within a request).
+    pub inputs: Vec<String>,
+    /// Sliding-window overlap; default: the bundle's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<f64>,
+    /// Average the 8 mirrorings of each scan (8x the work).
+    #[serde(default)]
+    pub tta: bool,
+    /// Also write `<case>_probabilities.nii.gz` (float32, one volume per class).
+    #[serde(default)]
+    pub save_probabilities: bool,
+}
+
+/// One scan segmented by a [`PredictRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictedCase {
+    /// The input's store key.
+    pub input: String,
+    pub case: String,
+    /// `predictions/<request>/<case>.nii.gz`: a uint8 mask on the input's grid and header.
+    pub mask_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probabilities_key: Option<String>,
+    /// The input's dimensions (x, y, z).
+    pub dims: [u32; 3],
+    pub seconds: f64,
+}
+
+/// `segtune.predictions.<request>`: what became of a [`PredictRequest`]. Every input is in
+/// `outputs` or in `errors` (with `file` = its key; a problem with the whole request, such as
+/// an unreadable bundle, has an empty `case` and fails every input).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Predicted {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    pub request_id: String,
+    pub model: String,
+    pub outputs: Vec<PredictedCase>,
+    pub errors: Vec<CaseError>,
+    /// The evaluator replica that answered (the controller when every evaluator died on it).
+    pub worker: String,
+    pub seconds: f64,
 }
 
 /// `segtune.studies.<study>.events`: the study's public log.

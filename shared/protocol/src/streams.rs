@@ -139,6 +139,24 @@ pub const STREAMS: &[StreamSpec] = &[
         max_msgs: 100_000,
         max_age: Duration::from_secs(7 * 24 * 3600),
     },
+    // Predict requests are work like preprocess requests; their answers are kept a week so a
+    // requester that reconnects (or looks later) still finds them.
+    StreamSpec {
+        name: stream::PREDICT,
+        subjects: &["segtune.predict.requests"],
+        retention: Retention::WorkQueue,
+        duplicate_window: Duration::from_secs(600),
+        max_msgs: 10_000,
+        max_age: Duration::ZERO,
+    },
+    StreamSpec {
+        name: stream::PREDICTIONS,
+        subjects: &["segtune.predictions.*"],
+        retention: Retention::Limits,
+        duplicate_window: Duration::from_secs(600),
+        max_msgs: 100_000,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+    },
 ];
 
 pub const CONSUMERS: &[ConsumerSpec] = &[
@@ -173,6 +191,14 @@ pub const CONSUMERS: &[ConsumerSpec] = &[
         ack_wait: WORK_ACK_WAIT,
         max_deliver: 3,
         max_ack_pending: 1024,
+    },
+    ConsumerSpec {
+        stream: stream::PREDICT,
+        durable: durable::PREDICTORS,
+        filter_subject: "segtune.predict.requests",
+        ack_wait: WORK_ACK_WAIT,
+        max_deliver: 3,
+        max_ack_pending: 64,
     },
     ConsumerSpec {
         stream: stream::ADVISORIES,

@@ -5,6 +5,8 @@ pub const PREFIX: &str = "segtune";
 
 pub const PREPROCESS_REQUESTS: &str = "segtune.preprocess.requests";
 pub const SUBMISSIONS: &str = "segtune.submissions";
+/// `PredictRequest`s, served by the evaluators.
+pub const PREDICT_REQUESTS: &str = "segtune.predict.requests";
 /// Subject for a `DatasetFailed` whose id could not be computed (e.g. unreadable dataset.json).
 pub const DATASETS_UNKNOWN: &str = "segtune.datasets._unknown";
 
@@ -42,6 +44,10 @@ pub fn rewards(study: &str) -> String {
 pub fn study_events(study: &str) -> String {
     format!("segtune.studies.{study}.events")
 }
+/// The answer (`Predicted`) to the predict request `request`.
+pub fn predictions(request: &str) -> String {
+    format!("segtune.predictions.{request}")
+}
 pub fn deadletter(study: &str) -> String {
     format!("segtune.deadletter.{study}")
 }
@@ -49,6 +55,8 @@ pub fn deadletter(study: &str) -> String {
 /// Dead letters of preprocess requests (no study owns them): a `JobFailed` whose `job_id` is
 /// the request id, next to the `DatasetFailed` answer that lists every error.
 pub const DEADLETTER_PREPROCESS: &str = "segtune.deadletter._preprocess";
+/// Dead letters of predict requests, next to the `Predicted` answer that names every error.
+pub const DEADLETTER_PREDICT: &str = "segtune.deadletter._predict";
 
 /// Stream names.
 pub mod stream {
@@ -64,6 +72,9 @@ pub mod stream {
     pub const VALIDATION: &str = "VALIDATION";
     /// Stops for jobs the pruner ended early.
     pub const STOPS: &str = "STOPS";
+    /// Predict requests (work queue) and their answers (kept).
+    pub const PREDICT: &str = "PREDICT";
+    pub const PREDICTIONS: &str = "PREDICTIONS";
     /// nats-server's max-deliveries advisories, kept for the controller.
     pub const ADVISORIES: &str = "ADVISORIES";
 }
@@ -74,6 +85,8 @@ pub mod durable {
     pub const CONTROLLER_SUBMISSIONS: &str = "controller";
     pub const TRAINERS: &str = "trainers";
     pub const EVALUATORS: &str = "evaluators";
+    /// The evaluators' consumer of predict requests.
+    pub const PREDICTORS: &str = "predictors";
     pub const CONTROLLER_REWARDS: &str = "controller-rewards";
     pub const CONTROLLER_DEADLETTER: &str = "controller-deadletter";
     pub const CONTROLLER_VALIDATION: &str = "controller-validation";

@@ -139,6 +139,59 @@ where
 #[test]
 fn every_message_round_trips_as_named_map() {
     check(
+        "predict_request",
+        PredictRequest {
+            schema: SCHEMA_VERSION,
+            request_id: "scan-batch-7".into(),
+            model: "studies/demo/final/bundle".into(),
+            inputs: vec!["scans/ct_01.nii.gz".into(), "scans/ct_02.nii".into()],
+            overlap: Some(0.5),
+            tta: true,
+            save_probabilities: false,
+        },
+        &[
+            "schema",
+            "request_id",
+            "model",
+            "inputs",
+            "overlap",
+            "tta",
+            "save_probabilities",
+        ],
+    );
+    check(
+        "predicted",
+        Predicted {
+            schema: SCHEMA_VERSION,
+            request_id: "scan-batch-7".into(),
+            model: "studies/demo/final/bundle".into(),
+            outputs: vec![PredictedCase {
+                input: "scans/ct_01.nii.gz".into(),
+                case: "ct_01".into(),
+                mask_key: "predictions/scan-batch-7/ct_01.nii.gz".into(),
+                probabilities_key: None,
+                dims: [512, 512, 120],
+                seconds: 41.5,
+            }],
+            errors: vec![CaseError {
+                case: "ct_02".into(),
+                file: "scans/ct_02.nii".into(),
+                reason: "has 2 channel(s), the model takes 1 (CT)".into(),
+            }],
+            worker: "evaluator-1".into(),
+            seconds: 43.0,
+        },
+        &[
+            "schema",
+            "request_id",
+            "model",
+            "outputs",
+            "errors",
+            "worker",
+            "seconds",
+        ],
+    );
+    check(
         "preprocess_request",
         PreprocessRequest {
             schema: SCHEMA_VERSION,

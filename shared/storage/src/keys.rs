@@ -118,6 +118,19 @@ pub fn final_bundle(study: &str) -> Result<String, KeyError> {
     check_name("study", study)?;
     Ok(format!("studies/{study}/final/bundle"))
 }
+/// A file of the predict request `request`: its outputs (`<case>.nii.gz`,
+/// `<case>_probabilities.nii.gz`), and the inputs `segtune predict --bus` uploads
+/// (`inputs/<file>`, `file` checked as one segment).
+pub fn prediction(request: &str, file: &str) -> Result<String, KeyError> {
+    check_name("predict request", request)?;
+    check_name("prediction file", file)?;
+    Ok(format!("predictions/{request}/{file}"))
+}
+pub fn prediction_input(request: &str, file: &str) -> Result<String, KeyError> {
+    check_name("predict request", request)?;
+    check_name("input file", file)?;
+    Ok(format!("predictions/{request}/inputs/{file}"))
+}
 pub fn report(study: &str, file: &str) -> Result<String, KeyError> {
     check_name("study", study)?;
     check_name("report file", file)?;

@@ -8,6 +8,7 @@
 //! both accept exactly the same specs.
 
 pub mod file;
+pub mod retrain;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod validate;

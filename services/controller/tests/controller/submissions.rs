@@ -94,3 +94,142 @@ async fn submissions_are_accepted_once_and_invalid_ones_rejected_with_an_event()
         .unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
 }
+
+/// `study finalize` and `study confirm` send their jobs through the controller: it publishes
+/// the retraining jobs of an existing study and dead-letters, with the reason, those that are
+/// not that study's (another study's id, another dataset, or no such study).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retraining_jobs_of_a_study_are_published_and_others_dead_lettered() {
+    use protocol::{FinalModel, JobFailed, RetrainRequest, SCHEMA_VERSION, TrainJob};
+
+    let env = Env::start().await;
+    env.put_dataset(DATASET).await;
+    let app = env.app().await;
+    let consumer = runtime::consumer(&env.js, subjects::durable::CONTROLLER_SUBMISSIONS)
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(2);
+    env.submit(&spec("src", "random", 2, 1)).await;
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    assert!(matches!(next, Submission::Accepted(_)), "{next:?}");
+
+    let job = |study: &str, id: &str| TrainJob {
+        schema: SCHEMA_VERSION,
+        study: study.into(),
+        job_id: id.into(),
+        index: 1,
+        dataset_id: DATASET.into(),
+        strategy: protocol::strategy::routine_strategy(),
+        training: protocol::TrainingConfig::default(),
+        seed: 3,
+        final_model: None,
+        validation: None,
+    };
+    let send = |source: &str, jobs: Vec<TrainJob>| {
+        let req = RetrainRequest {
+            schema: SCHEMA_VERSION,
+            source_study: source.into(),
+            jobs,
+        };
+        let js = env.js.clone();
+        async move {
+            runtime::publish(
+                &js,
+                subjects::SUBMISSIONS.into(),
+                None,
+                protocol::encode(&req).unwrap(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    let mut last = job("src-final", "src-final-1");
+    last.final_model = Some(FinalModel {
+        source_study: "src".into(),
+        bundle_prefix: "studies/src/final/bundle".into(),
+        all_cases: true,
+    });
+    send(
+        "src",
+        vec![last.clone(), job("src-confirm", "src-confirm-0001")],
+    )
+    .await;
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    assert!(
+        matches!(
+            next,
+            Submission::Retrain {
+                jobs: 2,
+                result: Ok(()),
+                ..
+            }
+        ),
+        "{next:?}"
+    );
+    // JOBS is a work queue (no second consumer): read the last job of each subject.
+    let jobs = env.js.get_stream(subjects::stream::JOBS).await.unwrap();
+    let last_job = |study: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            let m = jobs
+                .get_last_raw_message_by_subject(&subjects::jobs(study))
+                .await
+                .unwrap();
+            protocol::decode::<TrainJob>(&m.payload).unwrap()
+        }
+    };
+    let published = vec![last_job("src-final").await];
+    assert_eq!(published, vec![last]);
+
+    // Another study's job among them: nothing is published, each job is dead-lettered.
+    send(
+        "src",
+        vec![
+            job("src-confirm", "src-confirm-0002"),
+            job("other-final", "other-final-1"),
+        ],
+    )
+    .await;
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    let Submission::Retrain {
+        result: Err(reason),
+        ..
+    } = next
+    else {
+        panic!("{next:?}");
+    };
+    assert!(
+        reason.contains("expected src-final or src-confirm"),
+        "{reason}"
+    );
+    let letters: Vec<JobFailed> = test_support::stream_payloads(
+        &env.js,
+        subjects::stream::DEADLETTER,
+        &subjects::deadletter("src-confirm"),
+    )
+    .await
+    .iter()
+    .map(|p| protocol::decode(p).unwrap())
+    .collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].job_id, "src-confirm-0002");
+    assert!(
+        letters[0]
+            .reason
+            .contains("retraining refused by the controller")
+    );
+    assert_eq!(
+        last_job("src-confirm").await.job_id,
+        "src-confirm-0001",
+        "only the first request's confirm job"
+    );
+
+    // No such study.
+    send("nope", vec![job("nope-final", "nope-final-1")]).await;
+    let next = handle_next_submission(&app, &consumer, wait).await.unwrap();
+    assert!(
+        matches!(next, Submission::Retrain { result: Err(ref r), .. } if r.contains("no study nope")),
+        "{next:?}"
+    );
+}

@@ -3,8 +3,8 @@
 //! it as a model bundle that `segtune predict` reads.
 //!
 //! The final job runs under its own study id, `<study>-final`, so the study's reward stream,
-//! watch and report keep exactly the search's jobs; the controller does not know that id
-//! and issues nothing for it.
+//! watch and report keep exactly the search's jobs. The CLI builds the job and the controller
+//! publishes it (a `RetrainRequest`), so the operator's role needs no right to publish jobs.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -49,7 +49,7 @@ pub struct FinalizeArgs {
 
 /// The study id the final job of `study` runs under.
 pub fn final_study_id(study: &str) -> String {
-    format!("{study}-final")
+    ::study::retrain::retrain_study_id(study, ::study::retrain::FINAL)
 }
 
 pub async fn run(a: FinalizeArgs) -> anyhow::Result<()> {
@@ -172,14 +172,9 @@ pub async fn run(a: FinalizeArgs) -> anyhow::Result<()> {
         &subjects::deadletter(&final_study),
     )
     .await?;
-    runtime::publish(
-        &js,
-        subjects::jobs(&final_study),
-        Some(&job.job_id),
-        protocol::encode(&job)?,
-    )
-    .await
-    .context("publishing the final job")?;
+    bus::submit_retrain(&js, &a.study, vec![job.clone()])
+        .await
+        .context("submitting the final job")?;
     if !bus::await_pullers(&js, subjects::durable::TRAINERS, 1, Duration::from_secs(6)).await? {
         eprintln!(
             "note: no trainer is pulling jobs right now; the final job waits in the queue until \

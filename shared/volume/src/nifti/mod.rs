@@ -25,7 +25,8 @@ pub use decode::{
 };
 pub use header::{DataType, GeometrySource, Header, SpatialFields, parse_header};
 pub use write::{
-    NiftiElem, NiftiWriter, try_write_nifti_bytes, write_nifti, write_nifti_bytes, write_nifti_like,
+    NiftiElem, NiftiWriter, try_write_nifti_bytes, write_nifti, write_nifti_bytes,
+    write_nifti_like, write_nifti_like_bytes,
 };
 
 /// Size of a NIfTI-1 header.

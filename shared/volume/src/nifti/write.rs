@@ -150,6 +150,43 @@ pub fn write_nifti_like<T: NiftiElem>(
     source: &SpatialFields,
 ) -> Result<(), NiftiError> {
     let mut header = volume_header(path, volume)?;
+    copy_spatial_fields(&mut header, source);
+    write_file(path, &header, volume)
+}
+
+/// [`write_nifti_like`] into memory, gzip-compressed: the bytes of the `.nii.gz` file it
+/// writes. `name` is used in errors.
+pub fn write_nifti_like_bytes<T: NiftiElem>(
+    name: &str,
+    volume: &Volume<T>,
+    source: &SpatialFields,
+) -> Result<Vec<u8>, NiftiError> {
+    let mut header = build_header::<T>(
+        volume.dims,
+        volume.channels,
+        &volume.geometry,
+        volume.data.len(),
+    )
+    .map_err(|problem| NiftiError::Invalid {
+        file: name.to_owned(),
+        problem,
+    })?;
+    copy_spatial_fields(&mut header, source);
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(MIN_VOX_OFFSET + volume.data.len() * T::SIZE / 4),
+        Compression::fast(),
+    );
+    let io_err = |source| NiftiError::Io {
+        file: name.to_owned(),
+        op: "cannot encode",
+        source,
+    };
+    write_body(&header, volume, &mut enc).map_err(io_err)?;
+    enc.finish().map_err(io_err)
+}
+
+/// Overwrites the spatial fields of `header` with the source image's, as stored.
+fn copy_spatial_fields(header: &mut [u8; MIN_VOX_OFFSET], source: &SpatialFields) {
     let mut put =
         |offset: usize, bytes: &[u8]| header[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(OFF_QFORM_CODE, &source.qform_code.to_le_bytes());
@@ -164,7 +201,6 @@ pub fn write_nifti_like<T: NiftiElem>(
         put(OFF_SROW + 4 * i, &v.to_le_bytes());
     }
     put(OFF_XYZT_UNITS, &[source.xyzt_units]);
-    write_file(path, &header, volume)
 }
 
 /// The header of `volume` as [`write_nifti`] writes it; errors name `path`.
