@@ -12,8 +12,8 @@
 //!   gradient from the first step, where soft Dice alone is flat while the foreground
 //!   prediction is near empty.
 //! - **Strategy** ([`default_strategy`]): Adam at learning rate [`DEFAULT_LEARNING_RATE`]
-//!   with mirroring, shifts, scaling and smoothing at probability 0.5 (the geometric and
-//!   blur transforms that cover scanner and pose differences). The paper's routine strategy
+//!   with mirroring, intensity shift, intensity scaling and smoothing at probability 0.5
+//!   (pose, and the gain and blur differences between scanners). The paper's routine strategy
 //!   (every augmentation at 0.5, learning rate 1e-4) learns far slower at these budgets.
 
 use protocol::{Manifest, Split, Strategy, TrainingConfig, strategy::LEARNING_RATE};
