@@ -63,6 +63,7 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         store: store_url.clone(),
         device: "cpu".into(),
         augment_workers: None,
+        cache: Default::default(),
     })
     .await
     .unwrap();
@@ -72,6 +73,7 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         nats: nats.url(),
         store: store_url.clone(),
         device: "cpu".into(),
+        cache: Default::default(),
     })
     .await
     .unwrap();
@@ -262,6 +264,7 @@ async fn spawn_trainer(
         store: store_url.to_string(),
         device: "cpu".into(),
         augment_workers: None,
+        cache: Default::default(),
     })
     .await
     .unwrap();
@@ -420,6 +423,7 @@ async fn bad_checkpoints_are_dead_lettered_with_the_reason() {
         nats: nats.url(),
         store: store_url.clone(),
         device: "cpu".into(),
+        cache: Default::default(),
     })
     .await
     .unwrap();
