@@ -352,10 +352,7 @@ pub fn min_component_sizes(data: &Dataset) -> Vec<usize> {
     if let Some(p) = previous {
         p.release();
     }
-    sizes;
-    (0..per_case.first().map_or(0, Vec::len))
-        .map(|i| per_case.iter().map(|s| s[i]).min().unwrap_or(0))
-        .collect()
+    sizes
 }
 
 /// Parses and checks `bundle.json` bytes; `file` names them in errors.
