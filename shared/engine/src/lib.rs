@@ -169,8 +169,8 @@ impl CaseData {
     }
 }
 
-/// What the augmentation producer samples from.
-enum TrainCase {
+/// A case as the augmentation producer samples it ([`Dataset::training_cases`]).
+pub enum TrainCase {
     Memory {
         image: Arc<Volume<f32>>,
         label: Arc<Volume<u8>>,
@@ -380,6 +380,17 @@ impl Dataset {
     pub fn is_mapped(&self) -> bool {
         self.train[0].is_mapped()
     }
+
+    /// The cases a job samples patches from (the training cases, and the validation ones
+    /// too with `all_cases`), for [`augment::spawn_producer_with`].
+    pub fn training_cases(&self, all_cases: bool) -> Vec<TrainCase> {
+        let held_out: &[CaseData] = if all_cases { &self.validation } else { &[] };
+        self.train
+            .iter()
+            .chain(held_out)
+            .map(CaseData::training_case)
+            .collect()
+    }
 }
 
 /// A full cache is transient while other jobs hold it, permanent when this dataset alone
@@ -577,13 +588,7 @@ fn train_inner(
     let batch = training.batch_size as usize;
     let steps_per_epoch = (training.patches_per_epoch as usize).div_ceil(batch).max(1);
     let epochs = training.epochs;
-    let held_out: &[CaseData] = if all_cases { &data.validation } else { &[] };
-    let cases: Vec<TrainCase> = data
-        .train
-        .iter()
-        .chain(held_out)
-        .map(CaseData::training_case)
-        .collect();
+    let cases = data.training_cases(all_cases);
     let sampler = PatchSampler::new(training.patch, 1.0 / 3.0).map_err(JobError::permanent)?;
     let producer = augment::ProducerOptions {
         workers: augment_workers.unwrap_or_else(augment::default_workers),
