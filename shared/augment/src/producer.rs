@@ -379,7 +379,9 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let sampler = PatchSampler::new([8, 8, 8], 0.3).unwrap();
-        assert!(spawn_producer(Arc::new(Vec::<Case>::new()), sampler, pipeline(), 2, 1, 0).is_err());
+        assert!(
+            spawn_producer(Arc::new(Vec::<Case>::new()), sampler, pipeline(), 2, 1, 0).is_err()
+        );
         assert!(spawn_producer(cases(1), sampler, pipeline(), 0, 1, 0).is_err());
         let mut cs = (*cases(2)).clone();
         cs[1].2 = cs[0].2.clone(); // index of another case

@@ -247,7 +247,14 @@ impl PatchSampler {
             "case index was built for another label"
         );
         assert_eq!(label.channels, 1, "label must have one channel");
-        self.sample_case(&VolumeCase { image, label, index }, rng)
+        self.sample_case(
+            &VolumeCase {
+                image,
+                label,
+                index,
+            },
+            rng,
+        )
     }
 
     /// One patch of exactly `patch_size` from any [`TrainingCase`] (in memory or mapped): only

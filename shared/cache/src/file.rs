@@ -92,7 +92,12 @@ impl Header {
         }
         h.extend_from_slice(&(self.file_len as u64).to_le_bytes());
         let g = &self.geometry;
-        for v in g.spacing.iter().chain(&g.origin).chain(g.direction.iter().flatten()) {
+        for v in g
+            .spacing
+            .iter()
+            .chain(&g.origin)
+            .chain(g.direction.iter().flatten())
+        {
             h.extend_from_slice(&v.to_le_bytes());
         }
         h.extend_from_slice(&self.source);
@@ -132,8 +137,7 @@ impl Header {
                 u32_at(8)
             ));
         }
-        if u32_at(12) as usize != HEADER_LEN || u32_at(48) != DTYPE_F32 || u32_at(52) != DTYPE_U8
-        {
+        if u32_at(12) as usize != HEADER_LEN || u32_at(48) != DTYPE_F32 || u32_at(52) != DTYPE_U8 {
             return Err("unexpected header length or dtypes".into());
         }
         let size = |o: usize| usize::try_from(u64_at(o)).map_err(|_| "size overflows".to_string());
@@ -174,7 +178,13 @@ impl Header {
         let mut body_hash = [0; 32];
         body_hash.copy_from_slice(&h[264..296]);
         let mins = (0..channels)
-            .map(|c| f32::from_le_bytes(h[MINS_AT + 4 * c..MINS_AT + 4 * c + 4].try_into().expect("4")))
+            .map(|c| {
+                f32::from_le_bytes(
+                    h[MINS_AT + 4 * c..MINS_AT + 4 * c + 4]
+                        .try_into()
+                        .expect("4"),
+                )
+            })
             .collect();
         Ok(Header {
             geometry: Geometry {
@@ -193,7 +203,8 @@ impl Header {
 /// The index section's bytes.
 pub fn encode_index(index: &CaseIndex) -> Vec<u8> {
     let parts = index.parts();
-    let mut out = Vec::with_capacity(4 + parts.iter().map(|(_, v)| 12 + 8 * v.len()).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(4 + parts.iter().map(|(_, v)| 12 + 8 * v.len()).sum::<usize>());
     out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
     for (c, list) in parts {
         out.extend_from_slice(&(*c as u32).to_le_bytes());
@@ -283,7 +294,8 @@ mod tests {
 
     #[test]
     fn an_index_round_trips_and_a_cut_one_is_refused() {
-        let idx = CaseIndex::from_parts([4, 4, 4], vec![(1, vec![0, 5, 63]), (3, vec![7])]).unwrap();
+        let idx =
+            CaseIndex::from_parts([4, 4, 4], vec![(1, vec![0, 5, 63]), (3, vec![7])]).unwrap();
         let b = encode_index(&idx);
         assert_eq!(decode_index(&b, [4, 4, 4]).unwrap(), idx);
         assert!(decode_index(&b[..b.len() - 1], [4, 4, 4]).is_err());

@@ -94,9 +94,9 @@ impl CacheError {
         match self {
             CacheError::Store(e) => e.is_transient(),
             CacheError::Io { .. } | CacheError::Full { .. } => true,
-            CacheError::BadName(_) | CacheError::BadObject { .. } | CacheError::Unreadable { .. } => {
-                false
-            }
+            CacheError::BadName(_)
+            | CacheError::BadObject { .. }
+            | CacheError::Unreadable { .. } => false,
         }
     }
 }
@@ -348,7 +348,11 @@ impl CaseCache {
         if image.channels > file::MAX_CHANNELS {
             return Err(bad(
                 &case.image_key,
-                format!("{} channels, at most {} cached", image.channels, file::MAX_CHANNELS),
+                format!(
+                    "{} channels, at most {} cached",
+                    image.channels,
+                    file::MAX_CHANNELS
+                ),
             ));
         }
         let index = CaseIndex::new(&label);
@@ -357,7 +361,13 @@ impl CaseCache {
         header.geometry = image.geometry;
         header.source = source;
         header.mins = (0..image.channels)
-            .map(|c| image.channel(c).iter().copied().fold(f32::INFINITY, f32::min))
+            .map(|c| {
+                image
+                    .channel(c)
+                    .iter()
+                    .copied()
+                    .fold(f32::INFINITY, f32::min)
+            })
             .collect();
 
         let tmp = path.with_extension(format!("{}.{TMP_EXT}", std::process::id()));
@@ -608,7 +618,12 @@ impl MappedCase {
         let n = self.voxels() * self.header.channels;
         let data = self.image_all()[..n].to_vec();
         self.release();
-        Volume::new(data, self.header.dims, self.header.channels, self.header.geometry)
+        Volume::new(
+            data,
+            self.header.dims,
+            self.header.channels,
+            self.header.geometry,
+        )
     }
 
     /// The label, copied out of the map.

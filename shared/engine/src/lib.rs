@@ -78,16 +78,19 @@ enum Held {
     Memory {
         image: Arc<Volume<f32>>,
         label: Arc<Volume<u8>>,
+        /// Built once when the case is loaded, not at every job.
+        index: Arc<augment::CaseIndex>,
     },
     Mapped(Arc<cache::MappedCase>),
 }
 
 impl CaseData {
-    /// A case held in memory.
+    /// A case held in memory (its foreground indexed here, once).
     pub fn in_memory(id: String, image: Volume<f32>, label: Volume<u8>) -> Self {
         CaseData {
             id,
             held: Held::Memory {
+                index: Arc::new(augment::CaseIndex::new(&label)),
                 image: Arc::new(image),
                 label: Arc::new(label),
             },
@@ -155,12 +158,16 @@ impl CaseData {
         }
     }
 
-    /// The case as the patch sampler reads it (the index built here for an in-memory case;
-    /// a mapped case carries the one its cache file stores).
+    /// The case as the patch sampler reads it (an in-memory case indexed at load; a mapped
+    /// case carries the index its cache file stores).
     fn training_case(&self) -> TrainCase {
         match &self.held {
-            Held::Memory { image, label } => TrainCase::Memory {
-                index: augment::CaseIndex::new(label),
+            Held::Memory {
+                image,
+                label,
+                index,
+            } => TrainCase::Memory {
+                index: index.clone(),
                 image: image.clone(),
                 label: label.clone(),
             },
@@ -174,7 +181,7 @@ pub enum TrainCase {
     Memory {
         image: Arc<Volume<f32>>,
         label: Arc<Volume<u8>>,
-        index: augment::CaseIndex,
+        index: Arc<augment::CaseIndex>,
     },
     Mapped(Arc<cache::MappedCase>),
 }
@@ -212,9 +219,11 @@ impl augment::TrainingCase for TrainCase {
     }
     fn channel_min(&self, c: usize) -> f32 {
         match self {
-            TrainCase::Memory { image, .. } => {
-                image.channel(c).iter().copied().fold(f32::INFINITY, f32::min)
-            }
+            TrainCase::Memory { image, .. } => image
+                .channel(c)
+                .iter()
+                .copied()
+                .fold(f32::INFINITY, f32::min),
             TrainCase::Mapped(m) => m.channel_min(c),
         }
     }
@@ -255,7 +264,11 @@ pub struct DataOptions {
 impl DataOptions {
     /// The case cache at `dir` bounded by `max_bytes`; datasets above `memory_budget`
     /// decoded bytes are mapped from it.
-    pub fn with_cache(dir: impl Into<std::path::PathBuf>, max_bytes: u64, memory_budget: u64) -> Self {
+    pub fn with_cache(
+        dir: impl Into<std::path::PathBuf>,
+        max_bytes: u64,
+        memory_budget: u64,
+    ) -> Self {
         DataOptions {
             cache: Some(cache::CaseCache::new(dir, max_bytes)),
             memory_budget,

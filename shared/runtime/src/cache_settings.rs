@@ -74,8 +74,16 @@ mod tests {
         assert_eq!(parse_bytes("512M"), Ok(512 << 20));
         assert_eq!(parse_bytes("64GiB"), Ok(64 << 30));
         assert_eq!(parse_bytes("2g"), Ok(2 << 30));
-        assert!(parse_bytes("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_bytes("12 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_bytes("G").unwrap_err().contains("\"G\""));
-        assert!(parse_bytes("99999999999T").unwrap_err().contains("too large"));
+        assert!(
+            parse_bytes("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

@@ -36,7 +36,8 @@ pub use auth::*;
 mod cache_settings;
 mod service;
 pub use cache_settings::{
-    CacheSettings, DEFAULT_CACHE_DIR, DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MEMORY_BUDGET, parse_bytes,
+    CacheSettings, DEFAULT_CACHE_DIR, DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MEMORY_BUDGET,
+    parse_bytes,
 };
 pub use service::{Shutdown, Validate, ensure_set, service_main};
 pub mod worker;

@@ -47,7 +47,10 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
     println!(
         "gets {}",
-        cache.stats().gets.load(std::sync::atomic::Ordering::Relaxed)
+        cache
+            .stats()
+            .gets
+            .load(std::sync::atomic::Ordering::Relaxed)
     );
     Ok(())
 }

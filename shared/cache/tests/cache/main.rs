@@ -35,13 +35,19 @@ async fn dataset(store: &DynStore, cases: usize) -> Manifest {
 }
 
 /// The case's voxels as the store holds them (decoded in memory, the old path).
-async fn stored(store: &DynStore, m: &Manifest, i: usize) -> (volume::Volume<f32>, volume::Volume<u8>) {
+async fn stored(
+    store: &DynStore,
+    m: &Manifest,
+    i: usize,
+) -> (volume::Volume<f32>, volume::Volume<u8>) {
     let c = &m.cases[i];
     let limits = volume::ReadLimits::default();
     let img = storage::get(store, &c.image_key).await.unwrap();
     let lab = storage::get(store, &c.label_key).await.unwrap();
     (
-        volume::read_nifti_bytes(&img, "image", &limits).unwrap().volume,
+        volume::read_nifti_bytes(&img, "image", &limits)
+            .unwrap()
+            .volume,
         volume::nifti::read_nifti_labels_bytes(&lab, "label", &limits)
             .unwrap()
             .volume,
@@ -102,7 +108,10 @@ async fn several_processes_fetch_a_case_with_one_download_and_read_the_same_byte
                 .unwrap()
         })
         .sum();
-    assert_eq!(total_gets, 2, "image and label read once for the host: {outputs:?}");
+    assert_eq!(
+        total_gets, 2,
+        "image and label read once for the host: {outputs:?}"
+    );
     let hashes: Vec<&str> = outputs
         .iter()
         .map(|o| o.lines().find(|l| l.starts_with("case ")).unwrap())
@@ -125,13 +134,10 @@ async fn several_processes_fetch_a_case_with_one_download_and_read_the_same_byte
 
 /// Damages the case file at `path` and checks that a new process fetches it again and reads
 /// the stored voxels.
-async fn refetched_after(
-    damage: impl FnOnce(&Path),
-    store: &DynStore,
-    m: &Manifest,
-    dir: &Path,
-) {
-    let path = dir.join(&m.dataset_id).join(format!("{}.case", m.cases[0].id));
+async fn refetched_after(damage: impl FnOnce(&Path), store: &DynStore, m: &Manifest, dir: &Path) {
+    let path = dir
+        .join(&m.dataset_id)
+        .join(format!("{}.case", m.cases[0].id));
     damage(&path);
     let c = CaseCache::new(dir, 1 << 30);
     let mapped = c.get(store, &m.dataset_id, &m.cases[0]).await.unwrap();
@@ -189,7 +195,10 @@ async fn a_stored_object_that_differs_from_its_manifest_checksum_is_refused() {
     assert!(matches!(e, CacheError::BadObject { .. }), "{e}");
     assert!(!e.is_transient());
     let msg = e.to_string();
-    assert!(msg.contains(&m.cases[1].label_key) && msg.contains("BLAKE3"), "{msg}");
+    assert!(
+        msg.contains(&m.cases[1].label_key) && msg.contains("BLAKE3"),
+        "{msg}"
+    );
     // Nothing was kept.
     assert_eq!(c.usage().unwrap(), 0);
     // A manifest from before checksums were recorded still works (the NIfTI reader checks).
@@ -232,7 +241,10 @@ async fn eviction_keeps_the_total_under_the_bound_and_never_removes_a_mapped_cas
         .await
         .err()
         .expect("no room while both are mapped");
-    assert!(matches!(e, CacheError::Full { .. }) && e.is_transient(), "{e}");
+    assert!(
+        matches!(e, CacheError::Full { .. }) && e.is_transient(),
+        "{e}"
+    );
     assert!(path(0).exists() && path(2).exists() && !path(3).exists());
     assert!(cache.usage().unwrap() <= bound);
     // The mapped case still reads what the store holds.
@@ -267,15 +279,19 @@ async fn foreground_sampling_from_mapped_cases_matches_the_in_memory_path_and_it
     };
     // A patch a quarter of the volume's extent, so random crops often miss the organ.
     let patch = image.dims.map(|d| (d / 4).max(2));
-    let rate = |fg: f64, case: &dyn Fn(&PatchSampler, &mut rand_chacha::ChaCha8Rng) -> augment::Patch| {
-        let s = PatchSampler::new(patch, fg).unwrap().with_jitter(0.0).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let n = 400;
-        (0..n)
-            .filter(|_| case(&s, &mut rng).label.iter().any(|&l| l > 0))
-            .count() as f64
-            / n as f64
-    };
+    let rate =
+        |fg: f64, case: &dyn Fn(&PatchSampler, &mut rand_chacha::ChaCha8Rng) -> augment::Patch| {
+            let s = PatchSampler::new(patch, fg)
+                .unwrap()
+                .with_jitter(0.0)
+                .unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+            let n = 400;
+            (0..n)
+                .filter(|_| case(&s, &mut rng).label.iter().any(|&l| l > 0))
+                .count() as f64
+                / n as f64
+        };
     let from_map = |s: &PatchSampler, r: &mut rand_chacha::ChaCha8Rng| s.sample_case(&*mapped, r);
     let from_memory = |s: &PatchSampler, r: &mut rand_chacha::ChaCha8Rng| s.sample_case(&memory, r);
     // Same seed, same patches: mapped and in-memory draw identically.
@@ -284,7 +300,10 @@ async fn foreground_sampling_from_mapped_cases_matches_the_in_memory_path_and_it
         let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let mut b = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         for _ in 0..50 {
-            assert_eq!(s.sample_case(&*mapped, &mut a), s.sample_case(&memory, &mut b));
+            assert_eq!(
+                s.sample_case(&*mapped, &mut a),
+                s.sample_case(&memory, &mut b)
+            );
         }
     }
     // fg_fraction 1: every patch is centred on foreground; 0: only what random crops hit;
@@ -293,7 +312,10 @@ async fn foreground_sampling_from_mapped_cases_matches_the_in_memory_path_and_it
     let never = rate(0.0, &from_map);
     let third = rate(1.0 / 3.0, &from_map);
     assert_eq!(always, 1.0);
-    assert!(never < 0.9, "random crops hit foreground {never} of the time");
+    assert!(
+        never < 0.9,
+        "random crops hit foreground {never} of the time"
+    );
     let expected = 1.0 / 3.0 + 2.0 / 3.0 * never;
     assert!(
         (third - expected).abs() < 0.08,

@@ -22,8 +22,14 @@ fn a_job_on_a_dataset_bigger_than_the_memory_budget_trains_from_mapped_cases_and
     // without a cache everything is in memory.
     let mapped_opts = DataOptions::with_cache(cache_dir.path(), 1 << 30, bytes - 1);
     let memory_opts = DataOptions::with_cache(cache_dir.path(), 1 << 30, bytes);
-    assert_eq!(Dataset::residence(&manifest, &mapped_opts), Residence::Mapped);
-    assert_eq!(Dataset::residence(&manifest, &memory_opts), Residence::Memory);
+    assert_eq!(
+        Dataset::residence(&manifest, &mapped_opts),
+        Residence::Mapped
+    );
+    assert_eq!(
+        Dataset::residence(&manifest, &memory_opts),
+        Residence::Memory
+    );
     assert_eq!(
         Dataset::residence(&manifest, &DataOptions::default()),
         Residence::Memory
@@ -39,7 +45,10 @@ fn a_job_on_a_dataset_bigger_than_the_memory_budget_trains_from_mapped_cases_and
     assert!(mapped.is_mapped() && !memory.is_mapped());
     let cache = mapped_opts.cache.as_ref().unwrap();
     assert_eq!(
-        cache.stats().gets.load(std::sync::atomic::Ordering::Relaxed),
+        cache
+            .stats()
+            .gets
+            .load(std::sync::atomic::Ordering::Relaxed),
         2 * manifest.cases.len() as u64,
         "each case fetched into the cache once"
     );
@@ -75,10 +84,10 @@ fn a_job_on_a_dataset_bigger_than_the_memory_budget_trains_from_mapped_cases_and
             augment_workers: None,
             all_cases: false,
         };
-        let out = engine::train(&input, &Device::Cpu, &AtomicBool::new(false), |_| {})
-            .expect("training");
-        let eval = engine::evaluate(data, &training, &out.checkpoint, &Device::Cpu)
-            .expect("scoring");
+        let out =
+            engine::train(&input, &Device::Cpu, &AtomicBool::new(false), |_| {}).expect("training");
+        let eval =
+            engine::evaluate(data, &training, &out.checkpoint, &Device::Cpu).expect("scoring");
         (out.checkpoint, eval)
     };
     let (ckpt_mapped, eval_mapped) = run(&mapped);
@@ -86,7 +95,10 @@ fn a_job_on_a_dataset_bigger_than_the_memory_budget_trains_from_mapped_cases_and
     assert!(eval_mapped.mean.is_finite());
     assert_eq!(eval_mapped.per_case.len(), memory.validation.len());
     // The same patches, the same weights, the same Dice.
-    assert!(ckpt_mapped == ckpt_memory, "mapped and in-memory trained differently");
+    assert!(
+        ckpt_mapped == ckpt_memory,
+        "mapped and in-memory trained differently"
+    );
     assert_eq!(eval_mapped.mean, eval_memory.mean);
     assert_eq!(
         engine::bundle::min_component_sizes(&mapped),
