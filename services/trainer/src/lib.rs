@@ -580,6 +580,42 @@ mod tests {
     }
 
     #[test]
+    fn the_case_cache_flags_parse_with_sizes_and_bad_ones_name_the_flag() {
+        use clap::Parser as _;
+        let s = super::Settings::try_parse_from([
+            "segtune-trainer",
+            "--cache-dir",
+            "/cache",
+            "--cache-max-bytes",
+            "100G",
+            "--cache-memory-budget",
+            "512M",
+        ])
+        .unwrap();
+        assert_eq!(s.cache.cache_dir, "/cache");
+        assert_eq!(s.cache.cache_max_bytes, 100 << 30);
+        assert_eq!(s.cache.cache_memory_budget, 512 << 20);
+        let d = super::Settings::try_parse_from(["segtune-trainer"]).unwrap();
+        assert_eq!(d.cache, runtime::CacheSettings::default());
+        let e = super::Settings::try_parse_from(["segtune-trainer", "--cache-max-bytes", "lots"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cache-max-bytes") && e.contains("lots"), "{e}");
+        let empty = super::Settings {
+            cache: runtime::CacheSettings {
+                cache_dir: " ".into(),
+                ..Default::default()
+            },
+            ..settings()
+        };
+        let e = empty.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--cache-dir") && e.contains("SEGTUNE_CACHE_DIR"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn an_empty_nats_url_is_a_config_error() {
         let settings = super::Settings {
             nats: " ".into(),
