@@ -125,8 +125,8 @@ pub struct Stats {
 pub struct CaseCache {
     dir: PathBuf,
     max_bytes: u64,
-    /// Files (device, inode) whose body checksum this process has verified.
-    verified: Mutex<HashSet<(u64, u64)>>,
+    /// Files whose body checksum this process has verified ([`file_key`]).
+    verified: Mutex<HashSet<FileKey>>,
     stats: Stats,
 }
 
@@ -259,7 +259,7 @@ impl CaseCache {
                 "built from other stored bytes than the manifest names".into(),
             ));
         }
-        let key = (meta.dev(), meta.ino());
+        let key = file_key(&meta);
         if !self.verified.lock().expect("verified set").contains(&key) {
             // Read through the file, not the map: checking must not make the pages resident
             // in this process.
@@ -401,7 +401,7 @@ impl CaseCache {
             self.verified
                 .lock()
                 .expect("verified set")
-                .insert((meta.dev(), meta.ino()));
+                .insert(file_key(&meta));
         }
         tracing::info!(case = %case.id, bytes = header.file_len,
             seconds = started.elapsed().as_secs_f64(), "case fetched into the cache");
@@ -523,6 +523,14 @@ impl CaseCache {
         }
         Ok(out)
     }
+}
+
+/// A file's identity: device, inode and birth time (where the file system records it), so an
+/// inode number reused by a later file is not taken for a file verified before.
+type FileKey = (u64, u64, Option<SystemTime>);
+
+fn file_key(meta: &std::fs::Metadata) -> FileKey {
+    (meta.dev(), meta.ino(), meta.created().ok())
 }
 
 struct CachedFile {
