@@ -1160,6 +1160,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         store: store.clone(),
         device: "cpu".into(),
         augment_workers: None,
+        cache: Default::default(),
     };
     let (controller_app, trainer_app) = tokio::join!(
         controller::App::connect(&controller_settings),
@@ -1183,6 +1184,7 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         nats: url_of("evaluator"),
         store: store.clone(),
         device: "cpu".into(),
+        cache: Default::default(),
     })
     .await
     .unwrap();

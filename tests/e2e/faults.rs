@@ -201,6 +201,7 @@ impl TrainerTask {
             store: data.store_url.clone(),
             device: "cpu".into(),
             augment_workers: None,
+            cache: Default::default(),
         })
         .await
         .unwrap();
@@ -219,6 +220,7 @@ async fn evaluator_task(bus: &Bus, data: &Data) -> ServiceTask {
         nats: bus.nats.url(),
         store: data.store_url.clone(),
         device: "cpu".into(),
+        cache: Default::default(),
     })
     .await
     .unwrap();
@@ -1188,6 +1190,7 @@ async fn services_started_15_s_before_the_broker_wait_for_it_and_consume_within_
         store: store.clone(),
         device: "cpu".into(),
         augment_workers: None,
+        cache: Default::default(),
     };
     let s = stop(stop_rx.clone());
     services.push((
@@ -1201,6 +1204,7 @@ async fn services_started_15_s_before_the_broker_wait_for_it_and_consume_within_
         nats: url.clone(),
         store: store.clone(),
         device: "cpu".into(),
+        cache: Default::default(),
     };
     let s = stop(stop_rx.clone());
     services.push((

@@ -63,6 +63,7 @@ async fn the_trainer_stops_a_pruned_job_and_publishes_its_pruned_reward() {
         store: store_url.clone(),
         device: "cpu".into(),
         augment_workers: None,
+        cache: Default::default(),
     })
     .await
     .unwrap();

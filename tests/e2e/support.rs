@@ -221,6 +221,7 @@ impl Services {
                 store: store.to_string(),
                 device: "cpu".into(),
                 augment_workers: None,
+                cache: Default::default(),
             })
             .await
             .unwrap();
@@ -231,6 +232,7 @@ impl Services {
             nats: nats(4),
             store: store.to_string(),
             device: "cpu".into(),
+            cache: Default::default(),
         })
         .await
         .unwrap();

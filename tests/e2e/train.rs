@@ -63,6 +63,7 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         store: store_url.clone(),
         device: "cpu".into(),
         augment_workers: None,
+        cache: Default::default(),
     })
     .await
     .unwrap();
@@ -72,6 +73,7 @@ async fn train_job_becomes_a_reward_and_bad_jobs_are_dead_lettered() {
         nats: nats.url(),
         store: store_url.clone(),
         device: "cpu".into(),
+        cache: Default::default(),
     })
     .await
     .unwrap();
@@ -262,6 +264,7 @@ async fn spawn_trainer(
         store: store_url.to_string(),
         device: "cpu".into(),
         augment_workers: None,
+        cache: Default::default(),
     })
     .await
     .unwrap();
@@ -420,6 +423,7 @@ async fn bad_checkpoints_are_dead_lettered_with_the_reason() {
         nats: nats.url(),
         store: store_url.clone(),
         device: "cpu".into(),
+        cache: Default::default(),
     })
     .await
     .unwrap();
@@ -537,4 +541,106 @@ async fn next_dead(dead: &mut async_nats::Subscriber) -> JobFailed {
         .expect("dead letter within 30 s")
         .unwrap();
     protocol::decode::<JobFailed>(&m.payload).unwrap()
+}
+
+/// A trainer and an evaluator on one host, sharing one case cache folder, with a memory
+/// budget the dataset exceeds: the job trains from mapped cases and is scored from them, and
+/// the cases are fetched from the store once for both services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_over_the_memory_budget_is_trained_and_scored_from_the_host_case_cache() {
+    test_support::init_test_tracing();
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = dir.path().join("store").display().to_string();
+    let task = crate::support::synth_task(&dir.path().join("task"), 2);
+    let store = storage::open(&store_url).unwrap();
+    let ds = dataprep::preprocess(
+        &store,
+        &protocol::DatasetSource::Local {
+            path: task.display().to_string(),
+        },
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let cache_dir = dir.path().join("cache");
+    let cache = runtime::CacheSettings {
+        cache_dir: cache_dir.display().to_string(),
+        cache_max_bytes: 1 << 30,
+        // Smaller than any dataset: always mapped.
+        cache_memory_budget: 1,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let trainer = trainer::App::connect(&trainer::Settings {
+        nats: nats.url(),
+        store: store_url.clone(),
+        device: "cpu".into(),
+        augment_workers: None,
+        cache: cache.clone(),
+    })
+    .await
+    .unwrap();
+    let evaluator = evaluator::App::connect(&evaluator::Settings {
+        nats: nats.url(),
+        store: store_url.clone(),
+        device: "cpu".into(),
+        cache,
+    })
+    .await
+    .unwrap();
+    let stats = |c: &engine::DatasetCache| c.options().cache.clone().expect("a case cache");
+    let (trainer_cache, evaluator_cache) = (stats(&trainer.cache), stats(&evaluator.cache));
+    let t = tokio::spawn(trainer::run(trainer, stop(stop_rx.clone())));
+    let e = tokio::spawn(evaluator::run(evaluator, stop(stop_rx.clone())));
+
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut rewards = client.subscribe(subjects::rewards("cached")).await.unwrap();
+    client.flush().await.unwrap();
+    let j = job("cached", 1, &ds.dataset_id, &[("p_flip", 0.5)]);
+    runtime::publish(
+        &js,
+        subjects::jobs(&j.study),
+        Some(&j.job_id),
+        protocol::encode(&j).unwrap(),
+    )
+    .await
+    .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(120), rewards.next())
+        .await
+        .expect("reward within 120 s")
+        .unwrap();
+    let r: Reward = protocol::decode(&msg.payload).unwrap();
+    assert_eq!(r.job_id, "cached-0001");
+    assert_eq!(r.per_case.len(), ds.manifest.validation_cases().count());
+    assert!(
+        r.mean.is_finite() && (0.0..=1.0).contains(&r.mean),
+        "{}",
+        r.mean
+    );
+    // Every case is in the host's cache folder, fetched by the trainer; the evaluator mapped
+    // the same files without reading the store.
+    let cases = ds.manifest.cases.len();
+    let files = std::fs::read_dir(cache_dir.join(&ds.dataset_id))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "case")
+        })
+        .count();
+    assert_eq!(files, cases);
+    let gets =
+        |c: &engine::cache::CaseCache| c.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(gets(&trainer_cache), 2 * cases as u64);
+    assert_eq!(gets(&evaluator_cache), 0);
+    stop_tx.send(true).unwrap();
+    t.await.unwrap().unwrap();
+    e.await.unwrap().unwrap();
 }

@@ -33,12 +33,15 @@ pub struct Settings {
     /// Compute device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, env = "SEGTUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub cache: runtime::CacheSettings,
 }
 
 impl runtime::Validate for Settings {
     fn validate(&self) -> anyhow::Result<()> {
         runtime::ensure_set("--nats", "SEGTUNE_NATS", &self.nats)?;
         runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
+        self.cache.validate()?;
         engine::check_device(&self.device).map_err(|e| anyhow::anyhow!("--device: {e}"))
     }
 }
@@ -57,12 +60,17 @@ impl App {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let device = engine::device(&settings.device)?;
         let store = storage::open(&settings.store)?;
+        let data = engine::DataOptions::with_cache(
+            &settings.cache.cache_dir,
+            settings.cache.cache_max_bytes,
+            settings.cache.cache_memory_budget,
+        );
         let js = runtime::worker::connect(&settings.nats, Self::ROLE).await?;
         Ok(Self {
             js,
             store,
             device,
-            cache: DatasetCache::default(),
+            cache: DatasetCache::new(data),
             worker: runtime::worker_name(Self::ROLE),
             compute: tokio::sync::Mutex::new(()),
         })
@@ -196,6 +204,7 @@ mod tests {
             nats: runtime::DEFAULT_NATS.into(),
             store: "memory:///".into(),
             device: "gpu".into(),
+            cache: Default::default(),
         };
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("--device") && err.contains("gpu"), "{err}");

@@ -52,6 +52,8 @@ pub struct Settings {
     /// Compute device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, env = "SEGTUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub cache: runtime::CacheSettings,
     /// Threads that sample and augment training patches while the device trains (default:
     /// the cores available to this process). Too few and the device waits for data: see
     /// `data_wait_fraction` in the progress messages.
@@ -93,6 +95,7 @@ impl runtime::Validate for Settings {
         runtime::ensure_set("--store", "SEGTUNE_STORE", &self.store)?;
         engine::check_device(&self.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
         engine::augment_workers(self.augment_workers).map_err(anyhow::Error::msg)?;
+        self.cache.validate()?;
         Ok(())
     }
 }
@@ -103,13 +106,18 @@ impl App {
         let augment_workers =
             engine::augment_workers(settings.augment_workers).map_err(anyhow::Error::msg)?;
         let store = storage::open(&settings.store)?;
+        let data = engine::DataOptions::with_cache(
+            &settings.cache.cache_dir,
+            settings.cache.cache_max_bytes,
+            settings.cache.cache_memory_budget,
+        );
         let js = runtime::worker::connect(&settings.nats, Self::ROLE).await?;
         Ok(Self {
             client: js.client(),
             js,
             store,
             device,
-            cache: DatasetCache::default(),
+            cache: DatasetCache::new(data),
             worker: runtime::worker_name(Self::ROLE),
             augment_workers,
             options: Options::default(),
@@ -536,6 +544,7 @@ mod tests {
             store: "memory:///".into(),
             device: "cpu".into(),
             augment_workers: None,
+            cache: Default::default(),
         }
     }
 
@@ -568,6 +577,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--augment-workers"), "{e}");
+    }
+
+    #[test]
+    fn the_case_cache_flags_parse_with_sizes_and_bad_ones_name_the_flag() {
+        use clap::Parser as _;
+        let s = super::Settings::try_parse_from([
+            "segtune-trainer",
+            "--cache-dir",
+            "/cache",
+            "--cache-max-bytes",
+            "100G",
+            "--cache-memory-budget",
+            "512M",
+        ])
+        .unwrap();
+        assert_eq!(s.cache.cache_dir, "/cache");
+        assert_eq!(s.cache.cache_max_bytes, 100 << 30);
+        assert_eq!(s.cache.cache_memory_budget, 512 << 20);
+        let d = super::Settings::try_parse_from(["segtune-trainer"]).unwrap();
+        assert_eq!(d.cache, runtime::CacheSettings::default());
+        let e = super::Settings::try_parse_from(["segtune-trainer", "--cache-max-bytes", "lots"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cache-max-bytes") && e.contains("lots"), "{e}");
+        let empty = super::Settings {
+            cache: runtime::CacheSettings {
+                cache_dir: " ".into(),
+                ..Default::default()
+            },
+            ..settings()
+        };
+        let e = empty.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--cache-dir") && e.contains("SEGTUNE_CACHE_DIR"),
+            "{e}"
+        );
     }
 
     #[test]

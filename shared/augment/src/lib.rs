@@ -48,7 +48,9 @@ pub use producer::{
     Batch, Case, DEFAULT_PREFETCH, ProducerOptions, default_workers, spawn_producer,
     spawn_producer_with,
 };
-pub use sampler::{CaseIndex, DEFAULT_FG_FRACTION, MAX_FG_PER_CLASS, PatchSampler};
+pub use sampler::{
+    CaseIndex, DEFAULT_FG_FRACTION, MAX_FG_PER_CLASS, PatchSampler, TrainingCase, VolumeCase,
+};
 
 /// Uniform draw from the closed range `[lo, hi]` (`lo` when the range is a point).
 ///

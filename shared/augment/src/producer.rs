@@ -13,12 +13,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use volume::Volume;
 
-use crate::{Applied, AugmentError, CaseIndex, PatchSampler, Pipeline};
+use crate::{Applied, AugmentError, CaseIndex, PatchSampler, Pipeline, TrainingCase};
 
 /// Batches held ready, in order, for the consumer (besides the ones being built).
 pub const DEFAULT_PREFETCH: usize = 2;
 
-/// A training case: the image, its label and the label's [`CaseIndex`].
+/// A training case in memory: the image, its label and the label's [`CaseIndex`]. Any
+/// [`TrainingCase`] (a mapped one too) can feed a producer.
 pub type Case = (Volume<f32>, Volume<u8>, CaseIndex);
 
 /// `batch` patches stacked for the network.
@@ -66,8 +67,8 @@ pub fn default_workers() -> NonZeroUsize {
 }
 
 /// [`spawn_producer_with`] with [`ProducerOptions::default`].
-pub fn spawn_producer(
-    cases: Arc<Vec<Case>>,
+pub fn spawn_producer<C: TrainingCase + 'static>(
+    cases: Arc<Vec<C>>,
     sampler: PatchSampler,
     pipeline: Pipeline,
     batch_size: usize,
@@ -99,8 +100,8 @@ pub fn spawn_producer(
 /// Errors (checked here, before any thread starts): no cases, `batch_size == 0`, a case
 /// whose image, label and index disagree on dims, or whose label is not single-channel, or
 /// cases with different channel counts; and a thread the OS refuses to start.
-pub fn spawn_producer_with(
-    cases: Arc<Vec<Case>>,
+pub fn spawn_producer_with<C: TrainingCase + 'static>(
+    cases: Arc<Vec<C>>,
     sampler: PatchSampler,
     pipeline: Pipeline,
     batch_size: usize,
@@ -120,24 +121,14 @@ pub fn spawn_producer_with(
             reason: "must be at least 1".into(),
         });
     }
-    let channels = cases[0].0.channels;
-    for (i, (image, label, index)) in cases.iter().enumerate() {
+    let channels = cases[0].channels();
+    for (i, case) in cases.iter().enumerate() {
         let mismatch = |reason: String| AugmentError::CaseMismatch { case: i, reason };
-        if image.dims != label.dims || index.dims() != label.dims {
-            return Err(mismatch(format!(
-                "image dims {:?}, label dims {:?}, index dims {:?}",
-                image.dims,
-                label.dims,
-                index.dims()
-            )));
-        }
-        if label.channels != 1 {
-            return Err(mismatch(format!("label has {} channels", label.channels)));
-        }
-        if image.channels != channels {
+        case.check().map_err(mismatch)?;
+        if case.channels() != channels {
             return Err(mismatch(format!(
                 "{} image channels, case 0 has {channels}",
-                image.channels
+                case.channels()
             )));
         }
     }
@@ -206,8 +197,8 @@ pub(crate) fn patch_rng(seed: u64, batch: usize, item: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(s)
 }
 
-fn build_batch(
-    cases: &[Case],
+fn build_batch<C: TrainingCase>(
+    cases: &[C],
     sampler: &PatchSampler,
     pipeline: &Pipeline,
     batch_size: usize,
@@ -221,8 +212,7 @@ fn build_batch(
         .map(|i| {
             let mut rng = patch_rng(seed, b, i);
             let case = rng.random_range(0..cases.len());
-            let (image, label, index) = &cases[case];
-            let mut patch = sampler.sample(image, label, index, &mut rng);
+            let mut patch = sampler.sample_case(&cases[case], &mut rng);
             let applied = pipeline.apply(&mut patch, &mut rng);
             (case, patch, applied)
         })
@@ -389,7 +379,9 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let sampler = PatchSampler::new([8, 8, 8], 0.3).unwrap();
-        assert!(spawn_producer(Arc::new(vec![]), sampler, pipeline(), 2, 1, 0).is_err());
+        assert!(
+            spawn_producer(Arc::new(Vec::<Case>::new()), sampler, pipeline(), 2, 1, 0).is_err()
+        );
         assert!(spawn_producer(cases(1), sampler, pipeline(), 0, 1, 0).is_err());
         let mut cs = (*cases(2)).clone();
         cs[1].2 = cs[0].2.clone(); // index of another case

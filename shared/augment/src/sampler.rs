@@ -113,6 +113,34 @@ impl CaseIndex {
         self.dims
     }
 
+    /// An index stored earlier ([`CaseIndex::parts`]): `(class, linear voxel indices)` per
+    /// class. Checks what a stored index could get wrong (a class 0 or listed twice, an empty
+    /// list, a voxel outside `dims`), so a bad file is an error, never a panic in a sampler.
+    pub fn from_parts(dims: [usize; 3], classes: Vec<(u8, Vec<usize>)>) -> Result<Self, String> {
+        let n: usize = dims.iter().product();
+        let mut last = 0u8;
+        for (c, list) in &classes {
+            if *c <= last {
+                return Err(format!(
+                    "class {c} listed out of order (classes must ascend from 1)"
+                ));
+            }
+            last = *c;
+            if list.is_empty() {
+                return Err(format!("class {c} has no voxels"));
+            }
+            if let Some(v) = list.iter().find(|&&v| v >= n) {
+                return Err(format!("class {c}: voxel {v} is outside {dims:?}"));
+            }
+        }
+        Ok(Self { dims, classes })
+    }
+
+    /// `(class, linear voxel indices)` for each class present, ascending by class.
+    pub fn parts(&self) -> &[(u8, Vec<usize>)] {
+        &self.classes
+    }
+
     /// The foreground classes present, ascending.
     pub fn classes(&self) -> impl Iterator<Item = u8> + '_ {
         self.classes.iter().map(|(c, _)| *c)
@@ -219,7 +247,26 @@ impl PatchSampler {
             "case index was built for another label"
         );
         assert_eq!(label.channels, 1, "label must have one channel");
-        let dims = image.dims;
+        self.sample_case(
+            &VolumeCase {
+                image,
+                label,
+                index,
+            },
+            rng,
+        )
+    }
+
+    /// One patch of exactly `patch_size` from any [`TrainingCase`] (in memory or mapped): only
+    /// the rows of the patch are read, and the padding value is asked for only when the
+    /// volume is smaller than the patch.
+    pub fn sample_case<C: TrainingCase + ?Sized, R: Rng + ?Sized>(
+        &self,
+        case: &C,
+        rng: &mut R,
+    ) -> Patch {
+        let dims = case.dims();
+        let index = case.index();
         let p = self.patch_size;
 
         let forced = rng.random::<f64>() < self.fg_fraction;
@@ -240,20 +287,164 @@ impl PatchSampler {
         });
 
         let n = p[0] * p[1] * p[2];
-        let mut out_image = vec![0.0f32; image.channels * n];
+        let channels = case.channels();
+        let mut out_image = vec![0.0f32; channels * n];
         for (c, dst) in out_image.chunks_exact_mut(n).enumerate() {
-            let src = image.channel(c);
             let pad = if needs_padding(dims, p) {
-                src.iter().copied().fold(f32::INFINITY, f32::min)
+                case.channel_min(c)
             } else {
                 0.0
             };
             let pad = if pad.is_finite() { pad } else { 0.0 };
-            crop(src, dims, dst, p, start, pad);
+            crop(case.image_channel(c), dims, dst, p, start, pad);
         }
         let mut out_label = vec![0u8; n];
-        crop(label.channel(0), dims, &mut out_label, p, start, 0);
-        Patch::new(out_image, out_label, p, image.channels)
+        crop(case.label(), dims, &mut out_label, p, start, 0);
+        case.patch_read();
+        Patch::new(out_image, out_label, p, channels)
+    }
+}
+
+/// A case patches are drawn from: its image channels and label as slices of one grid (x
+/// fastest), and its [`CaseIndex`]. In memory ([`Volume`]s) or memory-mapped from a local
+/// cache file, where a slice costs nothing until its pages are read.
+pub trait TrainingCase: Send + Sync {
+    /// Voxels along x, y, z.
+    fn dims(&self) -> [usize; 3];
+    fn channels(&self) -> usize;
+    /// Channel `c` of the image, `dims` voxels.
+    fn image_channel(&self, c: usize) -> &[f32];
+    /// The label (one channel), `dims` voxels.
+    fn label(&self) -> &[u8];
+    fn index(&self) -> &CaseIndex;
+    /// The smallest value of channel `c`: what a volume smaller than the patch is padded with.
+    /// A mapped case keeps it precomputed, so padding never reads the whole channel.
+    fn channel_min(&self, c: usize) -> f32 {
+        self.image_channel(c)
+            .iter()
+            .copied()
+            .fold(f32::INFINITY, f32::min)
+    }
+    /// Called after a patch has been copied out: a mapped case lets go of the pages it read
+    /// (they stay in the OS page cache), so resident memory does not grow with the dataset.
+    fn patch_read(&self) {}
+    /// Disagreements between the parts of the case (checked before any thread starts).
+    fn check(&self) -> Result<(), String> {
+        let n: usize = self.dims().iter().product();
+        if self.label().len() != n {
+            return Err(format!(
+                "label has {} voxels, dims {:?} need {n}",
+                self.label().len(),
+                self.dims()
+            ));
+        }
+        if self.index().dims() != self.dims() {
+            return Err(format!(
+                "index dims {:?}, case dims {:?}",
+                self.index().dims(),
+                self.dims()
+            ));
+        }
+        for c in 0..self.channels() {
+            if self.image_channel(c).len() != n {
+                return Err(format!("image channel {c} is not {:?}", self.dims()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A case held as [`Volume`]s, borrowed.
+pub struct VolumeCase<'a> {
+    pub image: &'a Volume<f32>,
+    pub label: &'a Volume<u8>,
+    pub index: &'a CaseIndex,
+}
+
+impl TrainingCase for VolumeCase<'_> {
+    fn dims(&self) -> [usize; 3] {
+        self.image.dims
+    }
+    fn channels(&self) -> usize {
+        self.image.channels
+    }
+    fn image_channel(&self, c: usize) -> &[f32] {
+        self.image.channel(c)
+    }
+    fn label(&self) -> &[u8] {
+        self.label.channel(0)
+    }
+    fn index(&self) -> &CaseIndex {
+        self.index
+    }
+    fn check(&self) -> Result<(), String> {
+        if self.image.dims != self.label.dims || self.index.dims() != self.label.dims {
+            return Err(format!(
+                "image dims {:?}, label dims {:?}, index dims {:?}",
+                self.image.dims,
+                self.label.dims,
+                self.index.dims()
+            ));
+        }
+        if self.label.channels != 1 {
+            return Err(format!("label has {} channels", self.label.channels));
+        }
+        Ok(())
+    }
+}
+
+/// A case owned as [`Volume`]s with its index (what [`crate::spawn_producer`] took before
+/// cases could be mapped).
+impl TrainingCase for (Volume<f32>, Volume<u8>, CaseIndex) {
+    fn dims(&self) -> [usize; 3] {
+        self.0.dims
+    }
+    fn channels(&self) -> usize {
+        self.0.channels
+    }
+    fn image_channel(&self, c: usize) -> &[f32] {
+        self.0.channel(c)
+    }
+    fn label(&self) -> &[u8] {
+        self.1.channel(0)
+    }
+    fn index(&self) -> &CaseIndex {
+        &self.2
+    }
+    fn check(&self) -> Result<(), String> {
+        VolumeCase {
+            image: &self.0,
+            label: &self.1,
+            index: &self.2,
+        }
+        .check()
+    }
+}
+
+impl<T: TrainingCase + ?Sized> TrainingCase for std::sync::Arc<T> {
+    fn dims(&self) -> [usize; 3] {
+        (**self).dims()
+    }
+    fn channels(&self) -> usize {
+        (**self).channels()
+    }
+    fn image_channel(&self, c: usize) -> &[f32] {
+        (**self).image_channel(c)
+    }
+    fn label(&self) -> &[u8] {
+        (**self).label()
+    }
+    fn index(&self) -> &CaseIndex {
+        (**self).index()
+    }
+    fn channel_min(&self, c: usize) -> f32 {
+        (**self).channel_min(c)
+    }
+    fn patch_read(&self) {
+        (**self).patch_read()
+    }
+    fn check(&self) -> Result<(), String> {
+        (**self).check()
     }
 }
 

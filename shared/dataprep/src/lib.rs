@@ -788,6 +788,8 @@ async fn process_case(
         .map_err(|e| (case.image.clone(), e.to_string()))?;
     let label_key = keys::case_label(&ctx.dataset_id, &case.id)
         .map_err(|e| (case.label.clone(), e.to_string()))?;
+    let image_blake3 = blake3::hash(&processed.image_nii).to_hex().to_string();
+    let label_blake3 = blake3::hash(&processed.label_nii).to_hex().to_string();
     storage::put(&ctx.store, &image_key, processed.image_nii)
         .await
         .map_err(|e| (image_key.clone(), e.to_string()))?;
@@ -805,5 +807,7 @@ async fn process_case(
         source_shape,
         label_counts: processed.label_counts,
         windows: processed.windows,
+        image_blake3: Some(image_blake3),
+        label_blake3: Some(label_blake3),
     })
 }

@@ -339,15 +339,20 @@ fn labels(m: &Manifest) -> Vec<String> {
 
 /// The evaluator's minimum component sizes (voxels at the target spacing) for `data`.
 pub fn min_component_sizes(data: &Dataset) -> Vec<usize> {
-    segmodel::postprocess::min_component_sizes(
-        data.train.iter().map(|c| {
-            (
-                &c.label.data[..c.label.dims.iter().product::<usize>()],
-                c.label.dims,
-            )
-        }),
-        data.num_classes(),
-    )
+    // A mapped case lets go of its label's pages once the next one is read, so the labels
+    // of a mapped dataset are resident one at a time.
+    let mut previous: Option<&crate::CaseData> = None;
+    let labels = data.train.iter().map(|c| {
+        if let Some(p) = previous.replace(c) {
+            p.release();
+        }
+        (c.label_slice(), c.dims())
+    });
+    let sizes = segmodel::postprocess::min_component_sizes(labels, data.num_classes());
+    if let Some(p) = previous {
+        p.release();
+    }
+    sizes
 }
 
 /// Parses and checks `bundle.json` bytes; `file` names them in errors.

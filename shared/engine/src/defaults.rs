@@ -121,6 +121,8 @@ mod tests {
                     source_shape: shape,
                     label_counts: vec![],
                     windows: vec![],
+                    image_blake3: None,
+                    label_blake3: None,
                 })
                 .collect(),
             created_unix: 0,

@@ -1,8 +1,10 @@
 //! One training job and one evaluation: the whole engine behind the trainer service, the
 //! evaluator service and `segtune train` / `segtune eval`.
 //!
-//! - [`Dataset::load`] reads a preprocessed dataset (manifest + every case) from the store
-//!   once; [`DatasetCache`] keeps it for the next jobs of the same dataset.
+//! - [`Dataset::load_with`] reads a preprocessed dataset's manifest and holds its cases in
+//!   memory (small datasets) or mapped from the host's case cache (the `cache` crate), by its
+//!   decoded size against a memory budget; [`DatasetCache`] keeps the latest one for the next
+//!   jobs of the same dataset.
 //! - [`JobSpec::from_strategy`] turns a strategy into the learning rate and augmentation
 //!   pipeline, refusing values outside [0, 1] or unknown dimensions.
 //! - [`train`] runs the epochs (augmentation on a pool of producer threads, overlapped with
@@ -32,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use augment::{CaseIndex, Magnitudes, PatchSampler, Pipeline};
+use augment::{Magnitudes, PatchSampler, Pipeline};
 use protocol::{
     CaseDice, Manifest, Strategy, TrainingConfig,
     strategy::{LEARNING_RATE, PROBABILITY_PREFIX, ROUTINE_LEARNING_RATE},
@@ -63,14 +65,227 @@ impl JobError {
     }
 }
 
-/// A decoded case.
+/// A case of a dataset: decoded in memory (a small dataset) or mapped from the host's case
+/// cache (read by region; see the `cache` crate).
+#[derive(Clone)]
 pub struct CaseData {
     pub id: String,
-    pub image: Volume<f32>,
-    pub label: Volume<u8>,
+    held: Held,
 }
 
-/// A preprocessed dataset in memory.
+#[derive(Clone)]
+enum Held {
+    Memory {
+        image: Arc<Volume<f32>>,
+        label: Arc<Volume<u8>>,
+        /// Built once when the case is loaded, not at every job.
+        index: Arc<augment::CaseIndex>,
+    },
+    Mapped(Arc<cache::MappedCase>),
+}
+
+impl CaseData {
+    /// A case held in memory (its foreground indexed here, once).
+    pub fn in_memory(id: String, image: Volume<f32>, label: Volume<u8>) -> Self {
+        CaseData {
+            id,
+            held: Held::Memory {
+                index: Arc::new(augment::CaseIndex::new(&label)),
+                image: Arc::new(image),
+                label: Arc::new(label),
+            },
+        }
+    }
+
+    /// A case mapped from the case cache.
+    pub fn mapped(case: cache::MappedCase) -> Self {
+        CaseData {
+            id: case.id().to_string(),
+            held: Held::Mapped(Arc::new(case)),
+        }
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.held, Held::Mapped(_))
+    }
+
+    /// Voxels along x, y, z.
+    pub fn dims(&self) -> [usize; 3] {
+        match &self.held {
+            Held::Memory { image, .. } => image.dims,
+            Held::Mapped(m) => augment::TrainingCase::dims(&**m),
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        match &self.held {
+            Held::Memory { image, .. } => image.channels,
+            Held::Mapped(m) => augment::TrainingCase::channels(&**m),
+        }
+    }
+
+    /// The image as a volume: borrowed in memory, copied out of the map when mapped (one
+    /// case at a time, as the sliding window reads it).
+    pub fn image(&self) -> std::borrow::Cow<'_, Volume<f32>> {
+        match &self.held {
+            Held::Memory { image, .. } => std::borrow::Cow::Borrowed(&**image),
+            Held::Mapped(m) => std::borrow::Cow::Owned(m.image_volume()),
+        }
+    }
+
+    /// The label as a volume, like [`CaseData::image`].
+    pub fn label(&self) -> std::borrow::Cow<'_, Volume<u8>> {
+        match &self.held {
+            Held::Memory { label, .. } => std::borrow::Cow::Borrowed(&**label),
+            Held::Mapped(m) => std::borrow::Cow::Owned(m.label_volume()),
+        }
+    }
+
+    /// The label's voxels without a copy (pages of a mapped case are read as they are
+    /// touched; [`CaseData::release`] lets go of them).
+    pub fn label_slice(&self) -> &[u8] {
+        match &self.held {
+            Held::Memory { label, .. } => label.channel(0),
+            Held::Mapped(m) => augment::TrainingCase::label(&**m),
+        }
+    }
+
+    /// A mapped case drops this process's mapping of the pages read so far (they stay in the
+    /// page cache); nothing for a case in memory.
+    pub fn release(&self) {
+        if let Held::Mapped(m) = &self.held {
+            m.release();
+        }
+    }
+
+    /// The case as the patch sampler reads it (an in-memory case indexed at load; a mapped
+    /// case carries the index its cache file stores).
+    fn training_case(&self) -> TrainCase {
+        match &self.held {
+            Held::Memory {
+                image,
+                label,
+                index,
+            } => TrainCase::Memory {
+                index: index.clone(),
+                image: image.clone(),
+                label: label.clone(),
+            },
+            Held::Mapped(m) => TrainCase::Mapped(m.clone()),
+        }
+    }
+}
+
+/// A case as the augmentation producer samples it ([`Dataset::training_cases`]).
+pub enum TrainCase {
+    Memory {
+        image: Arc<Volume<f32>>,
+        label: Arc<Volume<u8>>,
+        index: Arc<augment::CaseIndex>,
+    },
+    Mapped(Arc<cache::MappedCase>),
+}
+
+impl augment::TrainingCase for TrainCase {
+    fn dims(&self) -> [usize; 3] {
+        match self {
+            TrainCase::Memory { image, .. } => image.dims,
+            TrainCase::Mapped(m) => m.dims(),
+        }
+    }
+    fn channels(&self) -> usize {
+        match self {
+            TrainCase::Memory { image, .. } => image.channels,
+            TrainCase::Mapped(m) => m.channels(),
+        }
+    }
+    fn image_channel(&self, c: usize) -> &[f32] {
+        match self {
+            TrainCase::Memory { image, .. } => image.channel(c),
+            TrainCase::Mapped(m) => m.image_channel(c),
+        }
+    }
+    fn label(&self) -> &[u8] {
+        match self {
+            TrainCase::Memory { label, .. } => label.channel(0),
+            TrainCase::Mapped(m) => m.label(),
+        }
+    }
+    fn index(&self) -> &augment::CaseIndex {
+        match self {
+            TrainCase::Memory { index, .. } => index,
+            TrainCase::Mapped(m) => m.index(),
+        }
+    }
+    fn channel_min(&self, c: usize) -> f32 {
+        match self {
+            TrainCase::Memory { image, .. } => image
+                .channel(c)
+                .iter()
+                .copied()
+                .fold(f32::INFINITY, f32::min),
+            TrainCase::Mapped(m) => m.channel_min(c),
+        }
+    }
+    fn patch_read(&self) {
+        if let TrainCase::Mapped(m) = self {
+            m.patch_read();
+        }
+    }
+    fn check(&self) -> Result<(), String> {
+        match self {
+            TrainCase::Memory {
+                image,
+                label,
+                index,
+            } => augment::VolumeCase {
+                image,
+                label,
+                index,
+            }
+            .check(),
+            TrainCase::Mapped(m) => m.check(),
+        }
+    }
+}
+
+/// How a process holds datasets: in memory when a dataset is small, else mapped from the
+/// host's case cache.
+#[derive(Clone, Default)]
+pub struct DataOptions {
+    /// The host's case cache; `None`: every dataset is read into memory (the CLI's
+    /// `train`/`eval` on small data, the tests).
+    pub cache: Option<Arc<cache::CaseCache>>,
+    /// Datasets whose decoded size (image f32 + label u8, from the manifest) is at most this
+    /// many bytes are held in memory even with a cache; larger ones are mapped.
+    pub memory_budget: u64,
+}
+
+impl DataOptions {
+    /// The case cache at `dir` bounded by `max_bytes`; datasets above `memory_budget`
+    /// decoded bytes are mapped from it.
+    pub fn with_cache(
+        dir: impl Into<std::path::PathBuf>,
+        max_bytes: u64,
+        memory_budget: u64,
+    ) -> Self {
+        DataOptions {
+            cache: Some(cache::CaseCache::new(dir, max_bytes)),
+            memory_budget,
+        }
+    }
+}
+
+pub use cache;
+
+/// How a dataset is held ([`Dataset::load_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residence {
+    Memory,
+    Mapped,
+}
+
+/// A preprocessed dataset: its manifest and cases, in memory or mapped.
 pub struct Dataset {
     pub manifest: Manifest,
     pub train: Vec<CaseData>,
@@ -78,21 +293,76 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Reads the manifest and every case of `dataset_id`.
+    /// Reads the manifest and every case of `dataset_id` into memory.
     pub async fn load(store: &DynStore, dataset_id: &str) -> Result<Dataset, JobError> {
+        Self::load_with(store, dataset_id, &DataOptions::default()).await
+    }
+
+    /// The decoded bytes of a dataset (image f32 and label u8 of every case), from its
+    /// manifest.
+    pub fn decoded_bytes(manifest: &Manifest) -> u64 {
+        manifest
+            .cases
+            .iter()
+            .map(|c| (c.shape.iter().product::<usize>() * (4 * c.channels + 1)) as u64)
+            .sum()
+    }
+
+    /// Where a dataset of this manifest is held under `opts`: in memory without a cache or
+    /// when it fits the memory budget; mapped otherwise.
+    pub fn residence(manifest: &Manifest, opts: &DataOptions) -> Residence {
+        match &opts.cache {
+            Some(_) if Self::decoded_bytes(manifest) > opts.memory_budget => Residence::Mapped,
+            _ => Residence::Memory,
+        }
+    }
+
+    /// Reads the manifest, then holds every case in memory or mapped from the case cache
+    /// ([`Dataset::residence`]; the choice is logged).
+    pub async fn load_with(
+        store: &DynStore,
+        dataset_id: &str,
+        opts: &DataOptions,
+    ) -> Result<Dataset, JobError> {
         let manifest = dataprep::load_manifest(store, dataset_id)
             .await
-            .map_err(JobError::permanent)?;
+            .map_err(|e| {
+                if matches!(&e, dataprep::ManifestError::Store { source, .. } if source.is_transient()) {
+                    JobError::Transient(e.to_string())
+                } else {
+                    JobError::Permanent(e.to_string())
+                }
+            })?;
+        let residence = Self::residence(&manifest, opts);
+        let bytes = Self::decoded_bytes(&manifest);
+        tracing::info!(
+            dataset = dataset_id,
+            decoded_bytes = bytes,
+            memory_budget = opts.memory_budget,
+            residence = ?residence,
+            "{}",
+            match residence {
+                Residence::Memory if opts.cache.is_none() => "dataset held in memory (no case cache)",
+                Residence::Memory => "dataset held in memory (within the memory budget)",
+                Residence::Mapped => "dataset mapped from the case cache (larger than the memory budget)",
+            }
+        );
         let mut train = Vec::new();
         let mut validation = Vec::new();
         for case in &manifest.cases {
-            let img = read_case(store, &case.image_key).await?;
-            let lab = read_case(store, &case.label_key).await?;
-            let label = lab.map(|v| v as u8);
-            let data = CaseData {
-                id: case.id.clone(),
-                image: img,
-                label,
+            let data = match (&opts.cache, residence) {
+                (Some(cache), Residence::Mapped) => {
+                    let mapped = cache
+                        .get(store, dataset_id, case)
+                        .await
+                        .map_err(|e| cache_error(e, bytes, cache))?;
+                    CaseData::mapped(mapped)
+                }
+                _ => {
+                    let image = read_case(store, &case.image_key).await?;
+                    let label = read_case(store, &case.label_key).await?.map(|v| v as u8);
+                    CaseData::in_memory(case.id.clone(), image, label)
+                }
             };
             match case.split {
                 protocol::Split::Train => train.push(data),
@@ -112,11 +382,42 @@ impl Dataset {
     }
 
     pub fn channels(&self) -> usize {
-        self.train[0].image.channels
+        self.train[0].channels()
     }
 
     pub fn num_classes(&self) -> usize {
         self.manifest.num_classes()
+    }
+
+    /// True when the cases are mapped from the case cache.
+    pub fn is_mapped(&self) -> bool {
+        self.train[0].is_mapped()
+    }
+
+    /// The cases a job samples patches from (the training cases, and the validation ones
+    /// too with `all_cases`), for [`augment::spawn_producer_with`].
+    pub fn training_cases(&self, all_cases: bool) -> Vec<TrainCase> {
+        let held_out: &[CaseData] = if all_cases { &self.validation } else { &[] };
+        self.train
+            .iter()
+            .chain(held_out)
+            .map(CaseData::training_case)
+            .collect()
+    }
+}
+
+/// A full cache is transient while other jobs hold it, permanent when this dataset alone
+/// does not fit the bound (every case of a job stays mapped while it runs).
+fn cache_error(e: cache::CacheError, dataset_bytes: u64, cache: &cache::CaseCache) -> JobError {
+    match e {
+        cache::CacheError::Full { .. } if dataset_bytes > cache.max_bytes() => {
+            JobError::Permanent(format!(
+                "{e}; this dataset alone needs about {dataset_bytes} bytes: raise \
+                 SEGTUNE_CACHE_MAX_BYTES"
+            ))
+        }
+        e if e.is_transient() => JobError::Transient(e.to_string()),
+        e => JobError::Permanent(e.to_string()),
     }
 }
 
@@ -138,19 +439,35 @@ async fn read_case(store: &DynStore, key: &str) -> Result<Volume<f32>, JobError>
     .map_err(|e| JobError::Transient(e.to_string()))?
 }
 
-/// Datasets loaded by this process, by id (a trainer loads each dataset once).
+/// The dataset a process holds, by id. Jobs run one at a time, so only the latest dataset is
+/// kept: the next job of the same dataset reuses it, a job of another dataset drops it (and
+/// with it the pins on its mapped cases, which the case cache may then evict).
 #[derive(Default, Clone)]
 pub struct DatasetCache {
     map: Arc<tokio::sync::Mutex<HashMap<String, Arc<Dataset>>>>,
+    options: DataOptions,
 }
 
 impl DatasetCache {
+    /// Datasets held as `options` says (in memory or mapped).
+    pub fn new(options: DataOptions) -> Self {
+        DatasetCache {
+            map: Default::default(),
+            options,
+        }
+    }
+
+    pub fn options(&self) -> &DataOptions {
+        &self.options
+    }
+
     pub async fn get(&self, store: &DynStore, dataset_id: &str) -> Result<Arc<Dataset>, JobError> {
         let mut map = self.map.lock().await;
         if let Some(d) = map.get(dataset_id) {
             return Ok(d.clone());
         }
-        let d = Arc::new(Dataset::load(store, dataset_id).await?);
+        map.clear();
+        let d = Arc::new(Dataset::load_with(store, dataset_id, &self.options).await?);
         map.insert(dataset_id.to_string(), d.clone());
         Ok(d)
     }
@@ -284,13 +601,7 @@ fn train_inner(
     let batch = training.batch_size as usize;
     let steps_per_epoch = (training.patches_per_epoch as usize).div_ceil(batch).max(1);
     let epochs = training.epochs;
-    let held_out: &[CaseData] = if all_cases { &data.validation } else { &[] };
-    let cases: Vec<_> = data
-        .train
-        .iter()
-        .chain(held_out)
-        .map(|c| (c.image.clone(), c.label.clone(), CaseIndex::new(&c.label)))
-        .collect();
+    let cases = data.training_cases(all_cases);
     let sampler = PatchSampler::new(training.patch, 1.0 / 3.0).map_err(JobError::permanent)?;
     let producer = augment::ProducerOptions {
         workers: augment_workers.unwrap_or_else(augment::default_workers),
@@ -438,13 +749,17 @@ pub fn evaluate(
     let mut raw_sum = 0.0;
     let mut postprocessed_voxels = 0;
     for case in &data.validation {
-        let mut pred = sliding_window_predict(&model, &case.image, &sw, device)
-            .map_err(JobError::permanent)?;
-        let raw = dice_per_class(&pred.data, &case.label.data, k);
+        // One case at a time: a mapped case is copied out here and dropped after scoring.
+        let image = case.image();
+        let mut pred =
+            sliding_window_predict(&model, &image, &sw, device).map_err(JobError::permanent)?;
+        drop(image);
+        let label = case.label();
+        let raw = dice_per_class(&pred.data, &label.data, k);
         raw_sum += raw.iter().sum::<f64>() / raw.len().max(1) as f64;
         postprocessed_voxels +=
             segmodel::postprocess::remove_small_components(&mut pred.data, pred.dims, &min_sizes);
-        let d = dice_per_class(&pred.data, &case.label.data, k);
+        let d = dice_per_class(&pred.data, &label.data, k);
         let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
         per_case.push(CaseDice {
             case: case.id.clone(),

@@ -77,7 +77,7 @@ async fn training_from_scratch_reaches_dice_0_7_on_a_tiny_ct_task() {
     .await
     .expect("preprocessing the synthetic task");
     let data = Dataset::load(&store, &out.dataset_id).await.unwrap();
-    let dims = data.train[0].image.dims;
+    let dims = data.train[0].dims();
     let (strategy, training) = learning_setup();
     let job = JobSpec::from_strategy(&strategy).unwrap();
     let started = Instant::now();

@@ -106,6 +106,12 @@ pub struct CaseEntry {
     pub label_counts: Vec<u64>,
     /// Per-channel intensity window actually applied (differs per case only for per-volume MR).
     pub windows: Vec<[f64; 2]>,
+    /// BLAKE3 (hex) of the stored image and label objects, verified by the case cache when it
+    /// fetches them. Absent in manifests written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_blake3: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_blake3: Option<String>,
 }
 
 /// `datasets/<dataset-id>/manifest.msgpack`.

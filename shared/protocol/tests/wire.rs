@@ -431,6 +431,8 @@ fn every_message_round_trips_as_named_map() {
                 source_shape: [45, 45, 12],
                 label_counts: vec![100, 20],
                 windows: vec![[-1000.0, 1000.0]],
+                image_blake3: None,
+                label_blake3: None,
             }],
             created_unix: 0,
             segtune_version: "0.1.0".into(),

@@ -33,7 +33,12 @@ pub fn init_tracing() {
 
 mod auth;
 pub use auth::*;
+mod cache_settings;
 mod service;
+pub use cache_settings::{
+    CacheSettings, DEFAULT_CACHE_DIR, DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MEMORY_BUDGET,
+    parse_bytes,
+};
 pub use service::{Shutdown, Validate, ensure_set, service_main};
 pub mod worker;
 

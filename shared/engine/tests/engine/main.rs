@@ -5,6 +5,7 @@
 mod cache;
 mod finetune;
 mod intermediate;
+mod mapped;
 mod predict;
 mod workers;
 
