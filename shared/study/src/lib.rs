@@ -8,6 +8,8 @@
 //! both accept exactly the same specs.
 
 pub mod file;
+#[cfg(test)]
+mod preset_strategies;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod validate;
