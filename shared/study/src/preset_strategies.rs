@@ -412,3 +412,52 @@ const RECORDED: &[(&str, [[u64; 9]; 4])] = &[
         ],
     ),
 ];
+
+const MAGNITUDES_FILE: &str = "[dataset]\nid = \"d\"\n[search]\nseed = 7\nparallel = 3\n\
+                               [space]\npreset = \"paper+magnitudes\"\n";
+
+/// Every searcher runs over the `paper+magnitudes` space: proposals have every dimension,
+/// map inside each dimension's range, and the searcher learns from rewards over several
+/// rounds; the `fixed` searcher trains the routine strategy at the default magnitudes.
+#[test]
+fn every_searcher_searches_the_magnitudes_space() {
+    use protocol::strategy::{MAGNITUDES, paper_magnitudes_space};
+    let spec = parse_study_file(MAGNITUDES_FILE, Path::new("wide.toml")).expect("file");
+    assert_eq!(spec.space, paper_magnitudes_space());
+    for kind in search::KINDS {
+        let mut spec = spec.clone();
+        spec.searcher = kind.to_string();
+        let space = validate_spec(&spec).expect("valid spec");
+        assert_eq!(space.len(), 15);
+        let mut s = search::build(kind, &space, &spec.searcher_settings, spec.seed).unwrap();
+        let mut pending: Vec<search::Proposal> = (0..3).map(|_| s.propose()).collect();
+        for round in 0..30 {
+            let p = pending.remove(0);
+            assert_eq!(p.unit.len(), 15, "{kind}");
+            let strategy = space.strategy(&p.unit).unwrap();
+            for d in space.dimensions() {
+                let v = strategy.values[&d.name];
+                assert!(
+                    v >= d.min * (1.0 - 1e-12) && v <= d.max * (1.0 + 1e-12),
+                    "{kind} round {round}: {} = {v} outside [{}, {}]",
+                    d.name,
+                    d.min,
+                    d.max
+                );
+            }
+            // An analytic reward that prefers large noise magnitudes.
+            let reward = p.unit[11] - (p.unit[0] - 0.3).powi(2);
+            s.observe(&p, reward)
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            pending.push(s.propose());
+        }
+        assert!(s.best().is_some(), "{kind}");
+        if kind == "fixed" {
+            let routine = space.strategy(&pending[0].unit).unwrap();
+            for m in &MAGNITUDES {
+                let v = routine.values[m.name];
+                assert!((v - m.default).abs() < 1e-9 * m.default, "{}: {v}", m.name);
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use protocol::{Dimension, Scale, strategy};
 
 use super::{
     super::format::format_value,
-    record::{StudyRecord, is_probability},
+    record::{StudyRecord, is_probability, routine_value},
 };
 
 /// Registers DejaVu Sans (embedded) as plotters' "sans-serif": the `ab_glyph` text path
@@ -134,6 +134,15 @@ fn dice_range(values: impl Iterator<Item = f64>, headroom: f64) -> (f64, f64) {
 /// A log axis a bit wider than the dimension's range, so that both ends get tick labels.
 fn log_range(d: &Dimension) -> (f64, f64) {
     (d.min / 1.6, d.max * 1.6)
+}
+
+/// A log axis' tick: `1e-3` below 1 (learning rates, noise), `30` above (sharpening strength).
+fn log_tick(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.0e}")
+    }
 }
 
 /// Reward per job in issue order, the best-so-far line, the best job ringed; pruned jobs
@@ -307,13 +316,7 @@ impl Plot for StrategyPlot<'_> {
                 .margin(10)
                 .x_label_area_size(if bottom_row { 42 } else { 26 })
                 .y_label_area_size(62);
-            let routine = if d.name == strategy::LEARNING_RATE {
-                Some(strategy::ROUTINE_LEARNING_RATE)
-            } else if is_probability(d) {
-                Some(strategy::ROUTINE_PROBABILITY)
-            } else {
-                None
-            };
+            let routine = routine_value(d);
             // The two axis kinds have different coordinate types, hence the macro.
             macro_rules! panel_body {
                 ($chart:ident, $yfmt:expr) => {{
@@ -355,7 +358,7 @@ impl Plot for StrategyPlot<'_> {
             if d.scale == Scale::Log && d.min > 0.0 {
                 let (lo, hi) = log_range(d);
                 let mut chart = builder.build_cartesian_2d(0u32..n + 1, (lo..hi).log_scale())?;
-                panel_body!(chart, |y: &f64| format!("{y:.0e}"));
+                panel_body!(chart, |y: &f64| log_tick(*y));
             } else {
                 let (lo, hi) = if d.max > d.min {
                     (d.min, d.max)
@@ -512,8 +515,7 @@ impl Plot for BestPlot<'_> {
             } else {
                 format!("{} (shaded: the searched range)", d.name)
             };
-            let routine =
-                (d.name == strategy::LEARNING_RATE).then_some(strategy::ROUTINE_LEARNING_RATE);
+            let routine = routine_value(d);
             // Where the marker sits along the axis decides which way its label extends, so
             // that the label stays inside the panel.
             let (lo, hi) = if log {
@@ -589,7 +591,7 @@ impl Plot for BestPlot<'_> {
                 .y_label_area_size(LABEL_AREA);
             if log {
                 let mut chart = builder.build_cartesian_2d((lo..hi).log_scale(), 0f64..1f64)?;
-                marker_body!(chart, |x: &f64| format!("{x:.0e}"));
+                marker_body!(chart, |x: &f64| log_tick(*x));
             } else {
                 let mut chart = builder.build_cartesian_2d(lo..hi, 0f64..1f64)?;
                 marker_body!(chart, |x: &f64| format!("{x:.2}"));

@@ -264,7 +264,24 @@ impl StudyRecord {
 
 /// A probability: what the best-strategy bar chart shows as a bar.
 pub(super) fn is_probability(d: &Dimension) -> bool {
-    d.scale == Scale::Linear && d.min >= 0.0 && d.max <= 1.0
+    !d.name.starts_with(protocol::strategy::MAGNITUDE_PREFIX)
+        && d.scale == Scale::Linear
+        && d.min >= 0.0
+        && d.max <= 1.0
+}
+
+/// The routine strategy's value of a dimension, where it has one: the routine learning rate,
+/// probability, or an augmentation magnitude's default.
+pub(super) fn routine_value(d: &Dimension) -> Option<f64> {
+    if d.name == protocol::strategy::LEARNING_RATE {
+        Some(protocol::strategy::ROUTINE_LEARNING_RATE)
+    } else if let Some(m) = protocol::strategy::Magnitude::from_dimension(&d.name) {
+        Some(m.default)
+    } else if is_probability(d) {
+        Some(protocol::strategy::ROUTINE_PROBABILITY)
+    } else {
+        None
+    }
 }
 
 /// The report tests' study: twelve jobs of the demo's space.
