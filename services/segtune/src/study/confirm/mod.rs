@@ -366,41 +366,78 @@ pub fn render(c: &Confirmation) -> String {
 
 pub async fn run(a: ConfirmArgs) -> anyhow::Result<()> {
     subjects::check_token("study id", &a.study)?;
-    if !(1..=MAX_SEEDS).contains(&a.seeds) {
-        anyhow::bail!("--seeds must lie in 1..={MAX_SEEDS}, got {}", a.seeds);
+    let (client, js) = bus::connect_provisioned(&a.nats).await?;
+    let c = confirm(
+        &client,
+        &js,
+        &Request {
+            study: a.study.clone(),
+            seeds: a.seeds,
+            top: a.top,
+            seed: a.seed,
+            timeout: a.timeout_secs.map(Duration::from_secs),
+        },
+    )
+    .await?;
+    print!("{}", render(&c));
+    eprintln!(
+        "published on {} (segtune study report {} draws it)",
+        subjects::confirmations(&a.study),
+        a.study
+    );
+    Ok(())
+}
+
+/// What to confirm (the command's arguments, for `segtune demo` too).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub study: String,
+    pub seeds: u32,
+    pub top: u32,
+    pub seed: u64,
+    pub timeout: Option<Duration>,
+}
+
+/// Runs a confirmation of `r.study` over the bus and publishes it; returns what it published.
+pub async fn confirm(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    r: &Request,
+) -> anyhow::Result<Confirmation> {
+    subjects::check_token("study id", &r.study)?;
+    if !(1..=MAX_SEEDS).contains(&r.seeds) {
+        anyhow::bail!("--seeds must lie in 1..={MAX_SEEDS}, got {}", r.seeds);
     }
-    if !(1..=MAX_TOP).contains(&a.top) {
-        anyhow::bail!("--top must lie in 1..={MAX_TOP}, got {}", a.top);
+    if !(1..=MAX_TOP).contains(&r.top) {
+        anyhow::bail!("--top must lie in 1..={MAX_TOP}, got {}", r.top);
     }
-    if a.seeds < 2 {
+    if r.seeds < 2 {
         eprintln!("note: with 1 seed there is no interval; use --seeds 3 or more");
     }
-    let run_study = confirm_study_id(&a.study);
+    let run_study = confirm_study_id(&r.study);
     subjects::check_token("study id", &run_study)?;
-    let (client, js) = bus::connect_provisioned(&a.nats).await?;
-    let (rewards, events) = bus::replay_study(&js, &a.study).await?;
+    let (rewards, events) = bus::replay_study(js, &r.study).await?;
     let Some((spec, dataset_id)) = started(&events) else {
         anyhow::bail!(
-            "study {}: no started event on {} (check the id and SEGTUNE_NATS)",
-            a.study,
-            a.nats
+            "study {}: no started event on this NATS server (check the id and SEGTUNE_NATS)",
+            r.study
         );
     };
-    let arms = plan_arms(&rewards, a.top);
+    let arms = plan_arms(&rewards, r.top);
     let winners = arms.iter().filter(|x| x.kind == ArmKind::Winner).count();
     if winners == 0 {
         anyhow::bail!(
             "study {} has no finished (non-pruned) reward yet: nothing to confirm",
-            a.study
+            r.study
         );
     }
-    if winners < a.top as usize {
+    if winners < r.top as usize {
         eprintln!(
             "note: study {} has {winners} finished strategies; confirming those",
-            a.study
+            r.study
         );
     }
-    let seeds = fresh_seeds(spec.seed, a.seed, a.seeds);
+    let seeds = fresh_seeds(spec.seed, r.seed, r.seeds);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -409,7 +446,7 @@ pub async fn run(a: ConfirmArgs) -> anyhow::Result<()> {
     let jobs = plan_jobs(&run_id, &run_study, &dataset_id, &spec, &arms, &seeds)?;
     eprintln!(
         "confirming study {}: {} arms x {} seeds = {} jobs of {} epochs x {} patches",
-        a.study,
+        r.study,
         arms.len(),
         seeds.len(),
         jobs.len(),
@@ -419,18 +456,11 @@ pub async fn run(a: ConfirmArgs) -> anyhow::Result<()> {
     for arm in &arms {
         eprintln!("  {}: {:?}", arm.name, arm.strategy.values);
     }
-    let outcomes = retrain::run_jobs(
-        &client,
-        &js,
-        &run_study,
-        &jobs,
-        a.timeout_secs.map(Duration::from_secs),
-    )
-    .await?;
+    let outcomes = retrain::run_jobs(client, js, &run_study, &jobs, r.timeout).await?;
     let mut dice = vec![vec![None; seeds.len()]; arms.len()];
     for (i, o) in outcomes.iter().enumerate() {
-        if let Ok(r) = o {
-            dice[i % arms.len()][i / arms.len()] = Some(r.mean);
+        if let Ok(reward) = o {
+            dice[i % arms.len()][i / arms.len()] = Some(reward.mean);
         }
     }
     let time_unix = std::time::SystemTime::now()
@@ -438,7 +468,7 @@ pub async fn run(a: ConfirmArgs) -> anyhow::Result<()> {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let confirmation = summarize(
-        &a.study,
+        &r.study,
         &run_id,
         &run_study,
         &dataset_id,
@@ -449,21 +479,15 @@ pub async fn run(a: ConfirmArgs) -> anyhow::Result<()> {
         dice,
         time_unix,
     );
-    print!("{}", render(&confirmation));
     runtime::publish(
-        &js,
-        subjects::confirmations(&a.study),
+        js,
+        subjects::confirmations(&r.study),
         Some(&run_id),
         protocol::encode(&confirmation)?,
     )
     .await
     .context("publishing the confirmation")?;
-    eprintln!(
-        "published on {} (segtune study report {} draws it)",
-        subjects::confirmations(&a.study),
-        a.study
-    );
-    Ok(())
+    Ok(confirmation)
 }
 
 #[cfg(test)]
