@@ -180,8 +180,14 @@ async fn confirm_pairs_fresh_seeds_and_measures_the_augmentation_against_its_abl
         .map(|j| (analytic_dice(&j.strategy, j.seed), j))
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-    assert_eq!(c.arms[0].source_job.as_deref(), Some(ranked[0].1.job_id.as_str()));
-    assert_eq!(c.arms[2].source_job.as_deref(), Some(ranked[1].1.job_id.as_str()));
+    assert_eq!(
+        c.arms[0].source_job.as_deref(),
+        Some(ranked[0].1.job_id.as_str())
+    );
+    assert_eq!(
+        c.arms[2].source_job.as_deref(),
+        Some(ranked[1].1.job_id.as_str())
+    );
     assert_eq!(c.arms[0].strategy, ranked[0].1.strategy);
     assert_eq!(c.arms[4].strategy, strategy::routine_strategy());
     assert_eq!(c.arms[1].kind, ArmKind::Ablation);
@@ -206,7 +212,10 @@ async fn confirm_pairs_fresh_seeds_and_measures_the_augmentation_against_its_abl
             assert_eq!(job.seed, c.seeds[s], "{job_id}");
             assert_eq!(job.training, spec.training, "{job_id}");
             assert_eq!(job.strategy, arm.strategy, "{job_id}");
-            assert!(!study_jobs.iter().any(|j| j.seed == job.seed), "seed reused");
+            assert!(
+                !study_jobs.iter().any(|j| j.seed == job.seed),
+                "seed reused"
+            );
             assert_eq!(*dice, Some(analytic_dice(&arm.strategy, c.seeds[s])));
         }
     }
@@ -225,7 +234,10 @@ async fn confirm_pairs_fresh_seeds_and_measures_the_augmentation_against_its_abl
     assert!(vs_ablation.ci95[0] > 0.0, "{vs_ablation:?}");
     assert_eq!(c.comparisons[1].baseline, "routine");
     let text = confirm::render(&c);
-    assert!(text.contains("top1: its augmentation beats no augmentation by"), "{text}");
+    assert!(
+        text.contains("top1: its augmentation beats no augmentation by"),
+        "{text}"
+    );
 
     // Published and kept; the study's own rewards are only the search's.
     let stored: Vec<Confirmation> = segtune::study::bus::replay(

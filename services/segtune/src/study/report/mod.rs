@@ -202,7 +202,11 @@ mod tests {
         let strategy = std::fs::read_to_string(dir.path().join("strategy.svg")).unwrap();
         let best = std::fs::read_to_string(dir.path().join("best.svg")).unwrap();
         for m in protocol::strategy::MAGNITUDES {
-            assert!(strategy.contains(m.name), "{} missing from strategy.svg", m.name);
+            assert!(
+                strategy.contains(m.name),
+                "{} missing from strategy.svg",
+                m.name
+            );
             assert!(
                 best.contains(&format!("best {} = ", m.name)),
                 "{} is not a marker in best.svg",

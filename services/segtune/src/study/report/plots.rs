@@ -182,7 +182,13 @@ impl Plot for ConfirmPlot<'_> {
                 .arms
                 .iter()
                 .enumerate()
-                .filter_map(|(a, arm)| arm.dice.get(s).copied().flatten().map(|d| (a as f64 + dx, d)))
+                .filter_map(|(a, arm)| {
+                    arm.dice
+                        .get(s)
+                        .copied()
+                        .flatten()
+                        .map(|d| (a as f64 + dx, d))
+                })
                 .collect();
             chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(1)))?;
             chart

@@ -453,16 +453,30 @@ pub(super) mod fixtures {
         let spec = spec(12);
         let arms = confirm::plan_arms(&[reward(9, 0.612)], 1);
         let seeds = confirm::fresh_seeds(spec.seed, 0, 3);
-        let jobs =
-            confirm::plan_jobs("demo-confirm-1", "demo-confirm", "ds1", &spec, &arms, &seeds)
-                .unwrap();
+        let jobs = confirm::plan_jobs(
+            "demo-confirm-1",
+            "demo-confirm",
+            "ds1",
+            &spec,
+            &arms,
+            &seeds,
+        )
+        .unwrap();
         let dice = vec![
             vec![Some(0.61), Some(0.64), Some(0.60)],
             vec![Some(0.55), Some(0.60), Some(0.58)],
             vec![Some(0.30), None, Some(0.28)],
         ];
         confirm::summarize(
-            "demo", "demo-confirm-1", "demo-confirm", "ds1", &spec, &seeds, &arms, &jobs, dice,
+            "demo",
+            "demo-confirm-1",
+            "demo-confirm",
+            "ds1",
+            &spec,
+            &seeds,
+            &arms,
+            &jobs,
+            dice,
             300.0,
         )
     }
