@@ -257,6 +257,35 @@ async fn confirm_pairs_fresh_seeds_and_measures_the_augmentation_against_its_abl
     .unwrap();
     assert_eq!(own.len(), 4);
 
+    // examples/subscribe_rewards.py prints the study's rewards and the confirmation: its five
+    // arms and its four paired differences.
+    let url = nats.url();
+    let study = spec.study.clone();
+    let py = tokio::task::spawn_blocking(move || {
+        test_support::python_subscriber_lines(&url, &study, 4 + 5 + 4)
+    })
+    .await
+    .unwrap();
+    if let Some((lines, stderr)) = py {
+        let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("#"), 4, "{lines:?}; stderr: {stderr}");
+        let prefix = format!("confirm {} ", c.run_id);
+        assert_eq!(count(&prefix), 9, "{lines:?}; stderr: {stderr}");
+        let top1 = c.arms[0].dice.iter().map(|d| format!("{:.4}", d.unwrap()));
+        let want = format!(
+            "{prefix}top1 mean={:.4} dice={}",
+            c.arms[0].mean,
+            top1.collect::<Vec<_>>().join(" ")
+        );
+        assert!(lines.contains(&want), "no {want:?} in {lines:?}");
+        let p = &c.comparisons[0];
+        let want = format!(
+            "{prefix}top1-top1-noaug diff={:+.4} ci95=[{:+.4}, {:+.4}] seeds=3",
+            p.mean, p.ci95[0], p.ci95[1]
+        );
+        assert!(lines.contains(&want), "no {want:?} in {lines:?}");
+    }
+
     trainer.abort();
     let _ = stop_tx.send(());
     let _ = pre_tx.send(());
