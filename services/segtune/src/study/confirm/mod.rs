@@ -237,7 +237,8 @@ fn signed(v: f64) -> String {
     if v.is_nan() {
         "n/a".into()
     } else {
-        format!("{v:+.4}")
+        // `+ 0.0` turns −0 into +0, so an exact tie prints as +0.0000.
+        format!("{:+.4}", v + 0.0)
     }
 }
 
@@ -342,7 +343,7 @@ pub fn render(c: &Confirmation) -> String {
         .unwrap_or(0);
     for p in &c.comparisons {
         let label = format!("{} - {}", p.arm, p.baseline);
-        let per: Vec<String> = p.diffs.iter().map(|d| format!("{d:+.4}")).collect();
+        let per: Vec<String> = p.diffs.iter().map(|d| signed(*d)).collect();
         let _ = writeln!(
             out,
             "  {label:<w2$}  {}  [{}, {}]  per seed {}",
