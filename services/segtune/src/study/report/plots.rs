@@ -167,10 +167,16 @@ impl Plot for ConfirmPlot<'_> {
                     vec![(x - 0.3, arm.mean), (x + 0.3, arm.mean)],
                     C_MARK.stroke_width(3),
                 )))?;
+                // Right of the bar, except for the last arm (its label would leave the plot).
+                let (lx, anchor) = if a + 1 == k {
+                    (x - 0.32, HPos::Right)
+                } else {
+                    (x + 0.32, HPos::Left)
+                };
                 chart.draw_series(std::iter::once(Text::new(
                     format!("mean {:.4}", arm.mean),
-                    (x + 0.32, arm.mean),
-                    font(14).pos(Pos::new(HPos::Left, VPos::Center)),
+                    (lx, arm.mean),
+                    font(14).pos(Pos::new(anchor, VPos::Center)),
                 )))?;
             }
         }
