@@ -154,11 +154,20 @@ pub async fn run(a: FinalizeArgs) -> anyhow::Result<()> {
     );
 
     let timeout = a.timeout_secs.map(Duration::from_secs);
-    let outcome = super::retrain::run_jobs(&client, &js, &final_study, &[job.clone()], timeout)
-        .await
-        .with_context(|| {
-            format!("final job of study {} (its bundle appears under {prefix} when a trainer finishes it)", a.study)
-        })?;
+    let outcome = super::retrain::run_jobs(
+        &client,
+        &js,
+        &final_study,
+        std::slice::from_ref(&job),
+        timeout,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "final job of study {} (its bundle appears under {prefix} when a trainer finishes it)",
+            a.study
+        )
+    })?;
     let reward: Reward = match outcome.into_iter().next() {
         Some(Ok(r)) => r,
         Some(Err(f)) => anyhow::bail!("final job {} failed: {}", job.job_id, f.reason),
