@@ -516,6 +516,32 @@ mod tests {
             .collect()
     }
 
+    /// The range a transform with a searchable magnitude draws its scalar from.
+    fn magnitude_range(t: &Transform) -> Option<[f64; 2]> {
+        match t {
+            Transform::Sharpen(s) => Some(s.alpha),
+            Transform::Smooth(s) => Some(s.sigma),
+            Transform::Noise(s) => Some(s.std),
+            Transform::Contrast(s) => Some(s.gamma),
+            Transform::Shift(s) => Some(s.offset),
+            Transform::Scale(s) => Some(s.factor),
+            Transform::Flip(_) | Transform::Rotate90(_) => None,
+        }
+    }
+
+    /// The drawn scalars that range governs (smoothing: one sigma per axis).
+    fn drawn(p: &Params) -> Vec<f64> {
+        match p {
+            Params::Sharpen(q) => vec![q.alpha],
+            Params::Smooth(q) => q.sigma.to_vec(),
+            Params::Noise(q) => vec![q.std],
+            Params::Contrast(q) => vec![q.gamma],
+            Params::Shift(q) => vec![q.offset],
+            Params::Scale(q) => vec![q.factor],
+            Params::Flip(_) | Params::Rotate90(_) => Vec::new(),
+        }
+    }
+
     /// Every searched magnitude reaches its transform with the documented range, the drawn
     /// parameters stay inside it and cover it, and the other transforms keep their defaults.
     #[test]
@@ -537,53 +563,9 @@ mod tests {
                         );
                         continue;
                     }
-                    // The range the transform draws from, and the drawn scalar it governs.
-                    let (range, draw): ([f64; 2], Box<dyn Fn(&Params) -> Vec<f64>>) = match t.inner
-                    {
-                        Transform::Sharpen(s) => (
-                            s.alpha,
-                            Box::new(|p| match p {
-                                Params::Sharpen(q) => vec![q.alpha],
-                                _ => unreachable!(),
-                            }),
-                        ),
-                        Transform::Smooth(s) => (
-                            s.sigma,
-                            Box::new(|p| match p {
-                                Params::Smooth(q) => q.sigma.to_vec(),
-                                _ => unreachable!(),
-                            }),
-                        ),
-                        Transform::Noise(s) => (
-                            s.std,
-                            Box::new(|p| match p {
-                                Params::Noise(q) => vec![q.std],
-                                _ => unreachable!(),
-                            }),
-                        ),
-                        Transform::Contrast(s) => (
-                            s.gamma,
-                            Box::new(|p| match p {
-                                Params::Contrast(q) => vec![q.gamma],
-                                _ => unreachable!(),
-                            }),
-                        ),
-                        Transform::Shift(s) => (
-                            s.offset,
-                            Box::new(|p| match p {
-                                Params::Shift(q) => vec![q.offset],
-                                _ => unreachable!(),
-                            }),
-                        ),
-                        Transform::Scale(s) => (
-                            s.factor,
-                            Box::new(|p| match p {
-                                Params::Scale(q) => vec![q.factor],
-                                _ => unreachable!(),
-                            }),
-                        ),
-                        other => panic!("{}: magnitude of {other:?}", mag.name),
-                    };
+                    // The range the transform draws from.
+                    let range = magnitude_range(&t.inner)
+                        .unwrap_or_else(|| panic!("{}: no magnitude in {:?}", mag.name, t.inner));
                     let want = match mag.augmentation {
                         Augmentation::Sharpen => [m / 3.0, m],
                         Augmentation::Smooth => [0.25f64.min(m), m],
@@ -605,7 +587,7 @@ mod tests {
                             .filter(|q| q.augmentation() == mag.augmentation)
                             .collect();
                         assert_eq!(fired.len(), 1, "{}", mag.name);
-                        for x in draw(fired[0]) {
+                        for x in drawn(fired[0]) {
                             assert!(
                                 x >= want[0] && x <= want[1],
                                 "{} = {m}: drew {x} outside {want:?}",
