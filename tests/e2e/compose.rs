@@ -886,6 +886,9 @@ fn uses(role: &str) -> Vec<Op> {
                 &subjects::predictions("req-1"),
             ));
             ops.push(Op::Sub(subjects::progress_all(S)));
+            // `segtune study confirm` publishes its result; the report replays it.
+            ops.push(Op::Pub(subjects::confirmations(S)));
+            ops.extend(ordered(stream::CONFIRMATIONS, &subjects::confirmations(S)));
         }
         other => panic!("no bus profile for role {other}"),
     }
@@ -944,6 +947,9 @@ fn forbidden(role: &str) -> Vec<Op> {
     }
     if role != "controller" {
         ops.push(Op::Pub(subjects::stop(S, "study-1-job-0")));
+    }
+    if role != "admin" {
+        ops.push(Op::Pub(subjects::confirmations(S)));
     }
     if role != "trainer" {
         ops.push(Op::Pub(subjects::validation(S, "study-1-job-0")));

@@ -32,7 +32,8 @@ fn segtune_demo_compares_the_best_strategy_with_the_routine_one() {
     let spec = volume::synth::SynthSpec::new(volume::synth::SynthKind::CtOrgan, 6, 24, 5);
     volume::synth::write_task(&spec, &task).unwrap();
     // 2 PPO-RNN jobs one at a time, 1 epoch of 2 patches (the routine study copies these
-    // training settings: a third job).
+    // training settings: a third job; the confirmation of the best strategy with 2 seeds, 6
+    // more of the same size).
     let study = crate::support::tiny_ppo_study(dir.path(), &task, 2, 1, 1, 2);
     let data = dir.path().join("data");
 
@@ -122,6 +123,24 @@ fn segtune_demo_compares_the_best_strategy_with_the_routine_one() {
     assert!(stdout.contains("== tiny-"), "{stdout}");
     assert!(stdout.contains("demo finished in "), "{stdout}");
 
+    // The confirmation: three arms with two seeds each, their paired differences, a verdict.
+    for arm in ["top1 ", "top1-noaug ", "routine "] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(arm))
+            .unwrap_or_else(|| panic!("no confirmation arm {arm:?}:\n{stdout}\n{stderr}"));
+        let dice: Vec<f64> = line
+            .split_whitespace()
+            .skip(4)
+            .map(|d| d.parse().unwrap_or_else(|_| panic!("{d:?} in {line:?}")))
+            .collect();
+        assert_eq!(dice.len(), 2, "{line}");
+        assert!(dice.iter().all(|d| (0.0..=1.0).contains(d)), "{line}");
+    }
+    assert!(stdout.contains("top1 - top1-noaug"), "{stdout}");
+    assert!(stdout.contains("top1 - routine"), "{stdout}");
+    assert!(stdout.contains("top1: "), "no verdict:\n{stdout}");
+
     // The report of the searched study: DIR/reports/tiny-<timestamp>/.
     let reports: Vec<_> = std::fs::read_dir(data.join("reports"))
         .unwrap()
@@ -135,7 +154,7 @@ fn segtune_demo_compares_the_best_strategy_with_the_routine_one() {
         stdout.contains(&format!("report: {}", report.display())),
         "{stdout}"
     );
-    for name in ["rewards", "strategy", "best"] {
+    for name in ["rewards", "strategy", "best", "confirm"] {
         let png = std::fs::read(report.join(format!("{name}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png");
         let svg = std::fs::read_to_string(report.join(format!("{name}.svg"))).unwrap();
@@ -159,7 +178,7 @@ fn segtune_demo_compares_the_best_strategy_with_the_routine_one() {
     }
 
     eprintln!(
-        "segtune demo: cargo build check {:.1} s, demo {:.1} s (3 jobs)",
+        "segtune demo: cargo build check {:.1} s, demo {:.1} s (3 jobs + 6 of the confirmation)",
         built.as_secs_f64(),
         demo_secs.as_secs_f64()
     );

@@ -5,6 +5,7 @@ mod broker;
 mod cluster;
 mod compose;
 mod compose_engine;
+mod confirm;
 mod dataset;
 mod demo;
 mod faults;

@@ -38,6 +38,10 @@ pub struct SynthArgs {
     /// Validation cases (listed in dataset.json's `validation`); default about a quarter.
     #[arg(long)]
     pub validation: Option<usize>,
+    /// MR only: the validation scanner's gain, a factor on every validation intensity (1.3:
+    /// 30 % brighter than the training scanner; default 1, the task as always).
+    #[arg(long, default_value_t = 1.0)]
+    pub validation_gain: f64,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -91,6 +95,7 @@ async fn synth(a: SynthArgs) -> anyhow::Result<()> {
     if let Some(v) = a.validation {
         spec.validation = v;
     }
+    spec.validation_gain = a.validation_gain;
     let out = a.out.clone();
     let summary =
         tokio::task::spawn_blocking(move || volume::synth::write_task(&spec, &out)).await??;

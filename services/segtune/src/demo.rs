@@ -3,7 +3,9 @@
 //! submits the demo study and, beside it, a one-job study with the `fixed` searcher — the
 //! paper's routine strategy (every probability 0.5, learning rate 1e-4) trained and evaluated
 //! by the same services on the same data — follows the search live, prints the best strategy
-//! next to the routine one, writes the report under `DIR/reports/<study>/`, and stops.
+//! next to the routine one, confirms the best strategy with fresh seeds against its ablation
+//! and the routine (`segtune study confirm`, `--confirm-seeds`, default 2: 6 small jobs),
+//! writes the report under `DIR/reports/<study>/`, and stops.
 
 use std::{
     net::TcpListener,
@@ -43,6 +45,11 @@ pub struct DemoArgs {
     /// Port of the demo's nats-server; default: a free one.
     #[arg(long)]
     pub nats_port: Option<u16>,
+    /// After the study, confirm its best strategy with this many fresh seeds next to its
+    /// ablation (no augmentation) and the routine strategy (`segtune study confirm`): 3 jobs
+    /// per seed. 0 skips it.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub confirm_seeds: u32,
 }
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
@@ -83,7 +90,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let url = stack.nats_url.clone();
     let reports = data_dir.join("reports").join(&spec.study);
     let result = tokio::select! {
-        r = search(&client, &js, &url, &spec, &routine, &reports) => r,
+        r = search(&client, &js, &url, &spec, &routine, &reports, a.confirm_seeds) => r,
         _ = shutdown => Err(anyhow::anyhow!(
             "interrupted; the study stays in {} and resumes with the next `segtune up` or demo \
              on this data dir",
@@ -93,8 +100,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     eprintln!("stopping the stack ...");
     stack.stop().await;
-    let (best, routine) = result?;
+    let (best, routine, confirmation) = result?;
     print_comparison(&spec, &best, routine.as_ref(), &reports);
+    if let Some(c) = &confirmation {
+        println!();
+        print!("{}", study::confirm::render(c));
+    }
     println!(
         "demo finished in {:.0} s (logs in {})",
         started.elapsed().as_secs_f64(),
@@ -159,7 +170,8 @@ async fn search(
     spec: &StudySpec,
     routine: &StudySpec,
     reports: &Path,
-) -> anyhow::Result<(Outcome, Option<Outcome>)> {
+    confirm_seeds: u32,
+) -> anyhow::Result<(Outcome, Option<Outcome>, Option<protocol::Confirmation>)> {
     study::submit_spec(js, url, spec).await?;
     study::submit_spec(js, url, routine).await?;
     let best = watch::follow(
@@ -192,6 +204,25 @@ async fn search(
             None
         }
     };
+    let confirmation = if confirm_seeds == 0 {
+        None
+    } else {
+        eprintln!("confirming the best strategy with {confirm_seeds} fresh seeds ...");
+        let request = study::confirm::Request {
+            study: spec.study.clone(),
+            seeds: confirm_seeds,
+            top: 1,
+            seed: 0,
+            timeout: None,
+        };
+        match study::confirm::confirm(client, js, &request).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("the confirmation did not finish: {e:#}");
+                None
+            }
+        }
+    };
     match study::report::write_report(js, &spec.study, reports).await {
         Ok(r) => eprintln!(
             "wrote {} report files to {}",
@@ -203,7 +234,7 @@ async fn search(
             watch::write_strategy_file(&reports.join("best.toml"), &best)?;
         }
     }
-    Ok((best, routine))
+    Ok((best, routine, confirmation))
 }
 
 /// The best strategy next to the routine one, value by value, and their Dice.

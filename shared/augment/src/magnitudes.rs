@@ -1,9 +1,13 @@
 use serde::{Deserialize, Serialize};
 
+use protocol::strategy::{Augmentation, Magnitude};
+
 use crate::AugmentError;
 
-/// How strong each augmentation is when it fires. The strategy searches only the
-/// probabilities; these ranges are fixed per study (a study could search them later).
+/// How strong each augmentation is when it fires. The paper's space searches only the
+/// probabilities and trains with these defaults; the `paper+magnitudes` preset also searches one
+/// number per augmentation (`protocol::strategy::MAGNITUDES`), which
+/// [`Magnitudes::with_magnitude`] turns into that augmentation's range here.
 ///
 /// Defaults and where they come from (intensities are in the preprocessor's normalized [0, 1]
 /// units; sigmas are in voxels, i.e. mm after resampling to 1 mm):
@@ -106,6 +110,59 @@ impl Magnitudes {
     }
 }
 
+/// Smallest Gaussian sigma a searched `m_smooth` range starts from (MONAI's lower default).
+const SMOOTH_SIGMA_FLOOR: f64 = 0.25;
+
+impl Magnitudes {
+    /// These magnitudes with one augmentation's searched number `m` (the value of its
+    /// `m_*` strategy dimension) turned into its range, as `protocol::strategy::MAGNITUDES`
+    /// documents: sharpen α ~ U(m/3, m); smooth σ ~ U(min(0.25, m), m); noise std ~ U(0, m);
+    /// contrast γ ~ U(1/(1+m), 1+m); shift ~ U(−m, m); scale f ~ U(−m, m). A value that is not
+    /// finite and positive, or that makes the range invalid, is an error naming the dimension.
+    pub fn with_magnitude(mut self, magnitude: &Magnitude, m: f64) -> Result<Self, AugmentError> {
+        let field = magnitude.name;
+        if !(m.is_finite() && m > 0.0) {
+            return Err(AugmentError::InvalidMagnitude {
+                field,
+                value: m.to_string(),
+                reason: "must be finite and > 0",
+            });
+        }
+        let out_of_domain = |reason| AugmentError::InvalidMagnitude {
+            field,
+            value: m.to_string(),
+            reason,
+        };
+        match magnitude.augmentation {
+            Augmentation::Sharpen => self.sharpen_alpha = [m / 3.0, m],
+            Augmentation::Smooth => {
+                if m > MAX_SIGMA {
+                    return Err(out_of_domain("sigmas must lie in (0, 16] voxels"));
+                }
+                self.smooth_sigma = [SMOOTH_SIGMA_FLOOR.min(m), m];
+            }
+            Augmentation::Noise => self.noise_std = [0.0, m],
+            Augmentation::Contrast => self.contrast_gamma = [1.0 / (1.0 + m), 1.0 + m],
+            Augmentation::Shift => self.shift_offset = [-m, m],
+            Augmentation::Scale => {
+                if m >= 1.0 {
+                    return Err(out_of_domain(
+                        "must be < 1 (x·(1+f) would erase or invert the image)",
+                    ));
+                }
+                self.scale_factor = [-m, m];
+            }
+            Augmentation::Flip | Augmentation::Rotate90 => {
+                return Err(out_of_domain(
+                    "this augmentation has no searchable magnitude",
+                ));
+            }
+        }
+        self.validate()?;
+        Ok(self)
+    }
+}
+
 fn range(field: &'static str, r: [f64; 2]) -> Result<(), AugmentError> {
     if !(r[0].is_finite() && r[1].is_finite()) {
         return Err(bad(field, r, "must be finite"));
@@ -183,6 +240,43 @@ mod tests {
             match m.validate() {
                 Err(AugmentError::InvalidMagnitude { field, .. }) => assert_eq!(field, name),
                 other => panic!("{name}: expected an error, got {other:?}"),
+            }
+        }
+    }
+
+    /// Each searched magnitude's documented default reproduces the fixed default range (contrast:
+    /// nnU-Net's [0.7, 1.5] made symmetric on the log scale, [1/1.5, 1.5]).
+    #[test]
+    fn the_default_magnitudes_reproduce_the_fixed_ranges() {
+        let d = Magnitudes::default();
+        for m in &protocol::strategy::MAGNITUDES {
+            let got = d.with_magnitude(m, m.default).unwrap();
+            let want = match m.augmentation {
+                Augmentation::Contrast => Magnitudes {
+                    contrast_gamma: [1.0 / 1.5, 1.5],
+                    ..d
+                },
+                _ => d,
+            };
+            assert_eq!(got, want, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn searched_magnitudes_out_of_their_domain_are_refused_by_name() {
+        let d = Magnitudes::default();
+        let by = |n| protocol::strategy::Magnitude::from_dimension(n).unwrap();
+        for (name, v) in [
+            ("m_noise", 0.0),
+            ("m_noise", f64::NAN),
+            ("m_shift", -0.1),
+            ("m_scale", 1.0),
+            ("m_smooth", 17.0),
+            ("m_contrast", f64::INFINITY),
+        ] {
+            match d.with_magnitude(by(name), v) {
+                Err(AugmentError::InvalidMagnitude { field, .. }) => assert_eq!(field, name),
+                other => panic!("{name} = {v}: {other:?}"),
             }
         }
     }

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use protocol::strategy::{Augmentation, PROBABILITY_PREFIX};
+use protocol::strategy::{
+    Augmentation, MAGNITUDE_PREFIX, MAGNITUDES, Magnitude, PROBABILITY_PREFIX,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -228,15 +230,28 @@ impl Pipeline {
 
     /// The pipeline of a strategy: all eight transforms in [`DIMENSIONS`] order, each with the
     /// probability of its `p_*` value (0 when the strategy does not search it, so it never
-    /// fires). Keys without the `p_` prefix (`learning_rate`, ...) belong to the trainer and are
-    /// ignored; an unknown `p_*` key, or a probability that is NaN or outside [0, 1], is an error
-    /// naming the dimension, as are invalid magnitudes.
+    /// fires) and the given `magnitudes`, except where the strategy holds an `m_*` magnitude
+    /// (`protocol::strategy::MAGNITUDES`, [`Magnitudes::with_magnitude`]). Other keys
+    /// (`learning_rate`, ...) belong to the trainer and are ignored; an unknown `p_*` or `m_*`
+    /// key, a probability that is NaN or outside [0, 1], or an invalid magnitude is an error
+    /// naming the dimension.
     pub fn from_strategy(
         values: &BTreeMap<String, f64>,
         magnitudes: Magnitudes,
     ) -> Result<Self, AugmentError> {
         magnitudes.validate()?;
+        let mut magnitudes = magnitudes;
         for (name, &value) in values {
+            if name.starts_with(MAGNITUDE_PREFIX) {
+                let Some(m) = Magnitude::from_dimension(name) else {
+                    return Err(AugmentError::UnknownDimension {
+                        dimension: name.clone(),
+                        known: MAGNITUDES.map(|m| m.name).join(", "),
+                    });
+                };
+                magnitudes = magnitudes.with_magnitude(m, value)?;
+                continue;
+            }
             if !name.starts_with(PROBABILITY_PREFIX) {
                 continue;
             }
@@ -478,5 +493,138 @@ mod tests {
         let mut patch = Patch::new(vec![0.0; 8], vec![0; 8], [2, 2, 2], 1);
         Transform::Rotate90(Rotate90)
             .apply(&Params::Shift(ShiftParams { offset: 0.1 }), &mut patch);
+    }
+
+    /// Draws `n` values of each magnitude dimension spread over its searched range (the
+    /// searchers' unit coordinates mapped as the search space maps them).
+    fn searched_values(m: &Magnitude, n: usize, seed: u64) -> Vec<f64> {
+        let mut r = rng(seed);
+        let [lo, hi] = m.range;
+        (0..n)
+            .map(|i| {
+                // The two ends, then uniform unit coordinates.
+                let u: f64 = match i {
+                    0 => 0.0,
+                    1 => 1.0,
+                    _ => r.random(),
+                };
+                match m.scale {
+                    protocol::Scale::Linear => lo + u * (hi - lo),
+                    protocol::Scale::Log => (lo.ln() + u * (hi.ln() - lo.ln())).exp(),
+                }
+            })
+            .collect()
+    }
+
+    /// The range a transform with a searchable magnitude draws its scalar from.
+    fn magnitude_range(t: &Transform) -> Option<[f64; 2]> {
+        match t {
+            Transform::Sharpen(s) => Some(s.alpha),
+            Transform::Smooth(s) => Some(s.sigma),
+            Transform::Noise(s) => Some(s.std),
+            Transform::Contrast(s) => Some(s.gamma),
+            Transform::Shift(s) => Some(s.offset),
+            Transform::Scale(s) => Some(s.factor),
+            Transform::Flip(_) | Transform::Rotate90(_) => None,
+        }
+    }
+
+    /// The drawn scalars that range governs (smoothing: one sigma per axis).
+    fn drawn(p: &Params) -> Vec<f64> {
+        match p {
+            Params::Sharpen(q) => vec![q.alpha],
+            Params::Smooth(q) => q.sigma.to_vec(),
+            Params::Noise(q) => vec![q.std],
+            Params::Contrast(q) => vec![q.gamma],
+            Params::Shift(q) => vec![q.offset],
+            Params::Scale(q) => vec![q.factor],
+            Params::Flip(_) | Params::Rotate90(_) => Vec::new(),
+        }
+    }
+
+    /// Every searched magnitude reaches its transform with the documented range, the drawn
+    /// parameters stay inside it and cover it, and the other transforms keep their defaults.
+    #[test]
+    fn searched_magnitudes_reach_their_transform_with_the_documented_range() {
+        let d = Magnitudes::default();
+        let defaults = Pipeline::from_strategy(&values(&[]), d).unwrap();
+        for (k, mag) in MAGNITUDES.iter().enumerate() {
+            for m in searched_values(mag, 12, 40 + k as u64) {
+                let v = values(&[(mag.augmentation.dimension(), 1.0), (mag.name, m)]);
+                let p = Pipeline::from_strategy(&v, d).unwrap();
+                for (t, t0) in p.transforms().iter().zip(defaults.transforms()) {
+                    if t.inner.augmentation() != mag.augmentation {
+                        assert_eq!(
+                            t.inner,
+                            t0.inner,
+                            "{} changed {}",
+                            mag.name,
+                            t.inner.dimension()
+                        );
+                        continue;
+                    }
+                    // The range the transform draws from.
+                    let range = magnitude_range(&t.inner)
+                        .unwrap_or_else(|| panic!("{}: no magnitude in {:?}", mag.name, t.inner));
+                    let want = match mag.augmentation {
+                        Augmentation::Sharpen => [m / 3.0, m],
+                        Augmentation::Smooth => [0.25f64.min(m), m],
+                        Augmentation::Noise => [0.0, m],
+                        Augmentation::Contrast => [1.0 / (1.0 + m), 1.0 + m],
+                        Augmentation::Shift | Augmentation::Scale => [-m, m],
+                        a => panic!("{a:?} has no magnitude"),
+                    };
+                    assert_eq!(range, want, "{} = {m}", mag.name);
+                    // Through the pipeline: the transform fires (p = 1) with params in range.
+                    let mut r = rng(7);
+                    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+                    for _ in 0..400 {
+                        let mut patch = Patch::new(vec![0.5; 64], vec![0; 64], [4, 4, 4], 1);
+                        let a = p.apply(&mut patch, &mut r);
+                        let fired: Vec<&Params> = a
+                            .fired
+                            .iter()
+                            .filter(|q| q.augmentation() == mag.augmentation)
+                            .collect();
+                        assert_eq!(fired.len(), 1, "{}", mag.name);
+                        for x in drawn(fired[0]) {
+                            assert!(
+                                x >= want[0] && x <= want[1],
+                                "{} = {m}: drew {x} outside {want:?}",
+                                mag.name
+                            );
+                            lo = lo.min(x);
+                            hi = hi.max(x);
+                        }
+                    }
+                    // 400 uniform draws cover all but a few percent of the range at each end.
+                    let width = want[1] - want[0];
+                    assert!(
+                        lo - want[0] < 0.05 * width && want[1] - hi < 0.05 * width,
+                        "{} = {m}: drew [{lo}, {hi}] of {want:?}",
+                        mag.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_or_bad_magnitude_dimensions_are_refused_by_name() {
+        let d = Magnitudes::default();
+        match Pipeline::from_strategy(&values(&[("m_elastic", 0.5)]), d) {
+            Err(AugmentError::UnknownDimension { dimension, known }) => {
+                assert_eq!(dimension, "m_elastic");
+                assert!(known.contains("m_noise"), "{known}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Flip has no magnitude: its would-be name is unknown too.
+        assert!(matches!(
+            Pipeline::from_strategy(&values(&[("m_flip", 0.5)]), d),
+            Err(AugmentError::UnknownDimension { .. })
+        ));
+        let err = Pipeline::from_strategy(&values(&[("m_scale", 1.5)]), d).unwrap_err();
+        assert!(err.to_string().contains("m_scale"), "{err}");
     }
 }

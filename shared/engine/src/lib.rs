@@ -37,7 +37,7 @@ use std::{
 use augment::{Magnitudes, PatchSampler, Pipeline};
 use protocol::{
     CaseDice, Manifest, Strategy, TrainingConfig,
-    strategy::{LEARNING_RATE, PROBABILITY_PREFIX, ROUTINE_LEARNING_RATE},
+    strategy::{LEARNING_RATE, MAGNITUDE_PREFIX, PROBABILITY_PREFIX, ROUTINE_LEARNING_RATE},
 };
 use segmodel::{
     DiceLossConfig, SegTrainer, TrainConfig, UNetConfig,
@@ -480,8 +480,9 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    /// Every `p_*` value must be a known augmentation and lie in [0, 1]; `learning_rate`
-    /// must be positive and finite (default: the routine 1e-4); anything else is an error.
+    /// Every `p_*` value must be a known augmentation and lie in [0, 1], every `m_*` a known
+    /// augmentation magnitude in its domain; `learning_rate` must be positive and finite
+    /// (default: the routine 1e-4); anything else is an error.
     pub fn from_strategy(strategy: &Strategy) -> Result<JobSpec, JobError> {
         let mut lr = ROUTINE_LEARNING_RATE;
         for (name, &v) in &strategy.values {
@@ -492,10 +493,10 @@ impl JobSpec {
                     )));
                 }
                 lr = v;
-            } else if !name.starts_with(PROBABILITY_PREFIX) {
+            } else if !name.starts_with(PROBABILITY_PREFIX) && !name.starts_with(MAGNITUDE_PREFIX) {
                 return Err(JobError::Permanent(format!(
-                    "strategy: unknown dimension {name:?} (known: learning_rate and the \
-                     augmentation probabilities p_*)"
+                    "strategy: unknown dimension {name:?} (known: learning_rate, the \
+                     augmentation probabilities p_* and magnitudes m_*)"
                 )));
             }
         }
@@ -902,6 +903,47 @@ mod tests {
             unit: Default::default(),
         };
         assert_eq!(JobSpec::from_strategy(&no_lr).unwrap().lr, 1e-4);
+    }
+
+    /// Every dimension of the `paper+magnitudes` space is one a job understands, and a
+    /// magnitude reaches the pipeline; unknown names are still refused.
+    #[test]
+    fn a_job_takes_every_dimension_of_the_magnitudes_space() {
+        let space = protocol::strategy::paper_magnitudes_space();
+        let values: std::collections::BTreeMap<String, f64> = space
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    if d.name == LEARNING_RATE { 3e-3 } else { d.max },
+                )
+            })
+            .collect();
+        let job = JobSpec::from_strategy(&Strategy {
+            values,
+            unit: Default::default(),
+        })
+        .unwrap();
+        assert_eq!(job.lr, 3e-3);
+        let noise = job
+            .pipeline
+            .transforms()
+            .iter()
+            .find_map(|t| match t.inner {
+                augment::Transform::Noise(n) => Some(n.std),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(noise, [0.0, 0.3]);
+        for bad in ["m_elastic", "magnitude"] {
+            let err = JobSpec::from_strategy(&Strategy {
+                values: [(bad.to_string(), 0.1)].into(),
+                unit: Default::default(),
+            })
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(err.to_string().contains(bad), "{err}");
+        }
     }
 
     #[test]

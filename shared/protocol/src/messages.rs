@@ -576,3 +576,77 @@ pub enum StudyEventKind {
         reason: String,
     },
 }
+
+/// `segtune.confirmations.<study>` (stream CONFIRMATIONS, kept): a study's top strategies
+/// retrained with fresh seeds next to the same strategies with every augmentation off (the
+/// ablation) and the routine strategy, all with the same seeds (`segtune study confirm`).
+/// Published by the CLI with `Nats-Msg-Id` = `run_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Confirmation {
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// The confirmed study.
+    pub study: String,
+    /// This confirmation's id; its jobs are `<run_id>-<arm code>-<seed index>`.
+    pub run_id: String,
+    /// The study id the jobs ran under (`<study>-confirm`; the controller ignores it).
+    pub run_study: String,
+    pub dataset_id: String,
+    /// The seeds every arm trained with, in order (arm `dice[i]` used `seeds[i]`).
+    pub seeds: Vec<u64>,
+    /// Every arm's training budget (the study's).
+    pub epochs: u32,
+    pub patches_per_epoch: u32,
+    pub arms: Vec<ConfirmArm>,
+    /// Paired differences (same seed) of each winner against its ablation and the routine.
+    pub comparisons: Vec<ConfirmComparison>,
+    /// When the last job's result came in.
+    pub time_unix: f64,
+}
+
+/// What an arm of a [`Confirmation`] trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArmKind {
+    /// One of the study's top strategies as the search found it.
+    Winner,
+    /// A winner with every augmentation probability 0 (same learning rate, magnitudes,
+    /// budget).
+    Ablation,
+    /// The paper's routine strategy.
+    Routine,
+}
+
+/// One arm of a [`Confirmation`]: a strategy trained once per seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfirmArm {
+    /// `top1`, `top1-noaug`, ..., `routine`.
+    pub name: String,
+    pub kind: ArmKind,
+    /// The study job whose strategy this is (winners and their ablations).
+    pub source_job: Option<String>,
+    /// That job's Dice in the search.
+    pub search_dice: Option<f64>,
+    pub strategy: Strategy,
+    /// Job id per seed.
+    pub job_ids: Vec<String>,
+    /// Validation Dice per seed; nil where the job failed.
+    pub dice: Vec<Option<f64>>,
+    /// Mean and sample standard deviation (n − 1) of the Dice that came in (NaN: too few).
+    pub mean: f64,
+    pub sd: f64,
+}
+
+/// `arm − baseline` over the seeds where both have a Dice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfirmComparison {
+    pub arm: String,
+    pub baseline: String,
+    /// Per shared seed, in seed order.
+    pub diffs: Vec<f64>,
+    pub mean: f64,
+    pub sd: f64,
+    /// 95 % Student-t interval of the mean difference (n − 1 degrees of freedom); NaN ends
+    /// with fewer than two pairs.
+    pub ci95: [f64; 2],
+}

@@ -121,6 +121,146 @@ pub fn paper_space() -> Vec<Dimension> {
         .collect()
 }
 
+/// Every dimension name starting with this is an augmentation magnitude (`m_noise`): how
+/// strong its augmentation is when it fires. Only the `paper+magnitudes` preset searches them;
+/// a strategy without them trains with the fixed default magnitudes.
+pub const MAGNITUDE_PREFIX: &str = "m_";
+
+/// One searchable augmentation magnitude: a single number per augmentation that sets the
+/// upper end of the range its parameter is drawn from (the pipeline turns it into the range;
+/// `augment::Magnitudes::with_magnitude`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Magnitude {
+    pub augmentation: Augmentation,
+    /// The strategy dimension (`m_noise`).
+    pub name: &'static str,
+    /// The searched range of the number.
+    pub range: [f64; 2],
+    pub scale: Scale,
+    /// The number that reproduces (or, for contrast, symmetrizes on the log scale) the fixed
+    /// default magnitude of the paper's space; the `fixed` searcher's routine value.
+    pub default: f64,
+    /// What the number sets, for docs and error messages.
+    pub meaning: &'static str,
+}
+
+/// The magnitude dimensions of the `paper+magnitudes` preset, in [`Augmentation::ALL`] order
+/// (flip and rotate90 have no strength: a mirror or a quarter turn is all or nothing). Part of
+/// every saved searcher state of that preset: never reorder. Why these ranges: the README's
+/// "Augmentation magnitudes".
+pub const MAGNITUDES: [Magnitude; 6] = [
+    Magnitude {
+        augmentation: Augmentation::Sharpen,
+        name: "m_sharpen",
+        range: [5.0, 60.0],
+        scale: Scale::Log,
+        default: 30.0,
+        meaning: "unsharp-mask strength: alpha ~ U(m/3, m)",
+    },
+    Magnitude {
+        augmentation: Augmentation::Smooth,
+        name: "m_smooth",
+        range: [0.5, 3.0],
+        scale: Scale::Linear,
+        default: 1.5,
+        meaning: "largest Gaussian sigma in voxels: sigma ~ U(min(0.25, m), m) per axis",
+    },
+    Magnitude {
+        augmentation: Augmentation::Noise,
+        name: "m_noise",
+        range: [0.01, 0.3],
+        scale: Scale::Log,
+        default: 0.1,
+        meaning: "largest noise std (normalized intensity): std ~ U(0, m)",
+    },
+    Magnitude {
+        augmentation: Augmentation::Contrast,
+        name: "m_contrast",
+        range: [0.1, 2.0],
+        scale: Scale::Log,
+        default: 0.5,
+        meaning: "gamma range: gamma ~ U(1/(1+m), 1+m)",
+    },
+    Magnitude {
+        augmentation: Augmentation::Shift,
+        name: "m_shift",
+        range: [0.02, 0.5],
+        scale: Scale::Linear,
+        default: 0.1,
+        meaning: "largest intensity offset (normalized intensity): offset ~ U(-m, m)",
+    },
+    Magnitude {
+        augmentation: Augmentation::Scale,
+        name: "m_scale",
+        range: [0.02, 0.5],
+        scale: Scale::Linear,
+        default: 0.1,
+        meaning: "largest relative intensity scale: x * (1 + f), f ~ U(-m, m)",
+    },
+];
+
+impl Magnitude {
+    /// The magnitude dimension named `name`, if any.
+    pub fn from_dimension(name: &str) -> Option<&'static Magnitude> {
+        MAGNITUDES.iter().find(|m| m.name == name)
+    }
+
+    /// Its search dimension.
+    pub fn dimension(&self) -> Dimension {
+        let [min, max] = self.range;
+        Dimension {
+            name: self.name.to_owned(),
+            min,
+            max,
+            scale: self.scale,
+        }
+    }
+}
+
+/// The study-file presets (`[space] preset = ...`).
+pub const PRESETS: [&str; 3] = ["paper", "paper+magnitudes", "none"];
+
+/// The `paper+magnitudes` space: the paper's space unchanged (same dimensions, same order), then
+/// one magnitude per augmentation that has a strength ([`MAGNITUDES`]).
+pub fn paper_magnitudes_space() -> Vec<Dimension> {
+    paper_space()
+        .into_iter()
+        .chain(MAGNITUDES.iter().map(Magnitude::dimension))
+        .collect()
+}
+
+/// The dimensions of a study-file preset, or `None` for an unknown name (`"none"`: empty).
+pub fn preset_space(preset: &str) -> Option<Vec<Dimension>> {
+    match preset {
+        "paper" => Some(paper_space()),
+        "paper+magnitudes" => Some(paper_magnitudes_space()),
+        "none" => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// A strategy with every augmentation switched off (each `p_*` value 0) and everything else
+/// (learning rate, magnitudes) as it was: a strategy's ablation. Unit coordinates are dropped
+/// (no searcher proposed it).
+pub fn without_augmentation(strategy: &Strategy) -> Strategy {
+    let values = strategy
+        .values
+        .iter()
+        .map(|(k, &v)| {
+            let v = if k.starts_with(PROBABILITY_PREFIX) {
+                0.0
+            } else {
+                v
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    Strategy {
+        values,
+        unit: BTreeMap::new(),
+    }
+}
+
 /// The paper's routine strategy in real values: every augmentation at
 /// [`ROUTINE_PROBABILITY`], the learning rate at [`ROUTINE_LEARNING_RATE`]. It has no unit
 /// coordinates: no searcher proposed it.
@@ -191,5 +331,55 @@ mod tests {
         assert!(AUGMENTATIONS.iter().all(|n| routine.values[*n] == 0.5));
         assert_eq!(routine.values[LEARNING_RATE], 1e-4);
         assert!(routine.unit.is_empty());
+    }
+
+    /// The magnitudes extend the paper's space without touching it, each names an augmentation
+    /// once, and its default lies inside its range.
+    #[test]
+    fn the_magnitude_preset_extends_the_papers_space() {
+        let paper = paper_space();
+        let wide = paper_magnitudes_space();
+        assert_eq!(wide[..paper.len()], paper[..]);
+        assert_eq!(wide.len(), paper.len() + MAGNITUDES.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for (m, d) in MAGNITUDES.iter().zip(&wide[paper.len()..]) {
+            assert!(m.name.starts_with(MAGNITUDE_PREFIX), "{}", m.name);
+            assert!(!m.name.starts_with(PROBABILITY_PREFIX), "{}", m.name);
+            assert_eq!(d.name, m.name);
+            assert!(seen.insert(m.augmentation), "{:?} twice", m.augmentation);
+            assert_eq!(Magnitude::from_dimension(m.name), Some(m));
+            assert!(m.range[0] > 0.0 && m.range[0] < m.range[1], "{}", m.name);
+            assert!(
+                (m.range[0]..=m.range[1]).contains(&m.default),
+                "{}: default {} outside {:?}",
+                m.name,
+                m.default,
+                m.range
+            );
+        }
+        assert!(!seen.contains(&Augmentation::Flip) && !seen.contains(&Augmentation::Rotate90));
+        assert_eq!(Magnitude::from_dimension("p_noise"), None);
+        assert_eq!(preset_space("paper"), Some(paper));
+        assert_eq!(preset_space("paper+magnitudes"), Some(wide));
+        assert_eq!(preset_space("none"), Some(Vec::new()));
+        assert_eq!(preset_space("papr"), None);
+        assert!(PRESETS.iter().all(|p| preset_space(p).is_some()));
+    }
+
+    #[test]
+    fn the_ablation_zeroes_probabilities_only() {
+        let mut s = routine_strategy();
+        s.values.insert("m_noise".into(), 0.2);
+        s.unit.insert("p_flip".into(), 0.5);
+        let off = without_augmentation(&s);
+        assert_eq!(off.values.len(), s.values.len());
+        for (k, v) in &off.values {
+            if k.starts_with(PROBABILITY_PREFIX) {
+                assert_eq!(*v, 0.0, "{k}");
+            } else {
+                assert_eq!(*v, s.values[k], "{k}");
+            }
+        }
+        assert!(off.unit.is_empty());
     }
 }

@@ -128,6 +128,16 @@ pub const STREAMS: &[StreamSpec] = &[
         max_msgs: 1_000_000,
         max_age: Duration::from_secs(7 * 24 * 3600),
     },
+    // `segtune study confirm`'s results, kept like the rewards (the report reads them). Its
+    // own stream, so the CLI's role may publish exactly these and nothing the services do.
+    StreamSpec {
+        name: stream::CONFIRMATIONS,
+        subjects: &["segtune.confirmations.*"],
+        retention: Retention::Limits,
+        duplicate_window: Duration::from_secs(3600),
+        max_msgs: 0,
+        max_age: Duration::ZERO,
+    },
     // A job whose worker dies on it every time is never answered by a worker: the server's
     // advisory is how the controller learns of it (and dead-letters it), even if the
     // controller was down when it was sent.

@@ -51,6 +51,10 @@ pub fn predictions(request: &str) -> String {
 pub fn deadletter(study: &str) -> String {
     format!("segtune.deadletter.{study}")
 }
+/// A study's confirmations (`Confirmation`, stream CONFIRMATIONS), published by the CLI.
+pub fn confirmations(study: &str) -> String {
+    format!("segtune.confirmations.{study}")
+}
 
 /// Dead letters of preprocess requests (no study owns them): a `JobFailed` whose `job_id` is
 /// the request id, next to the `DatasetFailed` answer that lists every error.
@@ -77,6 +81,8 @@ pub mod stream {
     pub const PREDICTIONS: &str = "PREDICTIONS";
     /// nats-server's max-deliveries advisories, kept for the controller.
     pub const ADVISORIES: &str = "ADVISORIES";
+    /// `segtune study confirm`'s results.
+    pub const CONFIRMATIONS: &str = "CONFIRMATIONS";
 }
 
 /// Durable consumer names.

@@ -108,6 +108,47 @@ fn reward() -> Reward {
     }
 }
 
+fn confirmation() -> Confirmation {
+    let arm = |name: &str, kind, dice: Vec<Option<f64>>| ConfirmArm {
+        name: name.into(),
+        kind,
+        source_job: (kind != ArmKind::Routine).then(|| "demo-0003".into()),
+        search_dice: (kind != ArmKind::Routine).then_some(0.7),
+        strategy: strategy(),
+        job_ids: vec![
+            format!("demo-confirm-1-{name}-0"),
+            format!("demo-confirm-1-{name}-1"),
+        ],
+        dice,
+        mean: 0.75,
+        sd: 0.125,
+    };
+    Confirmation {
+        schema: SCHEMA_VERSION,
+        study: "demo".into(),
+        run_id: "demo-confirm-1".into(),
+        run_study: "demo-confirm".into(),
+        dataset_id: "synth-ct-0123".into(),
+        seeds: vec![11, 12],
+        epochs: 10,
+        patches_per_epoch: 16,
+        arms: vec![
+            arm("top1", ArmKind::Winner, vec![Some(0.875), Some(0.625)]),
+            arm("top1-noaug", ArmKind::Ablation, vec![Some(0.75), Some(0.5)]),
+            arm("routine", ArmKind::Routine, vec![Some(0.5), None]),
+        ],
+        comparisons: vec![ConfirmComparison {
+            arm: "top1".into(),
+            baseline: "top1-noaug".into(),
+            diffs: vec![0.125, 0.125],
+            mean: 0.125,
+            sd: 0.0,
+            ci95: [0.125, 0.125],
+        }],
+        time_unix: 1.5,
+    }
+}
+
 fn check<T>(name: &str, value: T, fields: &[&str])
 where
     T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
@@ -442,6 +483,20 @@ fn every_message_round_trips_as_named_map() {
 }
 
 #[test]
+fn a_confirmation_round_trips_as_named_map() {
+    check(
+        "confirmation",
+        confirmation(),
+        &["study", "run_id", "seeds", "arms", "comparisons"],
+    );
+    // Its arm kinds are plain strings, its failed seeds nil.
+    let v = value_of(&confirmation());
+    let arms = field(&v, "arms").as_array().unwrap();
+    assert_eq!(field(&arms[2], "kind").as_str(), Some("routine"));
+    assert!(field(&arms[2], "dice").as_array().unwrap()[1].is_nil());
+}
+
+#[test]
 fn study_event_kind_is_a_tagged_map() {
     let ev = StudyEvent {
         schema: SCHEMA_VERSION,
@@ -681,6 +736,7 @@ fn every_stream_subject_is_covered_and_consumers_reference_streams() {
         protocol::subjects::deadletter("s"),
         protocol::subjects::validation("s", "s-0001"),
         protocol::subjects::stop("s", "s-0001"),
+        protocol::subjects::confirmations("s"),
     ] {
         let n = STREAMS
             .iter()
@@ -954,6 +1010,13 @@ fn reward_stream_doc_lists_exactly_the_encoded_fields() {
         .collect();
     assert_documented("ValidationReport", &value_of(&validation_report()));
     assert_documented("StopJob", &value_of(&stop_job()));
+    let c = value_of(&confirmation());
+    assert_documented("Confirmation", &c);
+    assert_documented("ConfirmArm", &field(&c, "arms").as_array().unwrap()[0]);
+    assert_documented(
+        "ConfirmComparison",
+        &field(&c, "comparisons").as_array().unwrap()[0],
+    );
     // Every optional key of `[pruning]` set, so every one is checked against the doc.
     let all = PruningSpec {
         report_every_epochs: Some(2),
@@ -971,6 +1034,9 @@ fn reward_stream_doc_lists_exactly_the_encoded_fields() {
 
     let checked = [
         "CaseDice",
+        "ConfirmArm",
+        "ConfirmComparison",
+        "Confirmation",
         "Dimension",
         "JobFailed",
         "Progress",

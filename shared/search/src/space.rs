@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::{
     Dimension, Scale, Strategy,
-    strategy::{LEARNING_RATE, ROUTINE_LEARNING_RATE},
+    strategy::{LEARNING_RATE, Magnitude, ROUTINE_LEARNING_RATE},
 };
 
 use crate::SpaceError;
@@ -122,13 +122,16 @@ impl SearchSpace {
 
     /// The paper's "routine" strategy (section 4): 0.5 for every dimension (the routine
     /// probability on the paper's [0, 1] ranges), except that a dimension named
-    /// [`LEARNING_RATE`] gets the unit coordinate of the routine 1e-4 (clamped to its range).
+    /// [`LEARNING_RATE`] gets the unit coordinate of the routine 1e-4 and an augmentation
+    /// magnitude (`m_*`) that of its default (both clamped to the dimension's range).
     pub fn routine_unit(&self) -> Vec<f64> {
         self.dims
             .iter()
             .map(|d| {
                 if d.name == LEARNING_RATE {
                     unit_of(d, ROUTINE_LEARNING_RATE)
+                } else if let Some(m) = Magnitude::from_dimension(&d.name) {
+                    unit_of(d, m.default)
                 } else {
                     0.5
                 }

@@ -157,7 +157,8 @@ impl Default for SearchSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpaceSection {
-    /// `"paper"` (8 augmentation probabilities + log learning rate) or `"none"`.
+    /// `"paper"` (8 augmentation probabilities + log learning rate), `"paper+magnitudes"` (the
+    /// paper's space, then 6 augmentation magnitudes `m_*`) or `"none"`.
     #[serde(default)]
     pub preset: Option<String>,
     #[serde(default, rename = "dimension")]
@@ -365,13 +366,20 @@ impl PreprocessSection {
 
 impl SpaceSection {
     fn into_dimensions(self, errors: &mut Vec<FieldError>) -> Vec<Dimension> {
-        let mut dims: Vec<Dimension> = match self.preset.as_deref() {
-            None | Some("none") => Vec::new(),
-            Some("paper") => protocol::strategy::paper_space(),
-            Some(other) => {
+        let preset = self.preset.as_deref().unwrap_or("none");
+        let mut dims: Vec<Dimension> = match protocol::strategy::preset_space(preset) {
+            Some(dims) => dims,
+            None => {
+                let valid: Vec<String> = protocol::strategy::PRESETS
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect();
                 errors.push(FieldError::new(
                     "space.preset",
-                    format!("unknown preset {other:?}; valid presets: \"paper\", \"none\""),
+                    format!(
+                        "unknown preset {preset:?}; valid presets: {}",
+                        valid.join(", ")
+                    ),
                 ));
                 Vec::new()
             }

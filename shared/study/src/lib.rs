@@ -9,6 +9,8 @@
 
 pub mod file;
 pub mod retrain;
+#[cfg(test)]
+mod preset_strategies;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod validate;

@@ -139,7 +139,7 @@ impl FromStr for SynthKind {
 }
 
 /// What to synthesize.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SynthSpec {
     pub kind: SynthKind,
     /// Number of cases (≥ 2).
@@ -149,7 +149,16 @@ pub struct SynthSpec {
     pub seed: u64,
     /// How many of the cases (the last ones) form the validation split; 1..cases.
     pub validation: usize,
+    /// MR only: an extra scanner gain of the validation cases (a factor on every intensity
+    /// on top of the per-case scanner scale both splits draw), so the validation scanner is
+    /// e.g. 30 % brighter (1.3) than any training scan of the same anatomy. 1 (the default)
+    /// leaves the task exactly as before; in [`MIN_GAIN`, `MAX_GAIN`].
+    pub validation_gain: f64,
 }
+
+/// Bounds of [`SynthSpec::validation_gain`].
+pub const MIN_GAIN: f64 = 0.25;
+pub const MAX_GAIN: f64 = 4.0;
 
 impl SynthSpec {
     /// A spec with the default validation count, [`SynthSpec::default_validation`].
@@ -160,6 +169,7 @@ impl SynthSpec {
             size,
             seed,
             validation: Self::default_validation(cases),
+            validation_gain: 1.0,
         }
     }
 
@@ -180,6 +190,19 @@ impl SynthSpec {
             return bad(format!(
                 "size must be in {MIN_SIZE}..={MAX_SIZE}, got {}",
                 self.size
+            ));
+        }
+        let g = self.validation_gain;
+        if !(g.is_finite() && (MIN_GAIN..=MAX_GAIN).contains(&g)) {
+            return bad(format!(
+                "validation gain must be in [{MIN_GAIN}, {MAX_GAIN}], got {g}"
+            ));
+        }
+        if g != 1.0 && self.kind != SynthKind::MrStructure {
+            return bad(format!(
+                "a validation gain is an MR scanner's (the CT task keeps Hounsfield units), \
+                 got {g} for {}",
+                self.kind
             ));
         }
         if self.validation == 0 || self.validation >= self.cases {
@@ -308,6 +331,16 @@ pub fn dataset_json(spec: &SynthSpec) -> DatasetJson {
              stronger Rician noise (6-8 % of tissue instead of 2-3.5 %)"
         }
     };
+    // Only a non-default gain is mentioned, so a default task's dataset.json is unchanged.
+    let gain = if spec.validation_gain != 1.0 {
+        format!(
+            ", and a scanner gain of x{} on every validation intensity",
+            spec.validation_gain
+        )
+    } else {
+        String::new()
+    };
+    let split = format!("{split}{gain}");
     DatasetJson {
         name: spec.kind.task_name().to_string(),
         description: format!(
@@ -398,7 +431,14 @@ pub fn generate_case(spec: &SynthSpec, k: usize) -> Result<SynthCase, SynthError
     let label = Volume::new(label, grid.dims, 1, grid.geometry);
     let image = match spec.kind {
         SynthKind::CtOrgan => SynthImage::Ct(ct_image(&grid, &tissue, validation, &mut rng)),
-        SynthKind::MrStructure => SynthImage::Mr(mr_image(&grid, &tissue, validation, &mut rng)),
+        SynthKind::MrStructure => {
+            let gain = if validation {
+                spec.validation_gain
+            } else {
+                1.0
+            };
+            SynthImage::Mr(mr_image(&grid, &tissue, validation, gain, &mut rng))
+        }
     };
     Ok(SynthCase {
         id: spec.case_id(k),
@@ -842,7 +882,13 @@ fn ct_image(grid: &Grid, tissue: &[u8], validation: bool, rng: &mut ChaCha8Rng) 
     Volume::new(data, grid.dims, 1, grid.geometry)
 }
 
-fn mr_image(grid: &Grid, tissue: &[u8], validation: bool, rng: &mut ChaCha8Rng) -> Volume<f32> {
+fn mr_image(
+    grid: &Grid,
+    tissue: &[u8],
+    validation: bool,
+    gain: f64,
+    rng: &mut ChaCha8Rng,
+) -> Volume<f32> {
     let j = |rng: &mut ChaCha8Rng, v: f32| v * rng.random_range(0.95..1.05);
     let mut level = [0.0f32; 7];
     level[tissue::AIR as usize] = 0.0;
@@ -897,6 +943,12 @@ fn mr_image(grid: &Grid, tissue: &[u8], validation: bool, rng: &mut ChaCha8Rng) 
         let re = *v + noise.sample(rng);
         let im = noise.sample(rng);
         *v = (re * re + im * im).sqrt() + offset;
+    }
+    // The validation scanner's gain scales the whole signal (noise and offset included), as
+    // a receiver gain does; no random draw, so the rest of the case is as without it.
+    if gain != 1.0 {
+        let g = gain as f32;
+        data.iter_mut().for_each(|v| *v *= g);
     }
     Volume::new(data, grid.dims, 1, grid.geometry)
 }
@@ -1347,6 +1399,60 @@ mod tests {
             );
             assert!(image.volume.geometry.approx_eq(mem.image.geometry(), 1e-3));
             assert!(label.volume.geometry.approx_eq(&mem.label.geometry, 1e-3));
+        }
+    }
+
+    /// A validation gain scales the MR validation cases' intensities and nothing else: the
+    /// training cases, the labels and every other draw stay bit for bit; gain 1 is the
+    /// default task; CT and out-of-range gains are refused.
+    #[test]
+    fn a_validation_gain_scales_only_the_mr_validation_scans() {
+        let base = SynthSpec::new(SynthKind::MrStructure, 4, 24, 5);
+        let bright = SynthSpec {
+            validation_gain: 1.3,
+            ..base.clone()
+        };
+        for k in 0..base.cases {
+            let (a, b) = (
+                generate_case(&base, k).unwrap(),
+                generate_case(&bright, k).unwrap(),
+            );
+            assert_eq!(a.label, b.label, "case {k}");
+            let (SynthImage::Mr(ia), SynthImage::Mr(ib)) = (&a.image, &b.image) else {
+                panic!("MR images expected")
+            };
+            if base.is_validation(k) {
+                for (x, y) in ia.data.iter().zip(&ib.data) {
+                    assert_eq!(*y, *x * 1.3f32, "case {k}");
+                }
+                assert!(ia.data.iter().any(|v| *v > 0.0));
+            } else {
+                assert_eq!(ia.data, ib.data, "training case {k} changed");
+            }
+        }
+        let one = SynthSpec {
+            validation_gain: 1.0,
+            ..base.clone()
+        };
+        assert_eq!(one, base);
+        let json = |s: &SynthSpec| serde_json::to_string(&dataset_json(s)).unwrap();
+        assert!(!json(&base).contains("gain"));
+        assert!(json(&bright).contains("scanner gain of x1.3"));
+        for bad in [
+            SynthSpec {
+                validation_gain: 1.3,
+                ..SynthSpec::new(SynthKind::CtOrgan, 4, 24, 5)
+            },
+            SynthSpec {
+                validation_gain: 0.0,
+                ..base.clone()
+            },
+            SynthSpec {
+                validation_gain: f64::NAN,
+                ..base.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
         }
     }
 }

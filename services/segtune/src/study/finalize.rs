@@ -5,15 +5,13 @@
 //! The final job runs under its own study id, `<study>-final`, so the study's reward stream,
 //! watch and report keep exactly the search's jobs. The CLI builds the job and the controller
 //! publishes it (a `RetrainRequest`), so the operator's role needs no right to publish jobs.
+//! Submitting and collecting is `retrain`'s, shared with `segtune study confirm`.
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
-use futures::StreamExt as _;
-use protocol::{
-    FinalModel, JobFailed, Progress, Reward, SCHEMA_VERSION, StudyEventKind, TrainJob, subjects,
-};
+use protocol::{FinalModel, Reward, SCHEMA_VERSION, StudyEventKind, TrainJob, subjects};
 
 use super::bus;
 
@@ -155,75 +153,26 @@ pub async fn run(a: FinalizeArgs) -> anyhow::Result<()> {
         }
     );
 
-    // Listen before publishing: progress is core NATS (best effort), results are replayed.
-    let mut progress = client
-        .subscribe(subjects::progress(&final_study, &job.job_id))
-        .await
-        .context("subscribing to the final job's progress")?;
-    let (mut results, _) = bus::replay_consumer(
+    let timeout = a.timeout_secs.map(Duration::from_secs);
+    let outcome = super::retrain::run_jobs(
+        &client,
         &js,
-        subjects::stream::REWARDS,
-        &subjects::rewards(&final_study),
+        &a.study,
+        &final_study,
+        std::slice::from_ref(&job),
+        timeout,
     )
-    .await?;
-    let (mut failures, _) = bus::replay_consumer(
-        &js,
-        subjects::stream::DEADLETTER,
-        &subjects::deadletter(&final_study),
-    )
-    .await?;
-    bus::submit_retrain(&js, &a.study, vec![job.clone()])
-        .await
-        .context("submitting the final job")?;
-    if !bus::await_pullers(&js, subjects::durable::TRAINERS, 1, Duration::from_secs(6)).await? {
-        eprintln!(
-            "note: no trainer is pulling jobs right now; the final job waits in the queue until \
-             one does (`segtune up`, or scale the trainers)"
-        );
-    }
-
-    let deadline = a
-        .timeout_secs
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let reward: Reward = loop {
-        let timeout = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            Some(msg) = progress.next() => {
-                if let Ok(p) = protocol::decode::<Progress>(&msg.payload) {
-                    eprintln!(
-                        "epoch {}/{}  loss {:.4}  {:.1} patches/s  ({})",
-                        p.epoch, p.epochs, p.loss, p.patches_per_sec, p.worker
-                    );
-                }
-            }
-            Some(msg) = results.next() => {
-                let msg = msg.context("reading the final job's reward")?;
-                if let Ok(r) = protocol::decode::<Reward>(&msg.payload)
-                    && r.job_id == job.job_id
-                {
-                    break r;
-                }
-            }
-            Some(msg) = failures.next() => {
-                let msg = msg.context("reading the final job's dead letters")?;
-                if let Ok(f) = protocol::decode::<JobFailed>(&msg.payload)
-                    && f.job_id == job.job_id
-                {
-                    anyhow::bail!("final job {} failed: {}", job.job_id, f.reason);
-                }
-            }
-            _ = timeout => anyhow::bail!(
-                "final job {} did not finish within {} s; it stays queued (its bundle will \
-                 appear under {prefix} when a trainer finishes it)",
-                job.job_id,
-                a.timeout_secs.unwrap_or(0)
-            ),
-        }
+    .await
+    .with_context(|| {
+        format!(
+            "final job of study {} (its bundle appears under {prefix} when a trainer finishes it)",
+            a.study
+        )
+    })?;
+    let reward: Reward = match outcome.into_iter().next() {
+        Some(Ok(r)) => r,
+        Some(Err(f)) => anyhow::bail!("final job {} failed: {}", job.job_id, f.reason),
+        None => anyhow::bail!("final job {}: no outcome", job.job_id),
     };
 
     // The evaluator's Dice goes into the bundle (manifest last: the weights are there).

@@ -1,13 +1,17 @@
 //! How the study commands name and print a strategy's dimensions, so that a dimension has
 //! one column name in `watch`, `rewards` and the report.
 
-use protocol::strategy::{LEARNING_RATE, PROBABILITY_PREFIX};
+use protocol::strategy::{LEARNING_RATE, MAGNITUDE_PREFIX, PROBABILITY_PREFIX};
 
-/// Column name of a dimension: `p_noise` → `noise`, `learning_rate` → `lr`, at most 9
-/// characters (every dimension of the paper's space keeps its whole name).
+/// Column name of a dimension: `p_noise` → `noise`, `m_noise` → `mnoise`, `learning_rate` →
+/// `lr`, at most 9 characters (every dimension of the `paper+magnitudes` space keeps its whole
+/// name).
 pub fn short_name(dim: &str) -> String {
     if dim == LEARNING_RATE {
         return "lr".into();
+    }
+    if let Some(rest) = dim.strip_prefix(MAGNITUDE_PREFIX) {
+        return format!("m{rest}").chars().take(9).collect();
     }
     let s = dim.strip_prefix(PROBABILITY_PREFIX).unwrap_or(dim);
     s.chars().take(9).collect()
@@ -34,6 +38,8 @@ mod tests {
         assert_eq!(short_name("p_contrast"), "contrast");
         assert_eq!(short_name("p_rotate90"), "rotate90");
         assert_eq!(short_name("learning_rate"), "lr");
+        assert_eq!(short_name("m_contrast"), "mcontrast");
+        assert_eq!(short_name("m_noise"), "mnoise");
         assert_eq!(short_name("p_elastic_deform"), "elastic_d");
         assert_eq!(short_name("weight_decay"), "weight_de");
     }

@@ -3,8 +3,9 @@
 //!
 //! `segtune study extend ID --max-jobs N`: continue a done study (same searcher, same ledger).
 //!
-//! The other study commands live beside it: `watch`, `report`, `rewards`, and `bus`, the
-//! CLI's side of NATS that they all read the study through.
+//! The other study commands live beside it: `watch`, `report`, `rewards`, `finalize`,
+//! `confirm` (both run jobs through `retrain`), and `bus`, the CLI's side of NATS that they
+//! all read the study through.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -15,9 +16,11 @@ use futures::StreamExt as _;
 use protocol::{StudyEventKind, subjects};
 
 pub mod bus;
+pub mod confirm;
 pub mod finalize;
 pub mod format;
 pub mod report;
+pub mod retrain;
 pub mod rewards;
 pub mod watch;
 
@@ -36,6 +39,10 @@ pub enum StudyCommand {
     /// Train the final model with the study's best strategy (a job any trainer takes) and
     /// store it as a model bundle for `segtune predict`; prints `store:<prefix>`.
     Finalize(finalize::FinalizeArgs),
+    /// Does the searched augmentation help? Retrain the study's top strategies with fresh
+    /// seeds next to the same strategies without augmentation and the routine strategy (all
+    /// with the same seeds); print per-arm Dice and paired differences with a 95% interval.
+    Confirm(confirm::ConfirmArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +87,7 @@ pub async fn run(cmd: StudyCommand) -> anyhow::Result<()> {
         StudyCommand::Rewards(a) => rewards::run(a).await,
         StudyCommand::Extend(a) => extend(a).await,
         StudyCommand::Finalize(a) => finalize::run(a).await,
+        StudyCommand::Confirm(a) => confirm::run(a).await,
     }
 }
 

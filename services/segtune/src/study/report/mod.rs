@@ -55,7 +55,18 @@ pub async fn write_report(
     out: &Path,
 ) -> anyhow::Result<ReportSummary> {
     let (rewards, events) = crate::study::bus::replay_study(js, study).await?;
-    let record = StudyRecord::from_messages(study, &rewards, &events);
+    let mut record = StudyRecord::from_messages(study, &rewards, &events);
+    record.confirmations = crate::study::bus::replay(
+        js,
+        protocol::subjects::stream::CONFIRMATIONS,
+        &protocol::subjects::confirmations(study),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        // A broker provisioned before confirmations existed has no such stream.
+        eprintln!("note: no confirmations read for study {study}: {e:#}");
+        Vec::new()
+    });
     write_files(&record, out)
 }
 
@@ -156,6 +167,51 @@ mod tests {
             for f in &summary.files {
                 std::fs::copy(f, Path::new(&keep).join(f.file_name().unwrap())).unwrap();
             }
+        }
+    }
+
+    /// A confirmed study's report has the confirmation plot (its arms and seeds) and the
+    /// confirmation's table in the summary.
+    #[test]
+    fn a_confirmation_gets_its_plot_and_summary_section() {
+        let mut rec = record();
+        rec.confirmations.push(confirmation());
+        let dir = tempfile::tempdir().unwrap();
+        let summary = write_files(&rec, dir.path()).unwrap();
+        assert_eq!(summary.files.len(), 12);
+        let svg = std::fs::read_to_string(dir.path().join("confirm.svg")).unwrap();
+        for arm in ["top1", "top1-noaug", "routine", "seed 1", "seed 3"] {
+            assert!(svg.contains(arm), "{arm} missing from confirm.svg");
+        }
+        let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(md.contains("## Confirmation"), "{md}");
+        assert!(md.contains("top1 - top1-noaug"), "{md}");
+        assert!(md.contains("![Confirmation](confirm.png)"), "{md}");
+        let html = std::fs::read_to_string(dir.path().join("summary.html")).unwrap();
+        assert_eq!(html.matches("<svg").count(), 4);
+    }
+
+    /// A `paper+magnitudes` study: the strategy plot has a panel per dimension (15), the
+    /// magnitudes are markers on their ranges in the best-strategy plot, not probability bars.
+    #[test]
+    fn the_magnitude_dimensions_get_their_own_panels() {
+        let rec = magnitudes_record();
+        assert_eq!(rec.dimensions().len(), 15);
+        let dir = tempfile::tempdir().unwrap();
+        write_files(&rec, dir.path()).unwrap();
+        let strategy = std::fs::read_to_string(dir.path().join("strategy.svg")).unwrap();
+        let best = std::fs::read_to_string(dir.path().join("best.svg")).unwrap();
+        for m in protocol::strategy::MAGNITUDES {
+            assert!(
+                strategy.contains(m.name),
+                "{} missing from strategy.svg",
+                m.name
+            );
+            assert!(
+                best.contains(&format!("best {} = ", m.name)),
+                "{} is not a marker in best.svg",
+                m.name
+            );
         }
     }
 

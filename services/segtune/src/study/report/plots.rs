@@ -12,7 +12,7 @@ use protocol::{Dimension, Scale, strategy};
 
 use super::{
     super::format::format_value,
-    record::{StudyRecord, is_probability},
+    record::{StudyRecord, is_probability, routine_value},
 };
 
 /// Registers DejaVu Sans (embedded) as plotters' "sans-serif": the `ab_glyph` text path
@@ -89,9 +89,10 @@ impl<P: Plot> PlotAny for P {
     }
 }
 
-/// The report's plots in the order it shows them: file stem, title, plot.
-pub(super) fn plots(rec: &StudyRecord) -> [(&'static str, &'static str, Box<dyn PlotAny + '_>); 3] {
-    [
+/// The report's plots in the order it shows them: file stem, title, plot. A confirmed study
+/// also gets its last confirmation's plot.
+pub(super) fn plots(rec: &StudyRecord) -> Vec<(&'static str, &'static str, Box<dyn PlotAny + '_>)> {
+    let mut out: Vec<(&'static str, &'static str, Box<dyn PlotAny + '_>)> = vec![
         ("rewards", "Reward per job", Box::new(RewardsPlot(rec))),
         (
             "strategy",
@@ -99,7 +100,117 @@ pub(super) fn plots(rec: &StudyRecord) -> [(&'static str, &'static str, Box<dyn 
             Box::new(StrategyPlot(rec)),
         ),
         ("best", "Best strategy", Box::new(BestPlot(rec))),
-    ]
+    ];
+    if let Some(c) = rec.confirmations.last() {
+        out.push(("confirm", "Confirmation", Box::new(ConfirmPlot(c))));
+    }
+    out
+}
+
+/// A confirmation: one column per arm, one dot per seed, a thin line joining one seed's arms
+/// (the pairs the differences are taken over), each arm's mean as a bar.
+struct ConfirmPlot<'a>(&'a protocol::Confirmation);
+
+impl Plot for ConfirmPlot<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 560)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> PlotResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let c = self.0;
+        root.fill(&WHITE)?;
+        let k = c.arms.len();
+        let names: Vec<String> = c.arms.iter().map(|a| a.name.clone()).collect();
+        let (lo, hi) = dice_range(
+            c.arms.iter().flat_map(|a| a.dice.iter().flatten().copied()),
+            0.2,
+        );
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!(
+                    "Confirmation of {} — {} seeds; lines join one seed's arms",
+                    c.study,
+                    c.seeds.len()
+                ),
+                font(22),
+            )
+            .margin(18)
+            .x_label_area_size(52)
+            .y_label_area_size(72)
+            .build_cartesian_2d(-0.5f64..k as f64 - 0.5, lo..hi)?;
+        chart
+            .configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(C_GRID)
+            .x_labels(k.max(1))
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                    names[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .x_desc("arm (same seeds in every arm)")
+            .y_desc("validation Dice")
+            .label_style(font(15))
+            .axis_desc_style(font(17))
+            .draw()?;
+        for (a, arm) in c.arms.iter().enumerate() {
+            if arm.mean.is_finite() {
+                let x = a as f64;
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x - 0.3, arm.mean), (x + 0.3, arm.mean)],
+                    C_MARK.stroke_width(3),
+                )))?;
+                // Right of the bar, except for the last arm (its label would leave the plot).
+                let (lx, anchor) = if a + 1 == k {
+                    (x - 0.32, HPos::Right)
+                } else {
+                    (x + 0.32, HPos::Left)
+                };
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("mean {:.4}", arm.mean),
+                    (lx, arm.mean),
+                    font(14).pos(Pos::new(anchor, VPos::Center)),
+                )))?;
+            }
+        }
+        for s in 0..c.seeds.len() {
+            let color = PALETTE[s % PALETTE.len()];
+            // A small horizontal offset per seed, so equal Dice stay visible.
+            let dx = (s as f64 - (c.seeds.len() as f64 - 1.0) / 2.0) * 0.04;
+            let pts: Vec<(f64, f64)> = c
+                .arms
+                .iter()
+                .enumerate()
+                .filter_map(|(a, arm)| {
+                    arm.dice
+                        .get(s)
+                        .copied()
+                        .flatten()
+                        .map(|d| (a as f64 + dx, d))
+                })
+                .collect();
+            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(1)))?;
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))?
+                .label(format!("seed {}", s + 1))
+                .legend(move |(x, y)| Circle::new((x + 12, y), 5, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(C_GRID)
+            .label_font(font(14))
+            .draw()?;
+        Ok(())
+    }
 }
 
 /// Renders one of the report's plots as an SVG document (for tests and embedding).
@@ -134,6 +245,15 @@ fn dice_range(values: impl Iterator<Item = f64>, headroom: f64) -> (f64, f64) {
 /// A log axis a bit wider than the dimension's range, so that both ends get tick labels.
 fn log_range(d: &Dimension) -> (f64, f64) {
     (d.min / 1.6, d.max * 1.6)
+}
+
+/// A log axis' tick: `1e-3` below 1 (learning rates, noise), `30` above (sharpening strength).
+fn log_tick(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.0e}")
+    }
 }
 
 /// Reward per job in issue order, the best-so-far line, the best job ringed; pruned jobs
@@ -307,13 +427,7 @@ impl Plot for StrategyPlot<'_> {
                 .margin(10)
                 .x_label_area_size(if bottom_row { 42 } else { 26 })
                 .y_label_area_size(62);
-            let routine = if d.name == strategy::LEARNING_RATE {
-                Some(strategy::ROUTINE_LEARNING_RATE)
-            } else if is_probability(d) {
-                Some(strategy::ROUTINE_PROBABILITY)
-            } else {
-                None
-            };
+            let routine = routine_value(d);
             // The two axis kinds have different coordinate types, hence the macro.
             macro_rules! panel_body {
                 ($chart:ident, $yfmt:expr) => {{
@@ -355,7 +469,7 @@ impl Plot for StrategyPlot<'_> {
             if d.scale == Scale::Log && d.min > 0.0 {
                 let (lo, hi) = log_range(d);
                 let mut chart = builder.build_cartesian_2d(0u32..n + 1, (lo..hi).log_scale())?;
-                panel_body!(chart, |y: &f64| format!("{y:.0e}"));
+                panel_body!(chart, |y: &f64| log_tick(*y));
             } else {
                 let (lo, hi) = if d.max > d.min {
                     (d.min, d.max)
@@ -512,8 +626,7 @@ impl Plot for BestPlot<'_> {
             } else {
                 format!("{} (shaded: the searched range)", d.name)
             };
-            let routine =
-                (d.name == strategy::LEARNING_RATE).then_some(strategy::ROUTINE_LEARNING_RATE);
+            let routine = routine_value(d);
             // Where the marker sits along the axis decides which way its label extends, so
             // that the label stays inside the panel.
             let (lo, hi) = if log {
@@ -589,7 +702,7 @@ impl Plot for BestPlot<'_> {
                 .y_label_area_size(LABEL_AREA);
             if log {
                 let mut chart = builder.build_cartesian_2d((lo..hi).log_scale(), 0f64..1f64)?;
-                marker_body!(chart, |x: &f64| format!("{x:.0e}"));
+                marker_body!(chart, |x: &f64| log_tick(*x));
             } else {
                 let mut chart = builder.build_cartesian_2d(lo..hi, 0f64..1f64)?;
                 marker_body!(chart, |x: &f64| format!("{x:.2}"));

@@ -74,6 +74,9 @@ pub struct StudyRecord {
     /// (job id, reason) of jobs that failed for good.
     pub failed_jobs: Vec<(String, String)>,
     pub status: StudyStatus,
+    /// The study's confirmations (`segtune study confirm`), oldest first; the report draws
+    /// the last one.
+    pub confirmations: Vec<protocol::Confirmation>,
 }
 
 impl StudyRecord {
@@ -135,6 +138,7 @@ impl StudyRecord {
         rows.sort_by(|a, b| (a.index, &a.job_id).cmp(&(b.index, &b.job_id)));
         Self {
             study: study.to_string(),
+            confirmations: Vec::new(),
             spec,
             dataset_id,
             rows,
@@ -264,7 +268,24 @@ impl StudyRecord {
 
 /// A probability: what the best-strategy bar chart shows as a bar.
 pub(super) fn is_probability(d: &Dimension) -> bool {
-    d.scale == Scale::Linear && d.min >= 0.0 && d.max <= 1.0
+    !d.name.starts_with(protocol::strategy::MAGNITUDE_PREFIX)
+        && d.scale == Scale::Linear
+        && d.min >= 0.0
+        && d.max <= 1.0
+}
+
+/// The routine strategy's value of a dimension, where it has one: the routine learning rate,
+/// probability, or an augmentation magnitude's default.
+pub(super) fn routine_value(d: &Dimension) -> Option<f64> {
+    if d.name == protocol::strategy::LEARNING_RATE {
+        Some(protocol::strategy::ROUTINE_LEARNING_RATE)
+    } else if let Some(m) = protocol::strategy::Magnitude::from_dimension(&d.name) {
+        Some(m.default)
+    } else if is_probability(d) {
+        Some(protocol::strategy::ROUTINE_PROBABILITY)
+    } else {
+        None
+    }
 }
 
 /// The report tests' study: twelve jobs of the demo's space.
@@ -406,6 +427,74 @@ pub(super) mod fixtures {
             },
         ));
         StudyRecord::from_messages("demo", &rewards, &events)
+    }
+
+    /// A confirmation of the demo study's best job: 3 seeds, one of the routine's failed.
+    pub fn confirmation() -> protocol::Confirmation {
+        use crate::study::confirm;
+        let reward = |i: u32, mean: f64| Reward {
+            schema: SCHEMA_VERSION,
+            study: "demo".into(),
+            job_id: format!("demo-{i:04}"),
+            index: i,
+            strategy: strategy(i),
+            per_case: Vec::new(),
+            per_class: vec![mean],
+            mean,
+            checkpoint_key: String::new(),
+            trainer: String::new(),
+            attempt: 1,
+            train_seconds: 0.0,
+            final_loss: 0.0,
+            eval_seconds: 0.0,
+            pruned: false,
+            epoch_reached: 0,
+        };
+        let spec = spec(12);
+        let arms = confirm::plan_arms(&[reward(9, 0.612)], 1);
+        let seeds = confirm::fresh_seeds(spec.seed, 0, 3);
+        let jobs = confirm::plan_jobs(
+            "demo-confirm-1",
+            "demo-confirm",
+            "ds1",
+            &spec,
+            &arms,
+            &seeds,
+        )
+        .unwrap();
+        let dice = vec![
+            vec![Some(0.61), Some(0.64), Some(0.60)],
+            vec![Some(0.55), Some(0.60), Some(0.58)],
+            vec![Some(0.30), None, Some(0.28)],
+        ];
+        confirm::summarize(
+            "demo",
+            "demo-confirm-1",
+            "demo-confirm",
+            "ds1",
+            &spec,
+            &seeds,
+            &arms,
+            &jobs,
+            dice,
+            300.0,
+        )
+    }
+
+    /// A study of the `paper+magnitudes` space: the demo's jobs with magnitudes too.
+    pub fn magnitudes_record() -> StudyRecord {
+        let mut rec = record();
+        let mut spec = rec.spec.clone().unwrap();
+        spec.space = protocol::strategy::paper_magnitudes_space();
+        rec.spec = Some(spec);
+        for row in &mut rec.rows {
+            for (k, m) in protocol::strategy::MAGNITUDES.iter().enumerate() {
+                let [lo, hi] = m.range;
+                let v = lo + (hi - lo) * u(row.index as u64 + 1, 50 + k as u64);
+                row.strategy.values.insert(m.name.into(), v);
+            }
+        }
+        rec
     }
 }
 

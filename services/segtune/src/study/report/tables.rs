@@ -153,6 +153,15 @@ pub fn summary_markdown(rec: &StudyRecord) -> String {
              (`segtune train --dataset <id> --strategy best.toml`).\n",
         );
     }
+    if let Some(c) = rec.confirmations.last() {
+        let _ = write!(
+            s,
+            "\n## Confirmation\n\nThe study's top strategies retrained with fresh seeds, next \
+             to the same strategies without augmentation and the routine strategy \
+             (`segtune study confirm`):\n\n```text\n{}```\n\n![Confirmation](confirm.png)\n",
+            crate::study::confirm::render(c)
+        );
+    }
     s.push_str(
         "\n## Plots\n\n![Reward per job](rewards.png)\n\n![Strategy over the study](strategy.png)\
          \n\n![Best strategy](best.png)\n\n(SVG versions next to them; all jobs in \
