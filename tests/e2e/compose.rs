@@ -1223,6 +1223,50 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         "the admin role sees the trainer's progress"
     );
 
+    // The operator's role finalizes the study (the controller publishes the final job for
+    // it) and segments a scan over NATS (an evaluator answers), neither of which needs a
+    // right to publish jobs or results.
+    let segtune = crate::support::build_binaries().join("segtune");
+    let out = std::process::Command::new(&segtune)
+        .args(["study", "finalize", &spec.study, "--epochs", "1"])
+        .args(["--patches-per-epoch", "2", "--timeout-secs", "180"])
+        .args(["--nats", &url_of("demo"), "--store", &store])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "study finalize as the admin role: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scans = dir.path().join("scans");
+    std::fs::create_dir_all(&scans).unwrap();
+    std::fs::copy(
+        task.join("imagesTr").join("ctorgan_000.nii.gz"),
+        scans.join("ctorgan_000.nii.gz"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&segtune)
+        .args(["predict", "--bus", "--timeout-secs", "180"])
+        .arg("--model")
+        .arg(format!("store:studies/{}/final/bundle", spec.study))
+        .arg("--input")
+        .arg(&scans)
+        .arg("--output")
+        .arg(dir.path().join("masks"))
+        .args(["--nats", &url_of("demo"), "--store", &store])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "predict --bus as the admin role: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("masks").join("ctorgan_000.nii.gz").is_file());
+
     // A trainer's credentials do not publish a job (the broker drops it: no ack). (They do
     // publish rewards: those of the jobs a study's pruner stops.)
     let trainer_js = async_nats::jetstream::new(
