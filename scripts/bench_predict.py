@@ -165,13 +165,46 @@ def compare(a_path, b_path, classes):
     if a.shape != b.shape:
         sys.exit(f"bench-predict: mask shapes differ: {a_path} {a.shape}, {b_path} {b.shape}")
     equal = float((a == b).mean())
+    slices = int((a == b).all(axis=(0, 1)).sum())
     per_class = []
     for k in range(1, classes):
         ca, cb = int((a == k).sum()), int((b == k).sum())
         both = int(((a == k) & (b == k)).sum())
         dice = 2 * both / (ca + cb) if ca + cb else 1.0
         per_class.append((k, ca, cb, dice))
-    return a.shape, equal, per_class
+    return a.shape, equal, slices, per_class
+
+
+def write_small_ct(tmp):
+    """A 96x96x40 CT of the same kind (0.7x0.7x2.5 mm, int16) for --check."""
+    import SimpleITK as sitk
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[0:40, 0:96, 0:96].astype(np.float32)
+    body = ((x - 48) / 40) ** 2 + ((y - 48) / 34) ** 2 < 1
+    organ = ((x - 56) / 14) ** 2 + ((y - 44) / 12) ** 2 + ((z - 20) / 8) ** 2 < 1
+    ct = np.full(x.shape, -1000, np.float32)
+    ct[body] = 40
+    ct[organ] = 100
+    ct += rng.normal(0, 15, ct.shape).astype(np.float32)
+    im = sitk.GetImageFromArray(ct.astype(np.int16))
+    im.SetSpacing((0.7, 0.7, 2.5))
+    im.SetOrigin((-100.0, 20.0, 5.0))
+    path = os.path.join(tmp, "small.nii.gz")
+    sitk.WriteImage(im, path, useCompression=True)
+    return path
+
+
+def without_postprocessing(bundle, tmp):
+    """A copy of `bundle` whose post-processing keeps every component (MONAI's pipeline has
+    none), for --check."""
+    import shutil
+    out = os.path.join(tmp, "bundle-no-postprocessing")
+    shutil.copytree(bundle, out)
+    path = os.path.join(out, "bundle.json")
+    m = json.load(open(path))
+    m["postprocessing"]["min_component_mm3"] = [0.0] * len(m["postprocessing"]["min_component_mm3"])
+    json.dump(m, open(path, "w"), indent=2)
+    return out
 
 
 def cpu_line():
@@ -199,7 +232,11 @@ def run(a):
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
-        if a.input:
+        if a.check:
+            ct = write_small_ct(tmp)
+            a.bundle = without_postprocessing(a.bundle, tmp)
+            manifest = json.load(open(os.path.join(a.bundle, "bundle.json")))
+        elif a.input:
             ct = os.path.abspath(a.input)
         else:
             sys.path.insert(0, HERE)
@@ -234,7 +271,7 @@ def run(a):
         load_after = load()
 
         m0 = rows["MONAI"][0]["detail"]
-        shape, equal, per_class = compare(rows["segtune"][-1]["mask"], rows["MONAI"][-1]["mask"], classes)
+        shape, equal, slices, per_class = compare(rows["segtune"][-1]["mask"], rows["MONAI"][-1]["mask"], classes)
         med = {s: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "rss")}
                for s, rs in rows.items()}
         pipe = statistics.median(r["detail"]["pipeline_s"] for r in rows["MONAI"])
@@ -274,7 +311,8 @@ def run(a):
               f"{phases['load_s']:.1f} s, sliding window {phases['sliding_s']:.1f} s, Invertd+argmax+SaveImage "
               f"{phases['back_and_write_s']:.1f} s; without the imports and the model build: {pipe:.1f} s "
               f"(segtune's whole process / that: {med['segtune']['wall'] / pipe:.2f}x)")
-        print(f"masks (last run): {100 * equal:.3f} % of voxels equal; per class, voxels segtune / MONAI and "
+        print(f"masks (last run): {100 * equal:.3f} % of voxels equal, {slices} of {shape[2]} z slices "
+              f"wholly equal; per class, voxels segtune / MONAI and "
               f"Dice between them: " + "; ".join(f"{k}: {ca} / {cb}, {d:.3f}" for k, ca, cb, d in per_class))
         print("wall = the process from start to exit (segtune: reading the bundle too; MONAI: the "
               "interpreter and imports too); CPU = user + system of the process; peak RSS = its ru_maxrss")
@@ -293,6 +331,8 @@ def main():
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--input", help="a CT .nii/.nii.gz instead of the generated one")
+    ap.add_argument("--check", action="store_true",
+                    help="a 96x96x40 CT and the bundle without post-processing: do both sides agree?")
     a = ap.parse_args()
     if a.reps < 1 or a.threads < 1:
         sys.exit("bench-predict: --reps and --threads want a positive count")
