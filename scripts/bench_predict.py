@@ -165,7 +165,16 @@ def compare(a_path, b_path, classes):
     if a.shape != b.shape:
         sys.exit(f"bench-predict: mask shapes differ: {a_path} {a.shape}, {b_path} {b.shape}")
     equal = float((a == b).mean())
-    slices = int((a == b).all(axis=(0, 1)).sum())
+    same = np.flatnonzero((a == b).all(axis=(0, 1)))
+    # Runs of wholly equal z slices, "0-26, 30".
+    runs = []
+    for z in same:
+        if runs and runs[-1][1] == z - 1:
+            runs[-1][1] = z
+        else:
+            runs.append([z, z])
+    slices = f"{len(same)} of {a.shape[2]} z slices wholly equal" + (
+        " (" + ", ".join(f"{r[0]}" if r[0] == r[1] else f"{r[0]}-{r[1]}" for r in runs) + ")" if runs else "")
     per_class = []
     for k in range(1, classes):
         ca, cb = int((a == k).sum()), int((b == k).sum())
@@ -311,8 +320,7 @@ def run(a):
               f"{phases['load_s']:.1f} s, sliding window {phases['sliding_s']:.1f} s, Invertd+argmax+SaveImage "
               f"{phases['back_and_write_s']:.1f} s; without the imports and the model build: {pipe:.1f} s "
               f"(segtune's whole process / that: {med['segtune']['wall'] / pipe:.2f}x)")
-        print(f"masks (last run): {100 * equal:.3f} % of voxels equal, {slices} of {shape[2]} z slices "
-              f"wholly equal; per class, voxels segtune / MONAI and "
+        print(f"masks (last run): {100 * equal:.3f} % of voxels equal, {slices}; per class, voxels segtune / MONAI and "
               f"Dice between them: " + "; ".join(f"{k}: {ca} / {cb}, {d:.3f}" for k, ca, cb, d in per_class))
         print("wall = the process from start to exit (segtune: reading the bundle too; MONAI: the "
               "interpreter and imports too); CPU = user + system of the process; peak RSS = its ru_maxrss")
