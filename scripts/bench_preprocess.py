@@ -10,20 +10,7 @@ BIN = os.environ.get("SEGTUNE_PREPROCESS_ONE") or os.path.join(os.environ.get("C
 
 def make_volumes(tmp):
     rng = np.random.default_rng(0)
-    out = {}
-    # CT-like: air, a body ellipse of soft tissue, an organ, bone; int16 HU with noise.
-    z, y, x = np.mgrid[0:120, 0:512, 0:512].astype(np.float32)
-    body = ((x - 256) / 220) ** 2 + ((y - 256) / 180) ** 2 < 1
-    organ = ((x - 300) / 60) ** 2 + ((y - 240) / 50) ** 2 + ((z - 60) / 25) ** 2 < 1
-    bone = ((x - 256) / 20) ** 2 + ((y - 380) / 20) ** 2 < 1
-    ct = np.full(x.shape, -1000, np.float32)
-    ct[body] = 40
-    ct[organ] = 100
-    ct[bone] = 700
-    ct += rng.normal(0, 15, ct.shape).astype(np.float32)
-    lab = organ.astype(np.uint8)
-    out["ct"] = write_pair(tmp, "ct", ct.astype(np.int16), lab, (0.7, 0.7, 2.5))
-    del x, y, z, ct, body, organ, bone, lab
+    out = {"ct": make_ct(tmp, rng)}
     # MR-like: float32 with a bias field.
     z, y, x = np.mgrid[0:130, 0:320, 0:320].astype(np.float32)
     head = ((x - 160) / 140) ** 2 + ((y - 160) / 150) ** 2 + ((z - 65) / 60) ** 2 < 1
@@ -35,6 +22,24 @@ def make_volumes(tmp):
     mr += np.abs(rng.normal(0, 20, mr.shape)).astype(np.float32)
     out["mr"] = write_pair(tmp, "mr", mr, struct.astype(np.uint8), (1.25, 1.25, 1.37))
     return out
+
+
+def make_ct(tmp, rng=None):
+    """The CT-like 512x512x120 int16 volume at 0.7x0.7x2.5 mm (air, a body ellipse of soft
+    tissue, an organ, bone; HU with noise) and its organ label, as `.nii.gz` in `tmp`:
+    [image path, label path, image bytes, decoded bytes]."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    z, y, x = np.mgrid[0:120, 0:512, 0:512].astype(np.float32)
+    body = ((x - 256) / 220) ** 2 + ((y - 256) / 180) ** 2 < 1
+    organ = ((x - 300) / 60) ** 2 + ((y - 240) / 50) ** 2 + ((z - 60) / 25) ** 2 < 1
+    bone = ((x - 256) / 20) ** 2 + ((y - 380) / 20) ** 2 < 1
+    ct = np.full(x.shape, -1000, np.float32)
+    ct[body] = 40
+    ct[organ] = 100
+    ct[bone] = 700
+    ct += rng.normal(0, 15, ct.shape).astype(np.float32)
+    lab = organ.astype(np.uint8)
+    return write_pair(tmp, "ct", ct.astype(np.int16), lab, (0.7, 0.7, 2.5))
 
 
 def write_pair(tmp, name, img, lab, spacing):
