@@ -1265,7 +1265,12 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(dir.path().join("masks").join("ctorgan_000.nii.gz").is_file());
+    assert!(
+        dir.path()
+            .join("masks")
+            .join("ctorgan_000.nii.gz")
+            .is_file()
+    );
 
     // A trainer's credentials do not publish a job (the broker drops it: no ack). (They do
     // publish rewards: those of the jobs a study's pruner stops.)

@@ -8,9 +8,9 @@
 //! both accept exactly the same specs.
 
 pub mod file;
-pub mod retrain;
 #[cfg(test)]
 mod preset_strategies;
+pub mod retrain;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod validate;

@@ -70,6 +70,20 @@ pub fn summary_html(rec: &StudyRecord, svgs: &[(&str, &str, String)]) -> String 
              (<code>segtune train --dataset &lt;id&gt; --strategy best.toml</code>).</p>\n",
         );
     }
+    if let Some(f) = &rec.final_model {
+        let bundle = esc(&rec.final_bundle());
+        let _ = writeln!(
+            s,
+            "<h2>Final model</h2>\n<p>The best strategy trained as the model to keep \
+             (<code>segtune study finalize</code>): job <code>{}</code>, validation mean Dice \
+             <b>{:.4}</b> (by the evaluator; not held out if it was trained on every case), \
+             trained in {:.0} s. Bundle: <code>{bundle}</code>; segment new scans with \
+             <code>segtune predict --model {bundle} --input SCANS --output MASKS</code>.</p>",
+            esc(&f.job_id),
+            f.mean,
+            f.train_seconds
+        );
+    }
     s.push_str("<h2>Plots</h2>\n");
     for (stem, title, svg) in svgs {
         let body = svg.find("<svg").map_or(svg.as_str(), |i| &svg[i..]);

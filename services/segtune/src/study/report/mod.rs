@@ -67,6 +67,15 @@ pub async fn write_report(
         eprintln!("note: no confirmations read for study {study}: {e:#}");
         Vec::new()
     });
+    // The final model runs under its own study id; its latest reward is the model kept.
+    record.final_model = crate::study::bus::replay::<protocol::Reward>(
+        js,
+        protocol::subjects::stream::REWARDS,
+        &protocol::subjects::rewards(&crate::study::finalize::final_study_id(study)),
+    )
+    .await?
+    .into_iter()
+    .last();
     write_files(&record, out)
 }
 
@@ -189,6 +198,40 @@ mod tests {
         assert!(md.contains("![Confirmation](confirm.png)"), "{md}");
         let html = std::fs::read_to_string(dir.path().join("summary.html")).unwrap();
         assert_eq!(html.matches("<svg").count(), 4);
+    }
+
+    /// A finalized study: the summaries say where the final model is, its Dice, and how to
+    /// use it.
+    #[test]
+    fn a_final_model_gets_its_summary_section() {
+        let mut rec = record();
+        let mut r = reward(9, 0.0);
+        r.study = "demo-final".into();
+        r.job_id = "demo-final-1700000000".into();
+        r.mean = 0.8123;
+        rec.final_model = Some(r);
+        let dir = tempfile::tempdir().unwrap();
+        write_files(&rec, dir.path()).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(md.contains("## Final model"), "{md}");
+        assert!(
+            md.contains("0.8123") && md.contains("demo-final-1700000000"),
+            "{md}"
+        );
+        assert!(
+            md.contains("segtune predict --model store:studies/demo/final/bundle"),
+            "{md}"
+        );
+        let html = std::fs::read_to_string(dir.path().join("summary.html")).unwrap();
+        assert!(
+            html.contains("<h2>Final model</h2>") && html.contains("0.8123"),
+            "{html}"
+        );
+        // Without one, no section.
+        let dir = tempfile::tempdir().unwrap();
+        write_files(&record(), dir.path()).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(!md.contains("## Final model"));
     }
 
     /// A `paper+magnitudes` study: the strategy plot has a panel per dimension (15), the

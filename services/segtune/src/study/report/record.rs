@@ -77,9 +77,18 @@ pub struct StudyRecord {
     /// The study's confirmations (`segtune study confirm`), oldest first; the report draws
     /// the last one.
     pub confirmations: Vec<protocol::Confirmation>,
+    /// The reward of the study's latest final model (`segtune study finalize`), if any.
+    pub final_model: Option<protocol::Reward>,
 }
 
 impl StudyRecord {
+    /// Where `study finalize` stores the final model's bundle (for the report's text).
+    pub fn final_bundle(&self) -> String {
+        storage::keys::final_bundle(&self.study)
+            .map(|p| format!("store:{p}"))
+            .unwrap_or_default()
+    }
+
     pub fn from_messages(study: &str, rewards: &[Reward], events: &[StudyEvent]) -> Self {
         let mut spec = None;
         let mut dataset_id = None;
@@ -139,6 +148,7 @@ impl StudyRecord {
         Self {
             study: study.to_string(),
             confirmations: Vec::new(),
+            final_model: None,
             spec,
             dataset_id,
             rows,

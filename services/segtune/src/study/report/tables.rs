@@ -153,6 +153,18 @@ pub fn summary_markdown(rec: &StudyRecord) -> String {
              (`segtune train --dataset <id> --strategy best.toml`).\n",
         );
     }
+    if let Some(f) = &rec.final_model {
+        let bundle = rec.final_bundle();
+        let _ = write!(
+            s,
+            "\n## Final model\n\nThe best strategy trained as the model to keep \
+             (`segtune study finalize`): job `{}`, validation mean Dice **{:.4}** (by the \
+             evaluator; not held out if it was trained on every case), trained in {:.0} s. \
+             Bundle: `{bundle}`; segment new scans with \
+             `segtune predict --model {bundle} --input SCANS --output MASKS`.\n",
+            f.job_id, f.mean, f.train_seconds
+        );
+    }
     if let Some(c) = rec.confirmations.last() {
         let _ = write!(
             s,
