@@ -244,20 +244,13 @@ pub async fn handle(
                 protocol::encode(&DatasetEvent::Failed(failed))?,
             )
             .await?;
-            let failed = JobFailed {
-                schema: SCHEMA_VERSION,
-                study: String::new(),
-                job_id: request.request_id.clone(),
-                reason: reason.clone(),
-                original_subject: subject.clone(),
-                deliveries: advisory.deliveries,
-                worker: WORKER.to_string(),
-            };
-            runtime::publish_dead_letter(
+            dead_letter_request(
                 js,
-                subjects::DEADLETTER_PREPROCESS.to_string(),
-                &failed,
-                Some((advisory.stream.clone(), advisory.stream_seq)),
+                subjects::DEADLETTER_PREPROCESS,
+                &request.request_id,
+                &reason,
+                &subject,
+                advisory,
             )
             .await?;
             tracing::warn!(request = %request.request_id, %reason, "preprocess request failed");
@@ -295,20 +288,13 @@ pub async fn handle(
                 protocol::encode(&answer)?,
             )
             .await?;
-            let failed = JobFailed {
-                schema: SCHEMA_VERSION,
-                study: String::new(),
-                job_id: request.request_id.clone(),
-                reason: reason.clone(),
-                original_subject: subject.clone(),
-                deliveries: advisory.deliveries,
-                worker: WORKER.to_string(),
-            };
-            runtime::publish_dead_letter(
+            dead_letter_request(
                 js,
-                subjects::DEADLETTER_PREDICT.to_string(),
-                &failed,
-                Some((advisory.stream.clone(), advisory.stream_seq)),
+                subjects::DEADLETTER_PREDICT,
+                &request.request_id,
+                &reason,
+                &subject,
+                advisory,
             )
             .await?;
             tracing::warn!(request = %request.request_id, %reason, "predict request failed");
@@ -323,6 +309,34 @@ pub async fn handle(
     };
     delete(&s, advisory).await?;
     Ok(outcome)
+}
+
+/// The dead letter of a request that belongs to no study (preprocess, predict), next to the
+/// answer its requester reads.
+async fn dead_letter_request(
+    js: &jetstream::Context,
+    dead_letters: &str,
+    request_id: &str,
+    reason: &str,
+    original_subject: &str,
+    advisory: &MaxDeliveriesAdvisory,
+) -> anyhow::Result<()> {
+    let failed = JobFailed {
+        schema: SCHEMA_VERSION,
+        study: String::new(),
+        job_id: request_id.to_string(),
+        reason: reason.to_string(),
+        original_subject: original_subject.to_string(),
+        deliveries: advisory.deliveries,
+        worker: WORKER.to_string(),
+    };
+    runtime::publish_dead_letter(
+        js,
+        dead_letters.to_string(),
+        &failed,
+        Some((advisory.stream.clone(), advisory.stream_seq)),
+    )
+    .await
 }
 
 /// Removes the message from its work-queue stream: nobody will ack it any more.

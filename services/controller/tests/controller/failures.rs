@@ -184,3 +184,92 @@ async fn a_job_that_crashes_its_trainer_every_time_is_delivered_max_deliver_time
     assert_eq!(state.failures[0].worker, controller::max_deliveries::WORKER);
     controller.stop().await;
 }
+
+/// A predict request that every evaluator taking it dies on (here: three deliveries given
+/// back) is answered by the controller, every input failed with the reason, so whoever
+/// waits on `segtune.predictions.<request>` is not left waiting; a dead letter records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predict_request_whose_evaluators_all_die_is_answered_by_the_controller() {
+    use async_nats::jetstream::AckKind;
+    use protocol::{PredictRequest, Predicted, SCHEMA_VERSION};
+
+    let env = Env::start().await;
+    let controller = env.spawn_controller().await;
+    let request = PredictRequest {
+        schema: SCHEMA_VERSION,
+        request_id: "req-dead".into(),
+        model: "studies/s/final/bundle".into(),
+        inputs: vec!["scans/a.nii.gz".into()],
+        overlap: None,
+        tta: false,
+        save_probabilities: false,
+    };
+    runtime::publish(
+        &env.js,
+        subjects::PREDICT_REQUESTS.into(),
+        Some("req-dead"),
+        protocol::encode(&request).unwrap(),
+    )
+    .await
+    .unwrap();
+    let max_deliver = protocol::streams::consumer_spec(subjects::durable::PREDICTORS)
+        .unwrap()
+        .max_deliver;
+    let consumer = runtime::consumer(&env.js, subjects::durable::PREDICTORS)
+        .await
+        .unwrap();
+    for _ in 0..max_deliver {
+        let msg = runtime::pull_one(&consumer, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("the request is delivered again");
+        msg.ack_with(AckKind::Nak(None)).await.unwrap();
+    }
+    // The next pull finds the request past MaxDeliver: the server announces it instead.
+    let next = runtime::pull_one(&consumer, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(next.is_none(), "delivered past MaxDeliver");
+    eventually("the controller's answer", || async {
+        let mut s = env
+            .js
+            .get_stream(subjects::stream::PREDICTIONS)
+            .await
+            .unwrap();
+        s.info().await.unwrap().state.messages > 0
+    })
+    .await;
+    let all = test_support::stream_payloads(
+        &env.js,
+        subjects::stream::PREDICTIONS,
+        &subjects::predictions("req-dead"),
+    )
+    .await;
+    assert_eq!(all.len(), 1);
+    let answer: Predicted = protocol::decode(&all[0]).unwrap();
+    assert_eq!(answer.worker, controller::max_deliveries::WORKER);
+    assert!(answer.outputs.is_empty());
+    assert_eq!(answer.errors.len(), 1);
+    assert!(
+        answer.errors[0].reason.contains("the evaluator"),
+        "{:?}",
+        answer.errors
+    );
+    let dead: Vec<protocol::JobFailed> = test_support::stream_payloads(
+        &env.js,
+        subjects::stream::DEADLETTER,
+        subjects::DEADLETTER_PREDICT,
+    )
+    .await
+    .iter()
+    .map(|p| protocol::decode(p).unwrap())
+    .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].job_id, "req-dead");
+    eventually("the request is removed from PREDICT", || async {
+        let mut s = env.js.get_stream(subjects::stream::PREDICT).await.unwrap();
+        s.info().await.unwrap().state.messages == 0
+    })
+    .await;
+    controller.stop().await;
+}

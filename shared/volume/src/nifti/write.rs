@@ -116,19 +116,29 @@ pub fn try_write_nifti_bytes<T: NiftiElem>(
         file: NAME.to_owned(),
         problem,
     })?;
+    encode(NAME, &header, volume, gzip)
+}
+
+/// The file bytes of `header` and `volume`'s values (gzip-compressed when `gzip`).
+fn encode<T: NiftiElem>(
+    name: &str,
+    header: &[u8; MIN_VOX_OFFSET],
+    volume: &Volume<T>,
+    gzip: bool,
+) -> Result<Vec<u8>, NiftiError> {
     let capacity = MIN_VOX_OFFSET + volume.data.len() * T::SIZE;
     let io_err = |source| NiftiError::Io {
-        file: NAME.to_owned(),
+        file: name.to_owned(),
         op: "cannot encode",
         source,
     };
     if gzip {
         let mut enc = GzEncoder::new(Vec::with_capacity(capacity / 2), Compression::fast());
-        write_body(&header, volume, &mut enc).map_err(io_err)?;
+        write_body(header, volume, &mut enc).map_err(io_err)?;
         enc.finish().map_err(io_err)
     } else {
         let mut out = Vec::with_capacity(capacity);
-        write_body(&header, volume, &mut out).map_err(io_err)?;
+        write_body(header, volume, &mut out).map_err(io_err)?;
         Ok(out)
     }
 }
@@ -172,17 +182,7 @@ pub fn write_nifti_like_bytes<T: NiftiElem>(
         problem,
     })?;
     copy_spatial_fields(&mut header, source);
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(MIN_VOX_OFFSET + volume.data.len() * T::SIZE / 4),
-        Compression::fast(),
-    );
-    let io_err = |source| NiftiError::Io {
-        file: name.to_owned(),
-        op: "cannot encode",
-        source,
-    };
-    write_body(&header, volume, &mut enc).map_err(io_err)?;
-    enc.finish().map_err(io_err)
+    encode(name, &header, volume, true)
 }
 
 /// Overwrites the spatial fields of `header` with the source image's, as stored.
