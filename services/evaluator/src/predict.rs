@@ -115,16 +115,7 @@ impl Handler for PredictWork<'_> {
 
 /// The case name of a store key: its last segment without `.nii`/`.nii.gz`.
 pub fn case_of_key(key: &str) -> Option<&str> {
-    let name = key.rsplit('/').next()?;
-    let lower = name.to_ascii_lowercase();
-    let stem = if lower.ends_with(".nii.gz") {
-        &name[..name.len() - 7]
-    } else if lower.ends_with(".nii") {
-        &name[..name.len() - 4]
-    } else {
-        return None;
-    };
-    (!stem.is_empty()).then_some(stem)
+    engine::predict::case_name(key.rsplit('/').next()?)
 }
 
 fn store_failure(what: &str, e: storage::StorageError) -> Result<String, JobError> {
@@ -145,7 +136,7 @@ async fn predict_request(
     // either can never be answered.
     subjects::check_token("request_id", &req.request_id)
         .map_err(|e| JobError::Permanent(e.to_string()))?;
-    storage::keys::prediction(&req.request_id, "x")
+    storage::keys::check_name("predict request", &req.request_id)
         .map_err(|e| JobError::Permanent(e.to_string()))?;
     let mut answer = Predicted {
         schema: SCHEMA_VERSION,

@@ -106,16 +106,7 @@ pub fn inputs(input: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
 }
 
 fn case_name(p: &Path) -> Option<String> {
-    let name = p.file_name()?.to_str()?;
-    let lower = name.to_ascii_lowercase();
-    let stem_len = if lower.ends_with(".nii.gz") {
-        name.len() - 7
-    } else if lower.ends_with(".nii") {
-        name.len() - 4
-    } else {
-        return None;
-    };
-    (stem_len > 0).then(|| name[..stem_len].to_string())
+    engine::predict::case_name(p.file_name()?.to_str()?).map(str::to_string)
 }
 
 pub async fn run(a: PredictArgs) -> anyhow::Result<()> {

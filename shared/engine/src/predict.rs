@@ -47,6 +47,20 @@ impl Default for PredictOptions {
     }
 }
 
+/// The case name of a scan's file name: the name without `.nii` / `.nii.gz` (any case); None
+/// for another file or an empty stem. The CLI and the evaluators name their masks by it.
+pub fn case_name(file_name: &str) -> Option<&str> {
+    let lower = file_name.to_ascii_lowercase();
+    let stem_len = if lower.ends_with(".nii.gz") {
+        file_name.len() - 7
+    } else if lower.ends_with(".nii") {
+        file_name.len() - 4
+    } else {
+        return None;
+    };
+    (stem_len > 0).then(|| &file_name[..stem_len])
+}
+
 /// A segmentation on the source image's grid.
 pub struct Prediction {
     /// Class values (0 = background), the source image's dims and geometry.

@@ -201,34 +201,3 @@ pub async fn replay_study(
     }
     Ok((rewards, events))
 }
-
-/// Sends `jobs`, retraining jobs of `source` (`<source>-final`, `<source>-confirm`), to the
-/// controller, which publishes them (or dead-letters each with the reason it refused them:
-/// listen on their dead-letter subject). Submitted once per call, under a message id made of
-/// the job ids, so a retried call is not trained twice.
-pub async fn submit_retrain(
-    js: &jetstream::Context,
-    source: &str,
-    jobs: Vec<protocol::TrainJob>,
-) -> anyhow::Result<()> {
-    let id = format!(
-        "retrain-{}",
-        jobs.iter()
-            .map(|j| j.job_id.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let req = protocol::RetrainRequest {
-        schema: protocol::SCHEMA_VERSION,
-        source_study: source.to_string(),
-        jobs,
-    };
-    runtime::publish(
-        js,
-        subjects::SUBMISSIONS.to_string(),
-        Some(&id),
-        protocol::encode(&req)?,
-    )
-    .await
-    .map(|_| ())
-}

@@ -21,15 +21,29 @@ use super::bus;
 /// Hands retraining jobs of the study `source` to the controller, which checks that they are
 /// that study's and publishes them, each with its job id as `Nats-Msg-Id` (or dead-letters
 /// each with its reason, which [`run_jobs`] reports as the job's failure). The one place these
-/// commands send jobs; the operator's broker role needs no right to publish jobs.
+/// commands send jobs; the operator's broker role needs no right to publish jobs. The request
+/// goes out once per call, under a message id made of the job ids, so a retried publish is not
+/// trained twice.
 pub async fn publish_jobs(
     js: &jetstream::Context,
     source: &str,
     jobs: &[TrainJob],
 ) -> anyhow::Result<()> {
-    bus::submit_retrain(js, source, jobs.to_vec())
-        .await
-        .with_context(|| format!("submitting {} retraining job(s) of {source}", jobs.len()))
+    let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    let req = protocol::RetrainRequest {
+        schema: protocol::SCHEMA_VERSION,
+        source_study: source.to_string(),
+        jobs: jobs.to_vec(),
+    };
+    runtime::publish(
+        js,
+        subjects::SUBMISSIONS.to_string(),
+        Some(&format!("retrain-{}", ids.join(","))),
+        protocol::encode(&req)?,
+    )
+    .await
+    .with_context(|| format!("submitting {} retraining job(s) of {source}", jobs.len()))?;
+    Ok(())
 }
 
 /// What became of one job: the evaluator's reward, or the dead letter of its failure.
