@@ -1,4 +1,6 @@
-//! 3D convolution as L2-tiled vol2col + single-threaded gemm per tile, rayon over tiles.
+//! 3D convolution as L2-tiled vol2col + single-threaded gemm per tile, rayon over tiles;
+//! the 3×3×3 stride-1 convolutions of the U-Net run the direct kernels of
+//! [`super::direct`] instead where the SIMD level has them.
 //!
 //! The same forward kernel computes `dx` (on `dy`, with the weight flipped and transposed and
 //! the input virtually dilated by the forward stride), so one kernel covers both passes.
@@ -170,6 +172,9 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
     assert_eq!(x.len(), g.n * g.cin * sin);
     assert_eq!(w.len(), g.cout * kdim);
     assert_eq!(y.len(), g.n * g.cout * sout);
+    if let Some(kern) = super::direct::kernel(g) {
+        return super::direct::forward(kern, g, x, w, bias, y);
+    }
     let yp = SyncPtr(y.as_mut_ptr());
     g.tiles().into_par_iter().for_each(|(n, c0, c1)| {
         let nc = c1 - c0;
@@ -219,6 +224,9 @@ pub(crate) fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (sin, sout, kdim) = (g.in_size(), g.out_size(), g.kdim());
     assert_eq!(x.len(), g.n * g.cin * sin);
     assert_eq!(dy.len(), g.n * g.cout * sout);
+    if let Some(kern) = super::direct::kernel(g) {
+        return super::direct::weight_grad(kern, g, x, dy);
+    }
     let tiles = g.tiles();
     let wlen = g.cout * kdim;
     let partials: Vec<Vec<f32>> = group_bounds(tiles.len(), 8)

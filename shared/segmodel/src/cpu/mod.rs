@@ -9,6 +9,7 @@
 
 pub(crate) mod act;
 pub(crate) mod conv;
+pub(crate) mod direct;
 pub(crate) mod loss;
 pub(crate) mod norm;
 pub(crate) mod pool;

@@ -47,6 +47,69 @@ fn cases() -> Vec<(Conv, bool)> {
             },
             false,
         ),
+        // 3x3x3 stride-1 convolutions (the direct kernels on AVX2/AVX-512 hosts): output
+        // channels not a multiple of the register block, one input channel, rows shorter
+        // and longer than a vector step, a single voxel and a one-voxel-wide volume.
+        (
+            Conv {
+                n: 2,
+                cin: 1,
+                cout: 5,
+                k: 3,
+                dims: [4, 5, 3],
+                pad: 1,
+                stride: 1,
+            },
+            true,
+        ),
+        (
+            Conv {
+                n: 1,
+                cin: 6,
+                cout: 4,
+                k: 3,
+                dims: [3, 7, 33],
+                pad: 1,
+                stride: 1,
+            },
+            true,
+        ),
+        (
+            Conv {
+                n: 2,
+                cin: 8,
+                cout: 9,
+                k: 3,
+                dims: [6, 9, 20],
+                pad: 1,
+                stride: 1,
+            },
+            true,
+        ),
+        (
+            Conv {
+                n: 1,
+                cin: 3,
+                cout: 16,
+                k: 3,
+                dims: [1, 1, 1],
+                pad: 1,
+                stride: 1,
+            },
+            false,
+        ),
+        (
+            Conv {
+                n: 1,
+                cin: 2,
+                cout: 3,
+                k: 3,
+                dims: [5, 4, 1],
+                pad: 1,
+                stride: 1,
+            },
+            true,
+        ),
         // Pointwise path over several tiles.
         (
             Conv {
@@ -149,6 +212,51 @@ fn conv3d_gradients_match_reference(dev: &Device) -> Result<()> {
     Ok(())
 }
 test_device!(conv3d_gradients_match_reference);
+
+/// The direct 3x3x3 kernels give the same bits on AVX2 and AVX-512 (each output value is the
+/// same chain of fused multiply-adds whatever the vector width and channel block), forward
+/// and input gradient, for output channel counts that take each AVX-512 block size.
+#[test]
+fn direct_conv_is_bit_identical_across_vector_levels() -> Result<()> {
+    use simd::Level;
+    if !Level::Avx512.supported() {
+        eprintln!("skipped: this host has no AVX-512 to compare AVX2 with");
+        return Ok(());
+    }
+    let dev = &Device::Cpu;
+    for (i, cout) in [3, 4, 9, 16].into_iter().enumerate() {
+        let c = Conv {
+            n: 2,
+            cin: 5,
+            cout,
+            k: 3,
+            dims: [6, 7, 19],
+            pad: 1,
+            stride: 1,
+        };
+        let v = inputs(&c, 300 + i as u64);
+        let (xs, ws) = shapes(&c);
+        let run = |level| -> Result<(Vec<f64>, Vec<f64>)> {
+            simd::with_level(level, || -> Result<(Vec<f64>, Vec<f64>)> {
+                let x = Var::from_tensor(&tensor(&v.x, &xs, dev)?)?;
+                let w = tensor(&v.w, &ws, dev)?;
+                let b = tensor(&v.b, &[c.cout], dev)?;
+                let y = conv3d(&x, &w, Some(&b), c.pad, c.stride)?;
+                let g = tensor(&v.g, y.dims(), dev)?;
+                let grads = (&y * g)?.sum_all()?.backward()?;
+                Ok((values(&y)?, values(grads.get(&x).expect("dx"))?))
+            })
+            .expect("level supported")
+        };
+        let (a, b) = (run(Level::Avx2)?, run(Level::Avx512)?);
+        assert!(
+            a.0 == b.0,
+            "forward differs between avx2 and avx512, cout {cout}"
+        );
+        assert!(a.1 == b.1, "input gradient differs, cout {cout}");
+    }
+    Ok(())
+}
 
 /// The analytic reference gradients themselves agree with finite differences of the
 /// reference forward pass.
