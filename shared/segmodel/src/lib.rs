@@ -38,6 +38,9 @@ pub use checkpoint::{CheckpointError, inference_unet, load_checkpoint, save_chec
 pub use host::{HostTraffic, traffic};
 pub use init::seeded_var_builder;
 pub use loss::{DiceLossConfig, soft_dice_loss, soft_dice_scores};
-pub use setup::{enable_flush_denormals, flush_denormals_enabled, init_compute_threads};
+pub use setup::{
+    enable_flush_denormals, flush_denormals_enabled, init_compute_threads, keep_freed_pages,
+    purge_delay_ms,
+};
 pub use train::{SegTrainer, TrainConfig, train_step};
 pub use unet::{UNet3d, UNetConfig, unet3d};
