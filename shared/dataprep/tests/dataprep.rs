@@ -461,3 +461,75 @@ fn streamed_processing_writes_what_the_in_memory_path_encodes() {
     .expect("a failing writer fails the case");
     assert!(e.contains("disk full"), "{e}");
 }
+
+/// A CT case big enough that its image goes up in two 8 MiB parts, preprocessed into a file
+/// store: each stored object's BLAKE3 is the manifest's, and the stored bytes are exactly
+/// what the in-memory path encodes for the same input. (A current-thread runtime, as the
+/// other tests and callers' tests use: the uploads block on it from the blocking pool.)
+#[tokio::test]
+async fn streamed_objects_match_the_manifest_hashes_and_the_in_memory_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let task = tmp.path().join("task");
+    std::fs::create_dir_all(task.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(task.join("labelsTr")).unwrap();
+    let dims = [110, 100, 64];
+    let n: usize = dims.iter().product();
+    let g = Geometry::identity([1.5, 1.2, 2.0]);
+    let img = Volume::new(
+        (0..n).map(|i| ((i * 37) % 2001) as f32 - 1000.0).collect(),
+        dims,
+        1,
+        g,
+    );
+    let lab = Volume::new((0..n).map(|i| ((i / 11) % 3) as u8).collect(), dims, 1, g);
+    volume::write_nifti(&task.join("imagesTr/ct_0.nii.gz"), &img).unwrap();
+    volume::write_nifti(&task.join("labelsTr/ct_0.nii.gz"), &lab).unwrap();
+    std::fs::write(
+        task.join("dataset.json"),
+        r#"{"name": "Big CT", "description": "", "modality": {"0": "CT"},
+            "labels": {"0": "background", "1": "a", "2": "b"},
+            "training": [{"image": "./imagesTr/ct_0.nii.gz", "label": "./labelsTr/ct_0.nii.gz"}]}"#,
+    )
+    .unwrap();
+    let store = storage::open(tmp.path().join("store").to_str().unwrap()).unwrap();
+    let params = PreprocessParams::default();
+    let src = DatasetSource::Local {
+        path: task.display().to_string(),
+    };
+    let out = dataprep::preprocess(&store, &src, &params, &Default::default())
+        .await
+        .unwrap();
+    let case = &out.manifest.cases[0];
+    assert_eq!(case.shape, [165, 120, 128]);
+
+    let image = storage::get(&store, &case.image_key).await.unwrap();
+    let label = storage::get(&store, &case.label_key).await.unwrap();
+    assert!(image.len() > storage::UPLOAD_PART, "{} bytes", image.len());
+    let hex = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+    assert_eq!(case.image_blake3.as_deref(), Some(hex(&image).as_str()));
+    assert_eq!(case.label_blake3.as_deref(), Some(hex(&label).as_str()));
+
+    // The inputs as the preprocessor decodes them (spacing went through the f32 header).
+    let limits = Default::default();
+    let img = volume::read_nifti(&task.join("imagesTr/ct_0.nii.gz"), &limits).unwrap();
+    let lab = volume::nifti::read_nifti_labels(&task.join("labelsTr/ct_0.nii.gz"), &limits);
+    let whole = dataprep::process_volumes(
+        img.volume,
+        lab.unwrap().volume,
+        params.target_spacing,
+        &[Some(params.ct_window)],
+        params.mr_percentiles,
+        3,
+    )
+    .unwrap();
+    assert!(whole.image_nii == image.as_ref(), "stored image differs");
+    assert!(whole.label_nii == label.as_ref(), "stored label differs");
+    assert_eq!(whole.label_counts, case.label_counts);
+    // Only the dataset's objects: no staging file of an upload is left listed.
+    let prefix = storage::keys::dataset_prefix(&out.dataset_id).unwrap();
+    assert_eq!(
+        storage::list(&store, &prefix).await.unwrap().len(),
+        3,
+        "image, label, manifest"
+    );
+}

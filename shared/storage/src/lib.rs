@@ -228,8 +228,9 @@ pub const UPLOAD_IN_FLIGHT: usize = 2;
 
 /// A streaming upload to one key: write the object's bytes, then [`Upload::finish`].
 ///
-/// It blocks on `handle`, a multi-thread runtime's (its workers run the part uploads), so use
-/// it from a plain thread or `tokio::task::spawn_blocking`, never from an async task. Its writes fail once a
+/// It blocks on `handle`, whose runtime runs the part uploads (a multi-thread runtime, or a
+/// current-thread one while its `block_on` runs on another thread), so use it from a plain
+/// thread or `tokio::task::spawn_blocking`, never from an async task. Its writes fail once a
 /// part has failed to upload; [`Upload::finish`] then returns that [`StorageError`] (with
 /// [`StorageError::is_transient`] as for any other operation). Parts are not retried by this
 /// crate (the bytes are gone; S3 requests are retried inside object_store, [`s3_retry`]):
@@ -309,7 +310,15 @@ impl Upload {
             self.abort_parts(parts);
             return Err(err);
         }
-        // WriteMultipart::finish aborts the upload itself when a part or the completion fails.
+        // The full parts first, so that their failure is the one reported (WriteMultipart's
+        // finish reports its abort's error, if any, instead of the cause).
+        let mut parts = parts;
+        if let Err(source) = self.handle.block_on(parts.wait_for_capacity(0)) {
+            self.abort_parts(parts);
+            return Err(store_error("upload part", &self.key, source));
+        }
+        // WriteMultipart::finish aborts the upload itself when the last part or the
+        // completion fails.
         self.handle
             .block_on(parts.finish())
             .map_err(|source| store_error("complete upload", &self.key, source))?;
