@@ -758,7 +758,7 @@ pub enum StreamError {
     Store {
         key: String,
         #[source]
-        source: storage::StorageError,
+        source: Box<storage::StorageError>,
     },
 }
 
@@ -783,7 +783,7 @@ pub fn process_volumes_to_store(
     let [image_key, label_key] = keys;
     let store_error = |key: &str, source| StreamError::Store {
         key: key.to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut image_up =
         storage::upload(store, image_key, handle.clone()).map_err(|e| store_error(image_key, e))?;
@@ -875,35 +875,34 @@ async fn process_case(
         .collect();
     let handle = tokio::runtime::Handle::current();
     let keys = (image_key.clone(), label_key.clone());
-    let (stored, source_spacing, source_shape, channels) =
-        tokio::task::spawn_blocking(move || {
-            let img = decode_image(&img_bytes, &case2.image, &c2.limits, c2.modalities.len())
-                .map_err(|e| (case2.image.clone(), e))?;
-            drop(img_bytes);
-            let lab = decode_label(&lab_bytes, &case2.label, &c2.limits, c2.num_labels)
-                .map_err(|e| (case2.label.clone(), e))?;
-            drop(lab_bytes);
-            check_same_grid(&img, &lab).map_err(|e| (case2.label.clone(), e))?;
-            let (spacing, dims, channels) = (img.geometry.spacing, img.dims, img.channels);
-            let stored = process_volumes_to_store(
-                img,
-                lab,
-                c2.params.target_spacing,
-                &wins,
-                c2.params.mr_percentiles,
-                c2.num_labels,
-                &c2.store,
-                [&keys.0, &keys.1],
-                handle,
-            )
-            .map_err(|e| match e {
-                StreamError::Process(reason) => (case2.image.clone(), reason),
-                StreamError::Store { key, source } => (key, source.to_string()),
-            })?;
-            Ok::<_, (String, String)>((stored, spacing, dims, channels))
-        })
-        .await
-        .map_err(|e| (case.image.clone(), format!("internal error: {e}")))??;
+    let (stored, source_spacing, source_shape, channels) = tokio::task::spawn_blocking(move || {
+        let img = decode_image(&img_bytes, &case2.image, &c2.limits, c2.modalities.len())
+            .map_err(|e| (case2.image.clone(), e))?;
+        drop(img_bytes);
+        let lab = decode_label(&lab_bytes, &case2.label, &c2.limits, c2.num_labels)
+            .map_err(|e| (case2.label.clone(), e))?;
+        drop(lab_bytes);
+        check_same_grid(&img, &lab).map_err(|e| (case2.label.clone(), e))?;
+        let (spacing, dims, channels) = (img.geometry.spacing, img.dims, img.channels);
+        let stored = process_volumes_to_store(
+            img,
+            lab,
+            c2.params.target_spacing,
+            &wins,
+            c2.params.mr_percentiles,
+            c2.num_labels,
+            &c2.store,
+            [&keys.0, &keys.1],
+            handle,
+        )
+        .map_err(|e| match e {
+            StreamError::Process(reason) => (case2.image.clone(), reason),
+            StreamError::Store { key, source } => (key, source.to_string()),
+        })?;
+        Ok::<_, (String, String)>((stored, spacing, dims, channels))
+    })
+    .await
+    .map_err(|e| (case.image.clone(), format!("internal error: {e}")))??;
 
     Ok(CaseEntry {
         id: case.id.clone(),

@@ -353,7 +353,10 @@ impl io::Write for Upload {
             return Err(io::Error::other(err.to_string()));
         }
         let Some(parts) = self.parts.as_mut() else {
-            return Err(io::Error::other(format!("upload of {} has ended", self.key)));
+            return Err(io::Error::other(format!(
+                "upload of {} has ended",
+                self.key
+            )));
         };
         let n = buf.len().min(UPLOAD_PART - self.filled);
         let buf = &buf[..n];

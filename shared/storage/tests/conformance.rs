@@ -375,7 +375,10 @@ async fn s3_endpoint_down_mid_upload_is_transient() {
     })
     .await
     .unwrap();
-    eprintln!("S3 endpoint down: upload failed in {:.2?}: {err}", t.elapsed());
+    eprintln!(
+        "S3 endpoint down: upload failed in {:.2?}: {err}",
+        t.elapsed()
+    );
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains("k/big"), "{err}");
     s3.restart();
