@@ -533,3 +533,50 @@ async fn streamed_objects_match_the_manifest_hashes_and_the_in_memory_encoding()
         "image, label, manifest"
     );
 }
+
+/// A store that refuses writes fails the streamed case with the store's error, naming the
+/// image's key and transient (so the job is retried, not dead-lettered); nothing is left at
+/// either key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refusing_the_upload_is_a_transient_error_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = storage::open(root.to_str().unwrap()).unwrap();
+    // Writes under "ds" fail with ENOTDIR, whoever runs the test (root ignores chmod).
+    std::fs::write(root.join("ds"), b"not a directory").unwrap();
+    let dims = [12, 10, 8];
+    let n: usize = dims.iter().product();
+    let g = Geometry::identity([1.5, 1.2, 2.0]);
+    let img = Volume::new((0..n).map(|i| i as f32).collect(), dims, 1, g);
+    let lab = Volume::new(vec![0u8; n], dims, 1, g);
+    let handle = tokio::runtime::Handle::current();
+    let s = store.clone();
+    let err = tokio::task::spawn_blocking(move || {
+        dataprep::process_volumes_to_store(
+            img,
+            lab,
+            [1.0; 3],
+            &[Some([0.0, 100.0])],
+            [5.0, 95.0],
+            2,
+            &s,
+            ["ds/image.nii", "ds/label.nii"],
+            handle,
+        )
+        .err()
+        .expect("the upload must fail")
+    })
+    .await
+    .unwrap();
+    match &err {
+        dataprep::StreamError::Store { key, source } => {
+            assert_eq!(key, "ds/image.nii");
+            assert!(source.is_transient(), "{source}");
+        }
+        other => panic!("expected a store error, got {other}"),
+    }
+    std::fs::remove_file(root.join("ds")).unwrap();
+    for key in ["ds/image.nii", "ds/label.nii"] {
+        assert!(!storage::exists(&store, key).await.unwrap(), "{key}");
+    }
+}
