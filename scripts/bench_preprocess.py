@@ -101,11 +101,11 @@ def run_sitk(img, lab, out, modality):
     return d["times"], d["peak_rss_kb"], d["cpu_s"]
 
 
-def run_segtune(img, lab, out, modality, level=None, binary=None, in_memory=False):
+def run_segtune(img, lab, out, modality, level=None, binary=None, mode=None):
     env = dict(os.environ)
     if level is not None:
         env["SEGTUNE_SIMD"] = level
-    cmd = [binary or BIN, img, lab, out, modality, str(REPEATS)] + (["--in-memory"] if in_memory else [])
+    cmd = [binary or BIN, img, lab, out, modality, str(REPEATS)] + ([mode] if mode else [])
     import resource
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
@@ -136,7 +136,9 @@ def main():
     ap.add_argument("--simd", default="auto", help="comma-separated SEGTUNE_SIMD levels to run segtune at")
     ap.add_argument("--baseline", help="also run this preprocess-one binary (an earlier build)")
     ap.add_argument("--in-memory", action="store_true",
-                    help="also run segtune encoding into memory first, as the preprocessor does")
+                    help="also run segtune encoding into memory first, as the preprocessor once did")
+    ap.add_argument("--store", action="store_true",
+                    help="also run segtune streaming into a file store, as the preprocessor does")
     a = ap.parse_args()
     REPEATS = a.repeats
     levels = a.simd.split(",")
@@ -159,13 +161,15 @@ def main():
             kt, krss, kcpu = run_sitk(img, lab, out, modality)
             mk = statistics.median(kt)
             rows = [("SimpleITK", "-", mk, krss, kcpu, None)]
-            runs = [(f"segtune", l, False, None) for l in levels]
+            runs = [(f"segtune", l, None, None) for l in levels]
             if a.in_memory:
-                runs += [(f"segtune --in-memory", l, True, None) for l in levels]
+                runs += [(f"segtune --in-memory", l, "--in-memory", None) for l in levels]
+            if a.store:
+                runs += [(f"segtune --store", l, "--store", None) for l in levels]
             if a.baseline:
-                runs.append(("segtune (baseline)", None, False, a.baseline))
-            for tool, level, in_memory, binary in runs:
-                st, srss, phases, scpu = run_segtune(img, lab, out, modality, level, binary, in_memory)
+                runs.append(("segtune (baseline)", None, None, a.baseline))
+            for tool, level, mode, binary in runs:
+                st, srss, phases, scpu = run_segtune(img, lab, out, modality, level, binary, mode)
                 used = phases[0].get("simd", "pre-dispatch")
                 rows.append((tool, used, statistics.median(st), srss, scpu, phases))
             for tool, used, m, rss, cpu, phases in rows:

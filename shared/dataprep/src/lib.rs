@@ -631,8 +631,9 @@ fn slab_slices(dims: [usize; 3]) -> usize {
     ((32 << 20) / (4 * dims[0] * dims[1]).max(1)).max(1)
 }
 
-/// Resamples and normalizes a decoded case and encodes both as `.nii` in memory (what the
-/// preprocessor stores). The resampled image is written into its encoded bytes slab by slab
+/// Resamples and normalizes a decoded case and encodes both as `.nii` in memory, for callers
+/// that need the bytes (the preprocessor streams them into the store instead,
+/// [`process_volumes_to_store`]). The resampled image is written into its encoded bytes slab by slab
 /// (never held as a volume beside them) and the inputs are freed as soon as they are used,
 /// so the peak is the inputs plus the encoded image, then the label and both encodings.
 /// `windows[c]` = `None` computes channel `c`'s percentile window on this volume.
@@ -735,12 +736,124 @@ pub fn process_volumes_into<I: std::io::Write, L: std::io::Write>(
     ))
 }
 
+/// What [`process_volumes_to_store`] stored.
+pub struct Stored {
+    pub info: ProcessedInfo,
+    /// BLAKE3 (hex) of the image object's bytes, as stored.
+    pub image_blake3: String,
+    pub label_blake3: String,
+    pub image_len: u64,
+    pub label_len: u64,
+}
+
+/// Why [`process_volumes_to_store`] failed; nothing is left at either key.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Resampling, normalizing or encoding failed (the message says why).
+    #[error("{0}")]
+    Process(String),
+    /// The store failed (the error names the key; [`storage::StorageError::is_transient`]
+    /// says whether a retry may succeed).
+    #[error("{source}")]
+    Store {
+        key: String,
+        #[source]
+        source: Box<storage::StorageError>,
+    },
+}
+
+/// [`process_volumes_into`] streamed into the store: the image and the label are uploaded to
+/// `keys` (image, label) as their slabs are computed, so neither encoding is ever held whole
+/// (each upload holds at most `(storage::UPLOAD_IN_FLIGHT + 1) × storage::UPLOAD_PART`
+/// bytes). Both objects appear only once both are written whole (the image first); on any
+/// failure both uploads are aborted. Blocks on `handle` (see [`storage::Upload`]): call it
+/// from `spawn_blocking` or a plain thread.
+#[allow(clippy::too_many_arguments)]
+pub fn process_volumes_to_store(
+    img: Volume<f32>,
+    lab: Volume<u8>,
+    target: [f64; 3],
+    windows: &[Option<[f64; 2]>],
+    mr_percentiles: [f64; 2],
+    num_labels: usize,
+    store: &DynStore,
+    keys: [&str; 2],
+    handle: tokio::runtime::Handle,
+) -> Result<Stored, StreamError> {
+    let [image_key, label_key] = keys;
+    let store_error = |key: &str, source| StreamError::Store {
+        key: key.to_string(),
+        source: Box::new(source),
+    };
+    let mut image_up =
+        storage::upload(store, image_key, handle.clone()).map_err(|e| store_error(image_key, e))?;
+    let mut label_up = match storage::upload(store, label_key, handle) {
+        Ok(up) => up,
+        Err(e) => {
+            image_up.abort();
+            return Err(store_error(label_key, e));
+        }
+    };
+    let processed = process_volumes_into(
+        img,
+        lab,
+        target,
+        windows,
+        mr_percentiles,
+        num_labels,
+        &mut image_up,
+        &mut label_up,
+    );
+    let info = match processed {
+        Ok((info, _, _)) => info,
+        Err(reason) => {
+            // A failed upload makes the writer fail: report the store's error, by key.
+            let image_failed = failed_upload(image_up);
+            let label_failed = failed_upload(label_up);
+            return Err(match (image_failed, label_failed) {
+                (Some(e), _) => store_error(image_key, e),
+                (None, Some(e)) => store_error(label_key, e),
+                (None, None) => StreamError::Process(reason),
+            });
+        }
+    };
+    let (image_blake3, image_len) = match image_up.finish() {
+        Ok(v) => v,
+        Err(e) => {
+            label_up.abort();
+            return Err(store_error(image_key, e));
+        }
+    };
+    let (label_blake3, label_len) = label_up.finish().map_err(|e| store_error(label_key, e))?;
+    Ok(Stored {
+        info,
+        image_blake3,
+        label_blake3,
+        image_len,
+        label_len,
+    })
+}
+
+/// Aborts `up`, returning its error if a part had failed to upload.
+fn failed_upload(up: storage::Upload) -> Option<storage::StorageError> {
+    if up.error().is_some() {
+        up.finish().err()
+    } else {
+        up.abort();
+        None
+    }
+}
+
 async fn process_case(
     ctx: &Arc<CaseContext>,
     case: &Case,
     split: Split,
     windows: &[Window],
 ) -> Result<CaseEntry, (String, String)> {
+    let image_key = keys::case_image(&ctx.dataset_id, &case.id)
+        .map_err(|e| (case.image.clone(), e.to_string()))?;
+    let label_key = keys::case_label(&ctx.dataset_id, &case.id)
+        .map_err(|e| (case.label.clone(), e.to_string()))?;
     let img_bytes = ctx
         .src
         .read(&case.image)
@@ -760,54 +873,49 @@ async fn process_case(
             Window::PerVolume => None,
         })
         .collect();
-    let (processed, source_spacing, source_shape, channels) =
-        tokio::task::spawn_blocking(move || {
-            let img = decode_image(&img_bytes, &case2.image, &c2.limits, c2.modalities.len())
-                .map_err(|e| (case2.image.clone(), e))?;
-            drop(img_bytes);
-            let lab = decode_label(&lab_bytes, &case2.label, &c2.limits, c2.num_labels)
-                .map_err(|e| (case2.label.clone(), e))?;
-            drop(lab_bytes);
-            check_same_grid(&img, &lab).map_err(|e| (case2.label.clone(), e))?;
-            let (spacing, dims, channels) = (img.geometry.spacing, img.dims, img.channels);
-            let p = process_volumes(
-                img,
-                lab,
-                c2.params.target_spacing,
-                &wins,
-                c2.params.mr_percentiles,
-                c2.num_labels,
-            )
+    let handle = tokio::runtime::Handle::current();
+    let keys = (image_key.clone(), label_key.clone());
+    let (stored, source_spacing, source_shape, channels) = tokio::task::spawn_blocking(move || {
+        let img = decode_image(&img_bytes, &case2.image, &c2.limits, c2.modalities.len())
             .map_err(|e| (case2.image.clone(), e))?;
-            Ok::<_, (String, String)>((p, spacing, dims, channels))
-        })
-        .await
-        .map_err(|e| (case.image.clone(), format!("internal error: {e}")))??;
+        drop(img_bytes);
+        let lab = decode_label(&lab_bytes, &case2.label, &c2.limits, c2.num_labels)
+            .map_err(|e| (case2.label.clone(), e))?;
+        drop(lab_bytes);
+        check_same_grid(&img, &lab).map_err(|e| (case2.label.clone(), e))?;
+        let (spacing, dims, channels) = (img.geometry.spacing, img.dims, img.channels);
+        let stored = process_volumes_to_store(
+            img,
+            lab,
+            c2.params.target_spacing,
+            &wins,
+            c2.params.mr_percentiles,
+            c2.num_labels,
+            &c2.store,
+            [&keys.0, &keys.1],
+            handle,
+        )
+        .map_err(|e| match e {
+            StreamError::Process(reason) => (case2.image.clone(), reason),
+            StreamError::Store { key, source } => (key, source.to_string()),
+        })?;
+        Ok::<_, (String, String)>((stored, spacing, dims, channels))
+    })
+    .await
+    .map_err(|e| (case.image.clone(), format!("internal error: {e}")))??;
 
-    let image_key = keys::case_image(&ctx.dataset_id, &case.id)
-        .map_err(|e| (case.image.clone(), e.to_string()))?;
-    let label_key = keys::case_label(&ctx.dataset_id, &case.id)
-        .map_err(|e| (case.label.clone(), e.to_string()))?;
-    let image_blake3 = blake3::hash(&processed.image_nii).to_hex().to_string();
-    let label_blake3 = blake3::hash(&processed.label_nii).to_hex().to_string();
-    storage::put(&ctx.store, &image_key, processed.image_nii)
-        .await
-        .map_err(|e| (image_key.clone(), e.to_string()))?;
-    storage::put(&ctx.store, &label_key, processed.label_nii)
-        .await
-        .map_err(|e| (label_key.clone(), e.to_string()))?;
     Ok(CaseEntry {
         id: case.id.clone(),
         split,
         image_key,
         label_key,
-        shape: processed.shape,
+        shape: stored.info.shape,
         channels,
         source_spacing,
         source_shape,
-        label_counts: processed.label_counts,
-        windows: processed.windows,
-        image_blake3: Some(image_blake3),
-        label_blake3: Some(label_blake3),
+        label_counts: stored.info.label_counts,
+        windows: stored.info.windows,
+        image_blake3: Some(stored.image_blake3),
+        label_blake3: Some(stored.label_blake3),
     })
 }

@@ -461,3 +461,122 @@ fn streamed_processing_writes_what_the_in_memory_path_encodes() {
     .expect("a failing writer fails the case");
     assert!(e.contains("disk full"), "{e}");
 }
+
+/// A CT case big enough that its image goes up in two 8 MiB parts, preprocessed into a file
+/// store: each stored object's BLAKE3 is the manifest's, and the stored bytes are exactly
+/// what the in-memory path encodes for the same input. (A current-thread runtime, as the
+/// other tests and callers' tests use: the uploads block on it from the blocking pool.)
+#[tokio::test]
+async fn streamed_objects_match_the_manifest_hashes_and_the_in_memory_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let task = tmp.path().join("task");
+    std::fs::create_dir_all(task.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(task.join("labelsTr")).unwrap();
+    let dims = [110, 100, 64];
+    let n: usize = dims.iter().product();
+    let g = Geometry::identity([1.5, 1.2, 2.0]);
+    let img = Volume::new(
+        (0..n).map(|i| ((i * 37) % 2001) as f32 - 1000.0).collect(),
+        dims,
+        1,
+        g,
+    );
+    let lab = Volume::new((0..n).map(|i| ((i / 11) % 3) as u8).collect(), dims, 1, g);
+    volume::write_nifti(&task.join("imagesTr/ct_0.nii.gz"), &img).unwrap();
+    volume::write_nifti(&task.join("labelsTr/ct_0.nii.gz"), &lab).unwrap();
+    std::fs::write(
+        task.join("dataset.json"),
+        r#"{"name": "Big CT", "description": "", "modality": {"0": "CT"},
+            "labels": {"0": "background", "1": "a", "2": "b"},
+            "training": [{"image": "./imagesTr/ct_0.nii.gz", "label": "./labelsTr/ct_0.nii.gz"}]}"#,
+    )
+    .unwrap();
+    let store = storage::open(tmp.path().join("store").to_str().unwrap()).unwrap();
+    let params = PreprocessParams::default();
+    let src = DatasetSource::Local {
+        path: task.display().to_string(),
+    };
+    let out = dataprep::preprocess(&store, &src, &params, &Default::default())
+        .await
+        .unwrap();
+    let case = &out.manifest.cases[0];
+    assert_eq!(case.shape, [165, 120, 128]);
+
+    let image = storage::get(&store, &case.image_key).await.unwrap();
+    let label = storage::get(&store, &case.label_key).await.unwrap();
+    assert!(image.len() > storage::UPLOAD_PART, "{} bytes", image.len());
+    let hex = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+    assert_eq!(case.image_blake3.as_deref(), Some(hex(&image).as_str()));
+    assert_eq!(case.label_blake3.as_deref(), Some(hex(&label).as_str()));
+
+    // The inputs as the preprocessor decodes them (spacing went through the f32 header).
+    let limits = Default::default();
+    let img = volume::read_nifti(&task.join("imagesTr/ct_0.nii.gz"), &limits).unwrap();
+    let lab = volume::nifti::read_nifti_labels(&task.join("labelsTr/ct_0.nii.gz"), &limits);
+    let whole = dataprep::process_volumes(
+        img.volume,
+        lab.unwrap().volume,
+        params.target_spacing,
+        &[Some(params.ct_window)],
+        params.mr_percentiles,
+        3,
+    )
+    .unwrap();
+    assert!(whole.image_nii == image.as_ref(), "stored image differs");
+    assert!(whole.label_nii == label.as_ref(), "stored label differs");
+    assert_eq!(whole.label_counts, case.label_counts);
+    // Only the dataset's objects: no staging file of an upload is left listed.
+    let prefix = storage::keys::dataset_prefix(&out.dataset_id).unwrap();
+    assert_eq!(
+        storage::list(&store, &prefix).await.unwrap().len(),
+        3,
+        "image, label, manifest"
+    );
+}
+
+/// A store that refuses writes fails the streamed case with the store's error, naming the
+/// image's key and transient (so the job is retried, not dead-lettered); nothing is left at
+/// either key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refusing_the_upload_is_a_transient_error_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = storage::open(root.to_str().unwrap()).unwrap();
+    // Writes under "ds" fail with ENOTDIR, whoever runs the test (root ignores chmod).
+    std::fs::write(root.join("ds"), b"not a directory").unwrap();
+    let dims = [12, 10, 8];
+    let n: usize = dims.iter().product();
+    let g = Geometry::identity([1.5, 1.2, 2.0]);
+    let img = Volume::new((0..n).map(|i| i as f32).collect(), dims, 1, g);
+    let lab = Volume::new(vec![0u8; n], dims, 1, g);
+    let handle = tokio::runtime::Handle::current();
+    let s = store.clone();
+    let err = tokio::task::spawn_blocking(move || {
+        dataprep::process_volumes_to_store(
+            img,
+            lab,
+            [1.0; 3],
+            &[Some([0.0, 100.0])],
+            [5.0, 95.0],
+            2,
+            &s,
+            ["ds/image.nii", "ds/label.nii"],
+            handle,
+        )
+        .err()
+        .expect("the upload must fail")
+    })
+    .await
+    .unwrap();
+    match &err {
+        dataprep::StreamError::Store { key, source } => {
+            assert_eq!(key, "ds/image.nii");
+            assert!(source.is_transient(), "{source}");
+        }
+        other => panic!("expected a store error, got {other}"),
+    }
+    std::fs::remove_file(root.join("ds")).unwrap();
+    for key in ["ds/image.nii", "ds/label.nii"] {
+        assert!(!storage::exists(&store, key).await.unwrap(), "{key}");
+    }
+}

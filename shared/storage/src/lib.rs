@@ -10,6 +10,13 @@
 //! renamed; S3 objects appear whole), so a reader never sees half an object. Completeness of
 //! a multi-object artefact (a dataset) is marked by writing its manifest last.
 //!
+//! Large objects can be streamed instead ([`upload`]): an [`Upload`] is a blocking
+//! `std::io::Write` over object_store's multipart upload (8 MiB parts, at most two in flight,
+//! so about 24 MiB held per upload whatever the object's size) that hashes what it sends.
+//! The object appears whole when [`Upload::finish`] completes it (local files: a staging file
+//! renamed; S3: CompleteMultipartUpload); an upload that fails or is dropped unfinished is
+//! aborted and leaves nothing at its key.
+//!
 //! Failures: every operation is retried [`RETRIES`] times in all with a doubling backoff from
 //! 100 ms (sleeps 0.1 + 0.2 + 0.4 + 0.8 s); an S3 request is also retried inside object_store
 //! ([`s3_retry`]: 2 retries, at most 5 s per request). What still fails is a
@@ -18,11 +25,11 @@
 
 pub mod keys;
 
-use std::{sync::Arc, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
     aws::{AmazonS3Builder, AmazonS3ConfigKey},
     local::LocalFileSystem,
     memory::InMemory,
@@ -212,6 +219,203 @@ pub async fn delete_prefix(store: &DynStore, prefix: &str) -> Result<(), Storage
     Ok(())
 }
 
+/// Part size of an [`Upload`]: S3 wants every part but the last to be at least 5 MiB.
+pub const UPLOAD_PART: usize = 8 << 20;
+
+/// Parts of one [`Upload`] in flight at once; with the part being filled, an upload holds at
+/// most `(UPLOAD_IN_FLIGHT + 1) × UPLOAD_PART` bytes.
+pub const UPLOAD_IN_FLIGHT: usize = 2;
+
+/// A streaming upload to one key: write the object's bytes, then [`Upload::finish`].
+///
+/// It blocks on `handle`, whose runtime runs the part uploads (a multi-thread runtime, or a
+/// current-thread one while its `block_on` runs on another thread), so use it from a plain
+/// thread or `tokio::task::spawn_blocking`, never from an async task. Its writes fail once a
+/// part has failed to upload; [`Upload::finish`] then returns that [`StorageError`] (with
+/// [`StorageError::is_transient`] as for any other operation). Parts are not retried by this
+/// crate (the bytes are gone; S3 requests are retried inside object_store, [`s3_retry`]):
+/// a failed upload is redone whole by its caller. An upload that fails, is
+/// [aborted](Upload::abort) or is dropped without [`Upload::finish`] is aborted in the store,
+/// and nothing appears at its key.
+pub struct Upload {
+    key: String,
+    handle: tokio::runtime::Handle,
+    /// `None` once finished or aborted.
+    parts: Option<WriteMultipart>,
+    /// Bytes in the part being filled.
+    filled: usize,
+    hasher: blake3::Hasher,
+    len: u64,
+    failed: Option<StorageError>,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("key", &self.key)
+            .field("len", &self.len)
+            .field("open", &self.parts.is_some())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// Starts a streaming upload of the object at `key` (see [`Upload`]); starting it is retried
+/// like any other operation. Blocks on `handle`: call it off the runtime's async threads.
+pub fn upload(
+    store: &DynStore,
+    key: &str,
+    handle: tokio::runtime::Handle,
+) -> Result<Upload, StorageError> {
+    let p = path(key);
+    let multipart = handle.block_on(retry("put_multipart", key, || store.put_multipart(&p)))?;
+    Ok(Upload {
+        key: key.to_string(),
+        handle,
+        parts: Some(WriteMultipart::new_with_chunk_size(multipart, UPLOAD_PART)),
+        filled: 0,
+        hasher: blake3::Hasher::new(),
+        len: 0,
+        failed: None,
+    })
+}
+
+impl Upload {
+    /// The key this upload writes.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True while nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Why the writes failed, if a part failed to upload.
+    pub fn error(&self) -> Option<&StorageError> {
+        self.failed.as_ref()
+    }
+
+    /// Sends what is left and completes the upload: the object appears whole at the key.
+    /// Returns the BLAKE3 hash (hex) and the length of the bytes written. On an error the
+    /// upload is aborted and nothing appears.
+    pub fn finish(mut self) -> Result<(String, u64), StorageError> {
+        let parts = self.parts.take().expect("an open upload");
+        if let Some(err) = self.failed.take() {
+            self.abort_parts(parts);
+            return Err(err);
+        }
+        // The full parts first, so that their failure is the one reported (WriteMultipart's
+        // finish reports its abort's error, if any, instead of the cause).
+        let mut parts = parts;
+        if let Err(source) = self.handle.block_on(parts.wait_for_capacity(0)) {
+            self.abort_parts(parts);
+            return Err(store_error("upload part", &self.key, source));
+        }
+        // WriteMultipart::finish aborts the upload itself when the last part or the
+        // completion fails.
+        self.handle
+            .block_on(parts.finish())
+            .map_err(|source| store_error("complete upload", &self.key, source))?;
+        Ok((self.hasher.finalize().to_hex().to_string(), self.len))
+    }
+
+    /// Abandons the upload: the parts sent are discarded and nothing appears at the key.
+    /// Waits for the store to discard them (a failure to is logged, not returned).
+    pub fn abort(mut self) {
+        if let Some(parts) = self.parts.take() {
+            self.abort_parts(parts);
+        }
+    }
+
+    fn abort_parts(&self, parts: WriteMultipart) {
+        if let Err(e) = self.handle.block_on(parts.abort()) {
+            tracing::warn!(key = %self.key, error = %e, "could not abort an upload");
+        }
+    }
+
+    fn fail(&mut self, source: object_store::Error) -> io::Error {
+        let err = store_error("upload part", &self.key, source);
+        let io = io::Error::other(err.to_string());
+        self.failed = Some(err);
+        io
+    }
+}
+
+impl io::Write for Upload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(err) = &self.failed {
+            return Err(io::Error::other(err.to_string()));
+        }
+        let Some(parts) = self.parts.as_mut() else {
+            return Err(io::Error::other(format!(
+                "upload of {} has ended",
+                self.key
+            )));
+        };
+        let n = buf.len().min(UPLOAD_PART - self.filled);
+        let buf = &buf[..n];
+        {
+            // A filled part is sent by a task spawned on the store's runtime.
+            let _runtime = self.handle.enter();
+            parts.write(buf);
+        }
+        self.hasher.update(buf);
+        self.len += n as u64;
+        self.filled += n;
+        if self.filled == UPLOAD_PART {
+            self.filled = 0;
+            // Back pressure: the producer waits while UPLOAD_IN_FLIGHT parts are in flight.
+            if let Err(source) = self
+                .handle
+                .block_on(parts.wait_for_capacity(UPLOAD_IN_FLIGHT))
+            {
+                return Err(self.fail(source));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Parts are sent as they fill; the last one goes with [`Upload::finish`].
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    /// Unfinished: abort in the background (a drop cannot block; it may run on an async task).
+    /// Nothing was published either way: only completing makes the object appear.
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            let key = std::mem::take(&mut self.key);
+            self.handle.spawn(async move {
+                if let Err(e) = parts.abort().await {
+                    tracing::warn!(%key, error = %e, "could not abort a dropped upload");
+                }
+            });
+        }
+    }
+}
+
+/// A failed operation's error, classified as [`retry`] does.
+fn store_error(op: &'static str, key: &str, source: object_store::Error) -> StorageError {
+    match source {
+        object_store::Error::NotFound { .. } => StorageError::NotFound {
+            key: key.to_string(),
+        },
+        source => StorageError::Store {
+            op,
+            key: key.to_string(),
+            source,
+        },
+    }
+}
+
 /// Attempts per operation (the first plus four retries), sleeping 0.1, 0.2, 0.4, 0.8 s between.
 pub const RETRIES: u32 = 5;
 
@@ -226,17 +430,8 @@ where
         attempt += 1;
         match f().await {
             Ok(v) => return Ok(v),
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(StorageError::NotFound {
-                    key: key.to_string(),
-                });
-            }
             Err(source) => {
-                let err = StorageError::Store {
-                    op,
-                    key: key.to_string(),
-                    source,
-                };
+                let err = store_error(op, key, source);
                 if !err.is_transient() || attempt >= RETRIES {
                     return Err(err);
                 }
@@ -273,6 +468,47 @@ mod tests {
         let url = format!("file://{}", dir.display());
         assert!(open(&url).is_ok());
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A file store stages an upload in a file beside its key; finishing renames it into
+    /// place, aborting or dropping the upload removes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_store_upload_leaves_no_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path().to_str().unwrap()).unwrap();
+        let handle = tokio::runtime::Handle::current();
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            for (key, end) in [("a/done", 0), ("a/aborted", 1), ("a/dropped", 2)] {
+                let mut up = upload(&s, key, handle.clone()).unwrap();
+                up.write_all(&vec![5u8; UPLOAD_PART + 1]).unwrap();
+                match end {
+                    0 => assert_eq!(up.finish().unwrap().1, UPLOAD_PART as u64 + 1),
+                    1 => up.abort(),
+                    _ => drop(up),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        // The dropped upload's abort runs in the background.
+        let files = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join("a"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        for _ in 0..100 {
+            if files().len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(files(), ["done"]);
+        assert_eq!(get(&store, "a/done").await.unwrap().len(), UPLOAD_PART + 1);
     }
 
     #[tokio::test]

@@ -85,7 +85,8 @@ macro_rules! on_every_store {
 
 on_every_store!(
     round_trip_list_and_delete,
-    readers_never_see_a_partial_object
+    readers_never_see_a_partial_object,
+    streamed_upload_round_trip_and_abort,
 );
 
 async fn round_trip_list_and_delete(store: DynStore) {
@@ -197,6 +198,64 @@ async fn readers_never_see_a_partial_object(store: DynStore) {
     );
 }
 
+/// A streamed (multipart) upload of 20 MiB + 3 bytes, written in odd-sized pieces so that
+/// writes straddle the 8 MiB parts: the object appears only when finished, reads back
+/// byte-identical, and the hash and length returned are BLAKE3's and the bytes'. An empty
+/// upload stores an empty object. An aborted upload, and one dropped unfinished, leave
+/// nothing at their keys (nor in a listing).
+async fn streamed_upload_round_trip_and_abort(store: DynStore) {
+    let data: Vec<u8> = (0..(20 << 20) + 3).map(|i: u32| (i % 253) as u8).collect();
+    let handle = tokio::runtime::Handle::current();
+    let (s, d) = (store.clone(), data.clone());
+    let (hash, len, seen_before_finish) = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut up = storage::upload(&s, "up/big.nii", handle.clone()).unwrap();
+        for piece in d.chunks(1_000_003) {
+            up.write_all(piece).unwrap();
+        }
+        let seen = handle.block_on(storage::exists(&s, "up/big.nii")).unwrap();
+        let (hash, len) = up.finish().unwrap();
+        (hash, len, seen)
+    })
+    .await
+    .unwrap();
+    assert!(!seen_before_finish, "an unfinished upload is not visible");
+    assert_eq!(len, data.len() as u64);
+    assert_eq!(hash, blake3::hash(&data).to_hex().as_str());
+    let back = storage::get(&store, "up/big.nii").await.unwrap();
+    assert!(back.as_ref() == &data[..], "read back differs");
+
+    let handle = tokio::runtime::Handle::current();
+    let s = store.clone();
+    let (empty_hash, empty_len) = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let up = storage::upload(&s, "up/empty", handle.clone()).unwrap();
+        let (hash, len) = up.finish().unwrap();
+
+        let mut aborted = storage::upload(&s, "up/aborted", handle.clone()).unwrap();
+        aborted.write_all(&vec![1u8; 9 << 20]).unwrap();
+        aborted.abort();
+        let mut dropped = storage::upload(&s, "up/dropped", handle.clone()).unwrap();
+        dropped.write_all(&vec![2u8; 9 << 20]).unwrap();
+        drop(dropped);
+        (hash, len)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (empty_hash.as_str(), empty_len),
+        (blake3::hash(b"").to_hex().as_str(), 0)
+    );
+    assert!(storage::get(&store, "up/empty").await.unwrap().is_empty());
+    for key in ["up/aborted", "up/dropped"] {
+        assert!(!storage::exists(&store, key).await.unwrap(), "{key} exists");
+    }
+    assert_eq!(
+        storage::list(&store, "up").await.unwrap(),
+        ["up/big.nii", "up/empty"]
+    );
+}
+
 /// Makes `dir` refuse writes: chmod 0555, or, where that does not stop writes (root), turns
 /// it into a plain file so that every write below it fails with ENOTDIR. Returns the undo.
 fn break_dir(dir: &std::path::Path) -> Box<dyn FnOnce()> {
@@ -287,6 +346,44 @@ async fn file_store_refusing_writes_is_retried_then_transient() {
             .len(),
         1 << 20
     );
+}
+
+/// The S3 endpoint goes down during a streamed upload: finishing it fails with a transient
+/// error naming the key, and nothing is stored there once the endpoint is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_endpoint_down_mid_upload_is_transient() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let bucket = s3.create_bucket("upload-outage");
+    let store = storage::open_with(&bucket, s3.options()).unwrap();
+    let handle = tokio::runtime::Handle::current();
+    let mut up = {
+        let (s, h) = (store.clone(), handle.clone());
+        tokio::task::spawn_blocking(move || storage::upload(&s, "k/big", h).unwrap())
+            .await
+            .unwrap()
+    };
+    s3.kill();
+    let t = Instant::now();
+    let err = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        // A full part and a bit: the part is sent (and fails) while the rest is buffered;
+        // the failure shows at the latest when finishing.
+        let _ = up.write_all(&vec![3u8; (8 << 20) + 5]);
+        up.finish().unwrap_err()
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "S3 endpoint down: upload failed in {:.2?}: {err}",
+        t.elapsed()
+    );
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("k/big"), "{err}");
+    s3.restart();
+    s3.create_bucket("upload-outage");
+    assert!(!storage::exists(&store, "k/big").await.unwrap());
 }
 
 /// The S3 endpoint goes down (moto killed): put, get, list and exists fail with a transient

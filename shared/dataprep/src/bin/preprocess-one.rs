@@ -1,7 +1,10 @@
 //! Benchmark driver: read → resample → normalize → write for one image/label pair, the same
 //! code path as the preprocessor, timed per phase. Used by `scripts/bench-preprocess`.
 //!
-//! Usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS [--in-memory]]
+//! Usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS [--in-memory|--store]]
+//! Without a mode the output goes to files in OUT_DIR; `--in-memory` encodes into buffers
+//! first; `--store` streams into a file store at OUT_DIR/store through the preprocessor's
+//! upload path (`process_volumes_to_store`, multipart uploads on a small tokio runtime).
 //! (`SEGTUNE_SIMD` lowers the SIMD level; each line names the one used.)
 //! Prints one JSON line per repeat, then the peak RSS.
 
@@ -20,10 +23,10 @@ fn main() -> ExitCode {
 /// Its errors name their file already (NIfTI errors start with the path).
 fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
+    const USAGE: &str =
+        "usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS [--in-memory|--store]]";
     if args.len() < 5 {
-        return Err(
-            "usage: preprocess-one IMAGE LABEL OUT_DIR ct|mr [REPEATS [--in-memory]]".into(),
-        );
+        return Err(USAGE.into());
     }
     let (image, label, out) = (
         Path::new(&args[1]),
@@ -36,13 +39,26 @@ fn run() -> Result<(), Box<dyn Error>> {
         m => return Err(format!("modality {m:?}: expected ct or mr").into()),
     };
     let repeats: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(1);
-    let in_memory = match args.get(6).map(String::as_str) {
-        None => false,
-        Some("--in-memory") => true,
-        Some(a) => return Err(format!("unknown argument {a:?}: expected --in-memory").into()),
+    let mode = match args.get(6).map(String::as_str) {
+        None => Mode::Files,
+        Some("--in-memory") => Mode::InMemory,
+        Some("--store") => Mode::Store,
+        Some(a) => return Err(format!("unknown argument {a:?}; {USAGE}").into()),
     };
     simd::configure_from_env()?;
     std::fs::create_dir_all(out)?;
+    // The store path's runtime: one worker for the part uploads (the local store writes
+    // them on its blocking pool); this thread blocks on it as a spawn_blocking thread would.
+    let (runtime, store) = if mode == Mode::Store {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let store = storage::open(out.join("store").to_str().ok_or("OUT_DIR is not UTF-8")?)?;
+        (Some(rt), Some(store))
+    } else {
+        (None, None)
+    };
     let limits = volume::ReadLimits::default();
     for _ in 0..repeats {
         let t0 = Instant::now();
@@ -55,12 +71,26 @@ fn run() -> Result<(), Box<dyn Error>> {
         let windows = vec![window; channels];
         // Files are written as the slabs are computed (the inputs are freed on the way), so
         // resample + normalize + write are one phase here; `--in-memory` encodes into
-        // buffers first, as the preprocessor does before its store upload.
-        let shape = if in_memory {
+        // buffers first, as the preprocessor did before it streamed; `--store` streams into
+        // the store as the preprocessor does.
+        let shape = if mode == Mode::InMemory {
             let p = dataprep::process_volumes(img, lab, [1.0; 3], &windows, [5.0, 95.0], 256)?;
             std::fs::write(out.join("image.nii"), &p.image_nii)?;
             std::fs::write(out.join("label.nii"), &p.label_nii)?;
             p.shape
+        } else if let (Some(rt), Some(store)) = (&runtime, &store) {
+            let stored = dataprep::process_volumes_to_store(
+                img,
+                lab,
+                [1.0; 3],
+                &windows,
+                [5.0, 95.0],
+                256,
+                store,
+                ["case/image.nii", "case/label.nii"],
+                rt.handle().clone(),
+            )?;
+            stored.info.shape
         } else {
             let file = |name: &str| -> Result<_, Box<dyn Error>> {
                 Ok(BufWriter::with_capacity(
@@ -91,6 +121,7 @@ fn run() -> Result<(), Box<dyn Error>> {
             simd::level()
         );
     }
+    drop(runtime);
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let hwm = status
         .lines()
@@ -99,4 +130,11 @@ fn run() -> Result<(), Box<dyn Error>> {
         .unwrap_or("0");
     println!("{{\"peak_rss_kb\": {hwm}}}");
     Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Files,
+    InMemory,
+    Store,
 }
