@@ -1227,18 +1227,12 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
     // it) and segments a scan over NATS (an evaluator answers), neither of which needs a
     // right to publish jobs or results.
     let segtune = crate::support::build_binaries().join("segtune");
-    let out = std::process::Command::new(&segtune)
-        .args(["study", "finalize", &spec.study, "--epochs", "1"])
-        .args(["--patches-per-epoch", "2", "--timeout-secs", "180"])
-        .args(["--nats", &url_of("demo"), "--store", &store])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "study finalize as the admin role: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::run_ok(
+        std::process::Command::new(&segtune)
+            .args(["study", "finalize", &spec.study, "--epochs", "1"])
+            .args(["--patches-per-epoch", "2", "--timeout-secs", "180"])
+            .args(["--nats", &url_of("demo"), "--store", &store]),
+        "study finalize as the admin role",
     );
     let scans = dir.path().join("scans");
     std::fs::create_dir_all(&scans).unwrap();
@@ -1247,23 +1241,17 @@ async fn a_study_runs_with_every_service_logged_in_as_its_role() {
         scans.join("ctorgan_000.nii.gz"),
     )
     .unwrap();
-    let out = std::process::Command::new(&segtune)
-        .args(["predict", "--bus", "--timeout-secs", "180"])
-        .arg("--model")
-        .arg(format!("store:studies/{}/final/bundle", spec.study))
-        .arg("--input")
-        .arg(&scans)
-        .arg("--output")
-        .arg(dir.path().join("masks"))
-        .args(["--nats", &url_of("demo"), "--store", &store])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "predict --bus as the admin role: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::run_ok(
+        std::process::Command::new(&segtune)
+            .args(["predict", "--bus", "--timeout-secs", "180"])
+            .arg("--model")
+            .arg(format!("store:studies/{}/final/bundle", spec.study))
+            .arg("--input")
+            .arg(&scans)
+            .arg("--output")
+            .arg(dir.path().join("masks"))
+            .args(["--nats", &url_of("demo"), "--store", &store]),
+        "predict --bus as the admin role",
     );
     assert!(
         dir.path()

@@ -45,18 +45,8 @@ async fn the_trainer_stops_a_pruned_job_and_publishes_its_pruned_reward() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let store_url = dir.path().join("store").display().to_string();
-    let task = crate::support::synth_task(&dir.path().join("task"), 2);
     let store = storage::open(&store_url).unwrap();
-    let ds = dataprep::preprocess(
-        &store,
-        &protocol::DatasetSource::Local {
-            path: task.display().to_string(),
-        },
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let ds = crate::train::preprocessed(dir.path(), &store_url).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut trainer = trainer::App::connect(&trainer::Settings {
         nats: nats.url(),

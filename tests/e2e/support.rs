@@ -424,3 +424,16 @@ fn build_binaries_now() -> PathBuf {
     assert!(status.success(), "cargo build --bins failed: {status}");
     dir
 }
+
+/// Runs `cmd` (stdin closed) and returns its output; fails the test naming `what`, the exit
+/// status and stderr unless it succeeded.
+pub(crate) fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

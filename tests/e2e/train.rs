@@ -552,18 +552,7 @@ async fn a_dataset_over_the_memory_budget_is_trained_and_scored_from_the_host_ca
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let store_url = dir.path().join("store").display().to_string();
-    let task = crate::support::synth_task(&dir.path().join("task"), 2);
-    let store = storage::open(&store_url).unwrap();
-    let ds = dataprep::preprocess(
-        &store,
-        &protocol::DatasetSource::Local {
-            path: task.display().to_string(),
-        },
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let ds = preprocessed(dir.path(), &store_url).await;
     let cache_dir = dir.path().join("cache");
     let cache = runtime::CacheSettings {
         cache_dir: cache_dir.display().to_string(),

@@ -19,17 +19,7 @@ fn job(lr: f64) -> JobSpec {
 }
 
 fn training(epochs: u32) -> TrainingConfig {
-    TrainingConfig {
-        channels: vec![4, 8],
-        epochs,
-        patches_per_epoch: 8,
-        batch_size: 2,
-        patch: [16; 3],
-        overlap: 0.25,
-        init_checkpoint: None,
-        dice_ce: true,
-        lr_schedule: Default::default(),
-    }
+    crate::tiny_training(epochs, 8)
 }
 
 /// Trains and returns the output and the loss of the first epoch.

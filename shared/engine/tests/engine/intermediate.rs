@@ -26,17 +26,7 @@ fn the_intermediate_dice_is_the_evaluators_and_a_stop_keeps_those_weights() {
         unit: BTreeMap::new(),
     })
     .unwrap();
-    let training = TrainingConfig {
-        channels: vec![4, 8],
-        epochs: 4,
-        patches_per_epoch: 4,
-        batch_size: 2,
-        patch: [16; 3],
-        overlap: 0.25,
-        init_checkpoint: None,
-        dice_ce: true,
-        lr_schedule: Default::default(),
-    };
+    let training = crate::tiny_training(4, 4);
     let input = TrainInput {
         data: &data,
         job: &job,

@@ -9,7 +9,10 @@ mod mapped;
 mod predict;
 mod workers;
 
-use protocol::{DatasetSource, PreprocessParams};
+use std::collections::BTreeMap;
+
+use engine::JobSpec;
+use protocol::{DatasetSource, PreprocessParams, Strategy, TrainingConfig};
 use storage::DynStore;
 use volume::synth::{SynthKind, SynthSpec};
 
@@ -31,4 +34,34 @@ pub async fn tiny_dataset(store: &DynStore, seed: u64) -> String {
     .await
     .expect("preprocessing the phantom task")
     .dataset_id
+}
+
+/// The tests' tiny training: U-Net 4-8, 16³ patches, batch 2, Dice + CE, constant rate.
+pub fn tiny_training(epochs: u32, patches_per_epoch: u32) -> TrainingConfig {
+    TrainingConfig {
+        channels: vec![4, 8],
+        epochs,
+        patches_per_epoch,
+        batch_size: 2,
+        patch: [16; 3],
+        overlap: 0.25,
+        init_checkpoint: None,
+        dice_ce: true,
+        lr_schedule: Default::default(),
+    }
+}
+
+/// A job with every augmentation at probability 0.5 (so the batches depend on each patch's
+/// random stream) and learning rate `lr`.
+pub fn every_augmentation_at_half(lr: f64) -> JobSpec {
+    let mut values: BTreeMap<String, f64> = augment::DIMENSIONS
+        .iter()
+        .map(|d| (d.to_string(), 0.5))
+        .collect();
+    values.insert("learning_rate".into(), lr);
+    JobSpec::from_strategy(&Strategy {
+        values,
+        unit: BTreeMap::new(),
+    })
+    .unwrap()
 }

@@ -1,10 +1,9 @@
 //! A dataset larger than the memory budget is mapped from the host's case cache: a job on it
 //! trains and is scored, exactly as the same job on the dataset in memory.
 
-use std::{collections::BTreeMap, sync::atomic::AtomicBool};
+use std::sync::atomic::AtomicBool;
 
-use engine::{DataOptions, Dataset, DatasetCache, JobSpec, Residence, TrainInput};
-use protocol::{Strategy, TrainingConfig};
+use engine::{DataOptions, Dataset, DatasetCache, Residence, TrainInput};
 use segmodel::candle_core::Device;
 
 use crate::tiny_dataset;
@@ -53,27 +52,8 @@ fn a_job_on_a_dataset_bigger_than_the_memory_budget_trains_from_mapped_cases_and
         "each case fetched into the cache once"
     );
 
-    let mut values: BTreeMap<String, f64> = augment::DIMENSIONS
-        .iter()
-        .map(|d| (d.to_string(), 0.5))
-        .collect();
-    values.insert("learning_rate".into(), 1e-2);
-    let job = JobSpec::from_strategy(&Strategy {
-        values,
-        unit: BTreeMap::new(),
-    })
-    .unwrap();
-    let training = TrainingConfig {
-        channels: vec![4, 8],
-        epochs: 2,
-        patches_per_epoch: 4,
-        batch_size: 2,
-        patch: [16; 3],
-        overlap: 0.25,
-        init_checkpoint: None,
-        dice_ce: true,
-        lr_schedule: Default::default(),
-    };
+    let job = crate::every_augmentation_at_half(1e-2);
+    let training = crate::tiny_training(2, 4);
     let run = |data: &Dataset| {
         let input = TrainInput {
             data,

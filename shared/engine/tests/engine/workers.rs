@@ -1,10 +1,9 @@
 //! `TrainInput::augment_workers` (the trainer's `--augment-workers`): how many threads prepare
 //! the batches changes how fast they come, never what is trained.
 
-use std::{collections::BTreeMap, num::NonZeroUsize, sync::atomic::AtomicBool};
+use std::{num::NonZeroUsize, sync::atomic::AtomicBool};
 
-use engine::{Dataset, EpochReport, JobSpec, TrainInput};
-use protocol::{Strategy, TrainingConfig};
+use engine::{Dataset, EpochReport, TrainInput};
 use segmodel::candle_core::Device;
 
 use crate::tiny_dataset;
@@ -18,28 +17,8 @@ fn the_worker_count_does_not_change_the_trained_model() {
         let id = tiny_dataset(&store, 3).await;
         Dataset::load(&store, &id).await.unwrap()
     });
-    // Every augmentation at 0.5, so the batches depend on each patch's random stream.
-    let mut values: BTreeMap<String, f64> = augment::DIMENSIONS
-        .iter()
-        .map(|d| (d.to_string(), 0.5))
-        .collect();
-    values.insert("learning_rate".into(), 1e-2);
-    let job = JobSpec::from_strategy(&Strategy {
-        values,
-        unit: BTreeMap::new(),
-    })
-    .unwrap();
-    let training = TrainingConfig {
-        channels: vec![4, 8],
-        epochs: 2,
-        patches_per_epoch: 6,
-        batch_size: 2,
-        patch: [16; 3],
-        overlap: 0.25,
-        init_checkpoint: None,
-        dice_ce: true,
-        lr_schedule: Default::default(),
-    };
+    let job = crate::every_augmentation_at_half(1e-2);
+    let training = crate::tiny_training(2, 6);
     let run = |workers: usize| -> (Vec<u8>, Vec<EpochReport>) {
         let input = TrainInput {
             data: &data,

@@ -362,10 +362,7 @@ pub(crate) fn forward(
     if let Some(b) = bias {
         bp[..cout].copy_from_slice(b);
     }
-    let mut offs = [0usize; 27];
-    for (t, o) in offs.iter_mut().enumerate() {
-        *o = (t / 9) * plane + (t / 3 % 3) * wp + t % 3;
-    }
+    let offs = tap_offsets(plane, wp);
     // Positions per plane, rounded up to whole kernel steps; the slab has room for the
     // last step's reads past the last channel (at most `step + 2` floats).
     let len = (h * wp).div_ceil(kern.step) * kern.step;
@@ -404,6 +401,12 @@ pub(crate) fn forward(
             }
         });
     });
+}
+
+/// Slab offset of each tap `(kd, kh, kw)` (row-major) for padded planes of `plane` floats
+/// and rows of `wp`.
+fn tap_offsets(plane: usize, wp: usize) -> [usize; 27] {
+    std::array::from_fn(|t| (t / 9) * plane + (t / 3 % 3) * wp + t % 3)
 }
 
 /// Copies planes `z − 1, z, z + 1` of every channel of `xn` (`[cin][d][h][w]`) into `slab`
@@ -457,10 +460,7 @@ pub(crate) fn weight_grad(kern: Kernel, g: &ConvGeom, x: &[f32], dy: &[f32]) -> 
     assert_eq!(dy.len(), g.n * cout * sin);
     let (cin_b, cout_b) = (cin.div_ceil(kern.wci), cout.div_ceil(kern.wco));
     let (cin_p, cout_p) = (cin_b * kern.wci, cout_b * kern.wco);
-    let mut offs = [0usize; 27];
-    for (t, o) in offs.iter_mut().enumerate() {
-        *o = (t / 9) * plane + (t / 3 % 3) * wp + t % 3;
-    }
+    let offs = tap_offsets(plane, wp);
     let len = (h * wp).div_ceil(kern.lanes) * kern.lanes;
     let cstride = 3 * plane;
     let slab_len = cin_p * cstride + kern.lanes + 2 * wp + 2;
