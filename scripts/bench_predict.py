@@ -261,7 +261,7 @@ def run(a):
                 if side == "MONAI":
                     cmd = [sys.executable, os.path.abspath(__file__), "monai", a.bundle, ct, out]
                 else:
-                    cmd = [a.segtune, "predict", "--model", a.bundle, "--input", ct, "--output", out]
+                    cmd = [a.segtune, "predict", "--no-tta", "--model", a.bundle, "--input", ct, "--output", out]
                 l0 = load().split()[0]
                 print(f"== {side} (run {rep + 1}/{a.reps}, load {l0})", flush=True)
                 wall, cpu, rss, text = measure(cmd, env, os.path.join(tmp, f"{side}-{rep}.log"))

@@ -28,6 +28,7 @@ pub(crate) fn job(study: &str, index: u32, dataset_id: &str, values: &[(&str, f6
             init_checkpoint: None,
             dice_ce: false,
             lr_schedule: Default::default(),
+            tta: false,
         },
         seed: index as u64,
         final_model: None,

@@ -12,9 +12,9 @@ use protocol::{Strategy, TrainingConfig};
 
 #[derive(Debug, Args)]
 pub struct NetArgs {
-    /// U-Net channels per level.
-    #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
-    pub channels: Vec<usize>,
+    /// U-Net channels per level (default: 16,32,64, see "Defaults" in the README).
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Option<Vec<usize>>,
     /// Patch (and sliding window) edge in voxels, or x,y,z (train default: from the
     /// dataset's median case extent, see "Defaults" in the README; eval default: 32).
     #[arg(long, value_delimiter = ',')]
@@ -25,6 +25,12 @@ pub struct NetArgs {
 }
 
 impl NetArgs {
+    fn channels(&self) -> Vec<usize> {
+        self.channels
+            .clone()
+            .unwrap_or_else(|| engine::defaults::DEFAULT_CHANNELS.to_vec())
+    }
+
     fn patch(&self) -> anyhow::Result<Option<[usize; 3]>> {
         match self.patch.as_deref() {
             None => Ok(None),
@@ -78,6 +84,11 @@ pub struct TrainArgs {
     pub loss: Loss,
     #[arg(long, value_enum, default_value = "poly")]
     pub lr_schedule: Schedule,
+    /// Validate without mirror test-time augmentation (by default the Dice is measured on
+    /// the mean of the 8 mirrorings of each validation case, as nnU-Net validates; 8x the
+    /// validation time). The bundle records it, and `segtune predict` follows it.
+    #[arg(long)]
+    pub no_tta: bool,
     /// Fine-tune from this checkpoint (a file written by `segtune train`).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -110,6 +121,13 @@ pub struct EvalArgs {
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub net: NetArgs,
+    /// Average the 8 mirrorings of each validation case (default: as the checkpoint's
+    /// training validated, from `<checkpoint>.json`).
+    #[arg(long, conflicts_with = "no_tta")]
+    pub tta: bool,
+    /// Score each validation case as it is, without mirroring.
+    #[arg(long)]
+    pub no_tta: bool,
     #[arg(long, env = "SEGTUNE_STORE", default_value = storage::DEFAULT_STORE)]
     pub store: String,
     #[arg(long, env = "SEGTUNE_DEVICE", default_value = "cpu")]
@@ -172,7 +190,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
     let defaults = engine::defaults::default_training(&data.manifest);
     let patch = patch.unwrap_or(defaults.patch);
     let training = TrainingConfig {
-        channels: a.net.channels.clone(),
+        channels: a.net.channels(),
         epochs: a.epochs.unwrap_or(defaults.epochs),
         patches_per_epoch: a.patches_per_epoch.unwrap_or_else(|| {
             engine::defaults::default_patches_per_epoch(&data.manifest, patch, a.batch)
@@ -186,6 +204,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
             Schedule::Poly => protocol::LrSchedule::Poly,
             Schedule::Constant => protocol::LrSchedule::Constant,
         },
+        tta: !a.no_tta,
     };
     eprintln!(
         "training on {} ({} train cases), strategy {:?}",
@@ -195,7 +214,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
     );
     eprintln!(
         "budget: {} epochs x {} patches of {:?} in batches of {}, U-Net {:?}, loss {}, \
-         learning rate {}",
+         learning-rate schedule {}, validation {}",
         training.epochs,
         training.patches_per_epoch,
         training.patch,
@@ -209,6 +228,11 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<()> {
         match training.lr_schedule {
             protocol::LrSchedule::Poly => "poly",
             protocol::LrSchedule::Constant => "constant",
+        },
+        if training.tta {
+            "mirrored (8 passes)"
+        } else {
+            "unmirrored"
         }
     );
     let t2 = training.clone();
@@ -288,16 +312,19 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<()> {
     segmodel::init_compute_threads();
     let ckpt = std::fs::read(&a.checkpoint)
         .with_context(|| format!("cannot read checkpoint {}", a.checkpoint.display()))?;
-    let training: TrainingConfig = match std::fs::read(sidecar(&a.checkpoint)) {
+    let mut training: TrainingConfig = match std::fs::read(sidecar(&a.checkpoint)) {
         Ok(b) => serde_json::from_slice(&b)
             .with_context(|| format!("{}", sidecar(&a.checkpoint).display()))?,
         Err(_) => TrainingConfig {
-            channels: a.net.channels.clone(),
+            channels: a.net.channels(),
             patch: a.net.patch()?.unwrap_or([32; 3]),
             overlap: a.net.overlap,
             ..TrainingConfig::default()
         },
     };
+    if a.tta || a.no_tta {
+        training.tta = a.tta;
+    }
     let store = storage::open(&a.store)?;
     let device = engine::device(&a.device)?;
     let data = engine::Dataset::load(&store, &a.dataset).await?;

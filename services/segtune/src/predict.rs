@@ -29,9 +29,13 @@ pub struct PredictArgs {
     /// Sliding-window overlap (default: the bundle's, the one validation used).
     #[arg(long)]
     pub overlap: Option<f64>,
-    /// Test-time augmentation: average the 8 mirrorings of each image (8x slower).
-    #[arg(long)]
+    /// Test-time augmentation: average the 8 mirrorings of each image (8x slower). The
+    /// default is the bundle's: mirrored when its validation Dice was (`network.tta`).
+    #[arg(long, conflicts_with = "no_tta")]
     pub tta: bool,
+    /// Predict each image as it is, without mirroring, whatever the bundle says.
+    #[arg(long)]
+    pub no_tta: bool,
     /// Also write the class probabilities, `<case>_probabilities.nii.gz` (float32, one volume
     /// per class, on the source grid).
     #[arg(long)]
@@ -122,7 +126,7 @@ pub async fn run(a: PredictArgs) -> anyhow::Result<()> {
     let predictor = Predictor::new(&bundle, &device).map_err(anyhow::Error::msg)?;
     let opts = PredictOptions {
         overlap: a.overlap,
-        tta: a.tta,
+        tta: tta_choice(a.tta, a.no_tta),
         batch: a.batch,
         probabilities: a.save_probabilities,
     };
@@ -214,7 +218,7 @@ async fn run_on_bus(a: PredictArgs) -> anyhow::Result<()> {
         model,
         inputs: keys,
         overlap: a.overlap,
-        tta: a.tta,
+        tta: tta_choice(a.tta, a.no_tta),
         save_probabilities: a.save_probabilities,
     };
     let (_client, js) = crate::study::bus::connect_provisioned(&a.nats).await?;
@@ -386,4 +390,9 @@ mod tests {
         assert_eq!(case_name(Path::new("notes.txt")), None);
         assert_eq!(case_name(Path::new(".nii.gz")), None);
     }
+}
+
+/// `--tta` / `--no-tta`, or None: the bundle's choice.
+fn tta_choice(tta: bool, no_tta: bool) -> Option<bool> {
+    (tta || no_tta).then_some(tta)
 }

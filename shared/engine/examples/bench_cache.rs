@@ -194,6 +194,7 @@ fn run(rt: &tokio::runtime::Runtime, a: &[String]) -> Res<()> {
             init_checkpoint: None,
             dice_ce: true,
             lr_schedule: Default::default(),
+            tta: false,
         };
         let input = TrainInput {
             data: &data,

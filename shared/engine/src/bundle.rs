@@ -55,6 +55,10 @@ pub struct Network {
     pub patch: [usize; 3],
     /// Default sliding-window overlap.
     pub overlap: f64,
+    /// The validation Dice was measured on the mean of the 8 mirrorings of each case, and
+    /// `segtune predict` mirrors by default. Absent when false (what older bundles hold).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tta: bool,
 }
 
 /// What preprocessing did to the training images, to repeat on a new one.
@@ -181,6 +185,7 @@ impl Bundle {
                     channels: source.training.channels.clone(),
                     patch: source.training.patch,
                     overlap: source.training.overlap,
+                    tta: source.training.tta,
                 },
                 preprocessing: Preprocessing {
                     target_spacing: m.params.target_spacing,
@@ -484,6 +489,7 @@ mod tests {
                     channels: vec![4, 8],
                     patch: [16, 16, 32],
                     overlap: 0.25,
+                    tta: false,
                 },
                 preprocessing: Preprocessing {
                     target_spacing: [1.0, 1.0, 1.5],

@@ -11,6 +11,12 @@
 //! - **Loss**: soft Dice + cross-entropy (nnU-Net's): cross-entropy gives every voxel a
 //!   gradient from the first step, where soft Dice alone is flat while the foreground
 //!   prediction is near empty.
+//! - **Network**: a U-Net of [`DEFAULT_CHANNELS`] (16-32-64; nnU-Net starts at 32): on the
+//!   8-case CT phantom the demo's 8-16-32 missed the one validation lesion for 1 seed in 10,
+//!   this width for none.
+//! - **Validation**: mirror test-time augmentation (the mean of the 8 mirrorings' class
+//!   probabilities), as nnU-Net validates and predicts: a false positive that one view
+//!   predicts and the mirrored views do not is averaged away.
 //! - **Strategy** ([`default_strategy`]): Adam at learning rate [`DEFAULT_LEARNING_RATE`]
 //!   with mirroring, intensity shift, intensity scaling and smoothing at probability 0.5
 //!   (pose, and the gain and blur differences between scanners). The paper's routine strategy
@@ -26,7 +32,7 @@ pub const PATCH_MULTIPLE: usize = 16;
 pub const MIN_PATCH: usize = 16;
 pub const MAX_PATCH: usize = 128;
 /// The default U-Net's channels per level.
-pub const DEFAULT_CHANNELS: [usize; 3] = [8, 16, 32];
+pub const DEFAULT_CHANNELS: [usize; 3] = [16, 32, 64];
 
 /// The default strategy: learning rate [`DEFAULT_LEARNING_RATE`], `p_flip`, `p_shift`,
 /// `p_scale` and `p_smooth` at 0.5, every other augmentation off.
@@ -80,6 +86,7 @@ pub fn default_training(manifest: &Manifest) -> TrainingConfig {
         init_checkpoint: None,
         dice_ce: true,
         lr_schedule: protocol::LrSchedule::Poly,
+        tta: true,
     }
 }
 

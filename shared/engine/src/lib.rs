@@ -718,7 +718,8 @@ pub struct Evaluation {
     pub seconds: f64,
 }
 
-/// Sliding-window validation of a checkpoint. Blocking.
+/// Sliding-window validation of a checkpoint (with `training.tta`, the mean over the 8
+/// mirrorings of each case, as [`predict::mirrored_probs`]). Blocking.
 pub fn evaluate(
     data: &Dataset,
     training: &TrainingConfig,
@@ -752,8 +753,14 @@ pub fn evaluate(
     for case in &data.validation {
         // One case at a time: a mapped case is copied out here and dropped after scoring.
         let image = case.image();
-        let mut pred =
-            sliding_window_predict(&model, &image, &sw, device).map_err(JobError::permanent)?;
+        let mut pred = if training.tta {
+            let probs = predict::mirrored_probs(&model, &image, &sw, device, true, &mut |_, _| {})
+                .map_err(JobError::permanent)?;
+            let labels = predict::argmax(&probs, image.voxels(), k);
+            Volume::new(labels, image.dims, 1, image.geometry)
+        } else {
+            sliding_window_predict(&model, &image, &sw, device).map_err(JobError::permanent)?
+        };
         drop(image);
         let label = case.label();
         let raw = dice_per_class(&pred.data, &label.data, k);

@@ -28,8 +28,9 @@ use crate::bundle::{Bundle, BundleManifest, Window};
 pub struct PredictOptions {
     /// Sliding-window overlap (default: the bundle's, the one validation used).
     pub overlap: Option<f64>,
-    /// Average over the 8 mirrorings of the image (8× the work).
-    pub tta: bool,
+    /// Average over the 8 mirrorings of the image (8× the work); None: as the bundle's
+    /// validation did (`network.tta`).
+    pub tta: Option<bool>,
     /// Windows per forward pass.
     pub batch: usize,
     /// Keep the class probabilities on the source grid.
@@ -40,7 +41,7 @@ impl Default for PredictOptions {
     fn default() -> Self {
         Self {
             overlap: None,
-            tta: false,
+            tta: None,
             batch: 2,
             probabilities: false,
         }
@@ -139,42 +140,9 @@ impl Predictor {
             batch: opts.batch.max(1),
             ops: self.ops,
         };
-        let flips: Vec<[bool; 3]> = if opts.tta {
-            (0..8)
-                .map(|f| [f & 1 != 0, f & 2 != 0, f & 4 != 0])
-                .collect()
-        } else {
-            vec![[false; 3]]
-        };
-        let passes = flips.len();
-        let mut sum: Option<Vec<f32>> = None;
-        for (i, &axes) in flips.iter().enumerate() {
-            let probs = if axes == [false; 3] {
-                sliding_window_probs(&self.model, &x, &sw, &self.device)
-            } else {
-                let flipped = Volume::new(
-                    flip(&x.data, x.dims, x.channels, axes),
-                    x.dims,
-                    x.channels,
-                    x.geometry,
-                );
-                sliding_window_probs(&self.model, &flipped, &sw, &self.device).map(|p| {
-                    let k = p.len() / x.voxels();
-                    flip(&p, x.dims, k, axes)
-                })
-            }
+        let tta = opts.tta.unwrap_or(m.network.tta);
+        let probs = mirrored_probs(&self.model, &x, &sw, &self.device, tta, progress)
             .map_err(|e| format!("inference: {e}"))?;
-            match &mut sum {
-                None => sum = Some(probs),
-                Some(s) => s.iter_mut().zip(&probs).for_each(|(a, b)| *a += b),
-            }
-            progress(i + 1, passes);
-        }
-        let mut probs = sum.expect("at least one pass");
-        if passes > 1 {
-            let inv = 1.0 / passes as f32;
-            probs.iter_mut().for_each(|p| *p *= inv);
-        }
         let k = m.network.num_classes;
         let model_grid = x.dims;
         let on_model_grid = Volume::new(probs, x.dims, k, x.geometry);
@@ -255,6 +223,61 @@ fn modalities(m: &BundleManifest) -> String {
         })
         .collect();
     names.join(", ")
+}
+
+/// The 8 mirrorings of an image (x, y, z flags), the identity first: nnU-Net's test-time
+/// augmentation.
+pub const MIRRORINGS: [[bool; 3]; 8] = {
+    let mut m = [[false; 3]; 8];
+    let mut f = 0;
+    while f < 8 {
+        m[f] = [f & 1 != 0, f & 2 != 0, f & 4 != 0];
+        f += 1;
+    }
+    m
+};
+
+/// Blended class probabilities `[K, Z, Y, X]` of `x` by the sliding window `sw`; with `tta`
+/// the mean over the 8 [`MIRRORINGS`] (each prediction mirrored back before it is added).
+/// `progress(done, total)` is called after each pass. The same code scores validation cases
+/// and segments new scans, so a bundle's validation Dice and its predictions agree.
+pub fn mirrored_probs(
+    model: &UNet3d,
+    x: &Volume<f32>,
+    sw: &SlidingWindow,
+    device: &Device,
+    tta: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> segmodel::candle_core::Result<Vec<f32>> {
+    let flips: &[[bool; 3]] = if tta { &MIRRORINGS } else { &MIRRORINGS[..1] };
+    let passes = flips.len();
+    let mut sum: Option<Vec<f32>> = None;
+    for (i, &axes) in flips.iter().enumerate() {
+        let probs = if axes == [false; 3] {
+            sliding_window_probs(model, x, sw, device)?
+        } else {
+            let flipped = Volume::new(
+                flip(&x.data, x.dims, x.channels, axes),
+                x.dims,
+                x.channels,
+                x.geometry,
+            );
+            let p = sliding_window_probs(model, &flipped, sw, device)?;
+            let k = p.len() / x.voxels();
+            flip(&p, x.dims, k, axes)
+        };
+        match &mut sum {
+            None => sum = Some(probs),
+            Some(s) => s.iter_mut().zip(&probs).for_each(|(a, b)| *a += b),
+        }
+        progress(i + 1, passes);
+    }
+    let mut probs = sum.expect("at least one pass");
+    if passes > 1 {
+        let inv = 1.0 / passes as f32;
+        probs.iter_mut().for_each(|p| *p *= inv);
+    }
+    Ok(probs)
 }
 
 /// Per voxel, the class with the largest probability (`probs` is `[K, N]`); ties go to the

@@ -52,6 +52,7 @@ pub fn learning_setup() -> (Strategy, TrainingConfig) {
         init_checkpoint: None,
         dice_ce: env_or("SEGTUNE_LEARN_DICE_CE", true),
         lr_schedule: Default::default(),
+        tta: false,
     };
     (strategy, training)
 }

@@ -121,6 +121,15 @@ pub struct TrainingConfig {
     /// paper's, and what older peers assume).
     #[serde(default, skip_serializing_if = "LrSchedule::is_constant")]
     pub lr_schedule: LrSchedule,
+    /// Validation averages the class probabilities of the 8 mirrorings of each case
+    /// (nnU-Net's test-time augmentation, 8x the inference) before the argmax. Absent on the
+    /// wire when off (what older peers assume).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tta: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The learning rate over a training run.
@@ -163,6 +172,7 @@ impl Default for TrainingConfig {
             init_checkpoint: None,
             dice_ce: false,
             lr_schedule: LrSchedule::Constant,
+            tta: false,
         }
     }
 }
@@ -473,9 +483,10 @@ pub struct PredictRequest {
     /// Sliding-window overlap; default: the bundle's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlap: Option<f64>,
-    /// Average the 8 mirrorings of each scan (8x the work).
-    #[serde(default)]
-    pub tta: bool,
+    /// Average the 8 mirrorings of each scan (8x the work); default: as the bundle's
+    /// validation did (its `network.tta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tta: Option<bool>,
     /// Also write `<case>_probabilities.nii.gz` (float32, one volume per class).
     #[serde(default)]
     pub save_probabilities: bool,

@@ -187,7 +187,7 @@ fn every_message_round_trips_as_named_map() {
             model: "studies/demo/final/bundle".into(),
             inputs: vec!["scans/ct_01.nii.gz".into(), "scans/ct_02.nii".into()],
             overlap: Some(0.5),
-            tta: true,
+            tta: Some(true),
             save_probabilities: false,
         },
         &[
@@ -952,12 +952,13 @@ fn reward_stream_doc_lists_exactly_the_encoded_fields() {
     let case = &field(&r, "per_case").as_array().unwrap()[0];
     assert_documented("CaseDice", case);
 
-    // `warm_start`, `pruning` and a non-constant `lr_schedule` are encoded only when set.
+    // `warm_start`, `pruning` and a non-constant `lr_schedule` and `tta` are encoded only when set.
     let s = value_of(&StudySpec {
         warm_start: Some("earlier".into()),
         pruning: Some(pruning()),
         training: TrainingConfig {
             lr_schedule: LrSchedule::Poly,
+            tta: true,
             ..TrainingConfig::default()
         },
         ..spec()

@@ -200,6 +200,9 @@ pub struct TrainingSection {
     /// `"constant"` (default) or `"poly"`.
     #[serde(default)]
     pub lr_schedule: Option<protocol::LrSchedule>,
+    /// Validate with mirror test-time augmentation (default false).
+    #[serde(default)]
+    pub tta: Option<bool>,
 }
 
 /// `96` or `[96, 96, 64]`.
@@ -419,6 +422,7 @@ impl TrainingSection {
             init_checkpoint: self.init_checkpoint.or(d.init_checkpoint),
             dice_ce: self.dice_ce.unwrap_or(d.dice_ce),
             lr_schedule: self.lr_schedule.unwrap_or(d.lr_schedule),
+            tta: self.tta.unwrap_or(d.tta),
         }
     }
 }
@@ -507,6 +511,15 @@ mod tests {
         assert_eq!(warm.warm_start.as_deref(), Some("s0"));
         assert_eq!(spec.training.patch, [48, 48, 48]);
         assert_eq!(spec.pruning, None);
+    }
+
+    #[test]
+    fn validation_mirroring_is_off_unless_the_study_asks_for_it() {
+        let plain = parse("[dataset]\nid = \"y\"\n").unwrap();
+        assert!(!plain.training.tta);
+        let mirrored = parse("[dataset]\nid = \"y\"\n[training]\ntta = true\n").unwrap();
+        assert!(mirrored.training.tta);
+        assert!(parse("[dataset]\nid = \"y\"\n[training]\ntta = 1\n").is_err());
     }
 
     #[test]

@@ -201,7 +201,7 @@ async fn a_predict_request_whose_evaluators_all_die_is_answered_by_the_controlle
         model: "studies/s/final/bundle".into(),
         inputs: vec!["scans/a.nii.gz".into()],
         overlap: None,
-        tta: false,
+        tta: None,
         save_probabilities: false,
     };
     runtime::publish(

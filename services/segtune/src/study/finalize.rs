@@ -30,6 +30,11 @@ pub struct FinalizeArgs {
     /// (the Dice the evaluator then reports is not a held-out score).
     #[arg(long)]
     pub all_cases: bool,
+    /// Validate the final model without mirror test-time augmentation (by default its Dice
+    /// is measured on the mean of the 8 mirrorings of each validation case, as `segtune
+    /// train` does, and `segtune predict` with its bundle mirrors too).
+    #[arg(long)]
+    pub no_tta: bool,
     /// Seed of the final training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -100,6 +105,7 @@ pub async fn run(a: FinalizeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("study {}: dataset {dataset_id}", a.study))?;
     let mut training = spec.training.clone();
     training.init_checkpoint = None;
+    training.tta = !a.no_tta;
     training.epochs = a
         .epochs
         .unwrap_or(training.epochs.max(engine::defaults::DEFAULT_EPOCHS));

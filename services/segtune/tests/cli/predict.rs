@@ -50,6 +50,23 @@ fn a_trained_bundle_segments_scans_on_their_own_grid() {
     assert_eq!(manifest["provenance"]["dataset_id"], id.as_str());
     let dice = manifest["provenance"]["validation_dice"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&dice), "{dice}");
+    // `segtune train` validates with mirroring by default, and says so in the bundle.
+    assert_eq!(manifest["network"]["tta"], true);
+    assert_eq!(manifest["provenance"]["training"]["tta"], true);
+    // `segtune eval` of the checkpoint repeats that validation (mirrored, from the
+    // checkpoint's settings) and prints the same Dice.
+    let eval = |extra: &[&str]| -> f64 {
+        let out = run_ok(
+            segtune()
+                .args(["eval", "--dataset", &id, "--checkpoint"])
+                .arg(dir.path().join("m.safetensors"))
+                .args(extra)
+                .arg("--store")
+                .arg(&store),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    assert!((eval(&[]) - dice).abs() < 1e-6, "{} vs {dice}", eval(&[]));
 
     // The task's own scans (about 0.7 x 0.7 x 2.5 mm, some with flipped axes), as a folder.
     let images = dir.path().join("task").join("imagesTr");
@@ -97,18 +114,29 @@ fn a_trained_bundle_segments_scans_on_their_own_grid() {
         assert!(differ * 20 < n, "{name}: {differ} of {n} voxels differ");
     }
 
-    // --tta on one file: a mask of the same grid.
-    let one = dir.path().join("one");
-    run_ok(
-        segtune()
-            .args(["predict", "--tta", "--model"])
-            .arg(&bundle)
-            .arg("--input")
-            .arg(images.join(&scans[0]))
-            .arg("--output")
-            .arg(&one),
-    );
-    assert_eq!(files(&one), vec![scans[0].clone()]);
+    // The bundle says its validation mirrored, so predict mirrors by default: `--tta` writes
+    // the same bytes, and `--no-tta` other probabilities.
+    let stem = scans[0].trim_end_matches(".nii.gz");
+    let probabilities = format!("{stem}_probabilities.nii.gz");
+    let mut outputs = Vec::new();
+    for flag in ["--tta", "--no-tta"] {
+        let one = dir.path().join(format!("one{flag}"));
+        run_ok(
+            segtune()
+                .args(["predict", flag, "--save-probabilities", "--model"])
+                .arg(&bundle)
+                .arg("--input")
+                .arg(images.join(&scans[0]))
+                .arg("--output")
+                .arg(&one),
+        );
+        assert_eq!(files(&one), vec![scans[0].clone(), probabilities.clone()]);
+        outputs.push(one);
+    }
+    let bytes = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert!(bytes(&outputs[0], &scans[0]) == bytes(&masks, &scans[0]));
+    assert!(bytes(&outputs[0], &probabilities) == bytes(&masks, &probabilities));
+    assert!(bytes(&outputs[1], &probabilities) != bytes(&masks, &probabilities));
 
     // Bad inputs: one line naming the file and the problem, nothing written for them.
     let bad = dir.path().join("bad");

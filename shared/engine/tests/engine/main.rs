@@ -48,6 +48,7 @@ pub fn tiny_training(epochs: u32, patches_per_epoch: u32) -> TrainingConfig {
         init_checkpoint: None,
         dice_ce: true,
         lr_schedule: Default::default(),
+        tta: false,
     }
 }
 

@@ -21,6 +21,7 @@ fn manifest(num_classes: usize, min_component_mm3: Vec<f64>) -> BundleManifest {
             channels: vec![4, 8],
             patch: [16; 3],
             overlap: 0.25,
+            tta: false,
         },
         preprocessing: Preprocessing {
             target_spacing: [1.0; 3],
