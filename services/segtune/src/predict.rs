@@ -376,6 +376,11 @@ fn predict_file(
     ))
 }
 
+/// `--tta` / `--no-tta`, or None: the bundle's choice.
+fn tta_choice(tta: bool, no_tta: bool) -> Option<bool> {
+    (tta || no_tta).then_some(tta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,9 +395,4 @@ mod tests {
         assert_eq!(case_name(Path::new("notes.txt")), None);
         assert_eq!(case_name(Path::new(".nii.gz")), None);
     }
-}
-
-/// `--tta` / `--no-tta`, or None: the bundle's choice.
-fn tta_choice(tta: bool, no_tta: bool) -> Option<bool> {
-    (tta || no_tta).then_some(tta)
 }
