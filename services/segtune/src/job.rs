@@ -322,8 +322,8 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<()> {
             ..TrainingConfig::default()
         },
     };
-    if a.tta || a.no_tta {
-        training.tta = a.tta;
+    if let Some(tta) = crate::predict::tta_choice(a.tta, a.no_tta) {
+        training.tta = tta;
     }
     let store = storage::open(&a.store)?;
     let device = engine::device(&a.device)?;

@@ -377,7 +377,7 @@ fn predict_file(
 }
 
 /// `--tta` / `--no-tta`, or None: the bundle's choice.
-fn tta_choice(tta: bool, no_tta: bool) -> Option<bool> {
+pub(crate) fn tta_choice(tta: bool, no_tta: bool) -> Option<bool> {
     (tta || no_tta).then_some(tta)
 }
 

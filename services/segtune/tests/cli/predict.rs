@@ -55,18 +55,15 @@ fn a_trained_bundle_segments_scans_on_their_own_grid() {
     assert_eq!(manifest["provenance"]["training"]["tta"], true);
     // `segtune eval` of the checkpoint repeats that validation (mirrored, from the
     // checkpoint's settings) and prints the same Dice.
-    let eval = |extra: &[&str]| -> f64 {
-        let out = run_ok(
-            segtune()
-                .args(["eval", "--dataset", &id, "--checkpoint"])
-                .arg(dir.path().join("m.safetensors"))
-                .args(extra)
-                .arg("--store")
-                .arg(&store),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    assert!((eval(&[]) - dice).abs() < 1e-6, "{} vs {dice}", eval(&[]));
+    let out = run_ok(
+        segtune()
+            .args(["eval", "--dataset", &id, "--checkpoint"])
+            .arg(dir.path().join("m.safetensors"))
+            .arg("--store")
+            .arg(&store),
+    );
+    let evaluated: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!((evaluated - dice).abs() < 1e-6, "{evaluated} vs {dice}");
 
     // The task's own scans (about 0.7 x 0.7 x 2.5 mm, some with flipped axes), as a folder.
     let images = dir.path().join("task").join("imagesTr");
